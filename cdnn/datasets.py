@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import importlib.resources
 import math
 import os
@@ -22,7 +23,7 @@ from typing import Union
 
 import numpy as np
 
-__all__ = ["read_idx", "load_mnist", "load_fashion_mnist", "load_digits"]
+__all__ = ["read_idx", "load_mnist", "load_fashion_mnist", "load_digits", "cache_path"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 Split = tuple[np.ndarray, np.ndarray]
@@ -219,7 +220,7 @@ SHA256 = {
 TIMEOUT = 60.0  # seconds without data before a download gives up
 
 
-def cache_dir(dataset: str = "", cache_dir: PathLike | None = None) -> Path:
+def cache_path(dataset: str = "", cache_dir: PathLike | None = None) -> Path:
     """The download cache: `cache_dir`, else $CDNN_DATA, else the platform's user cache."""
     if cache_dir is not None:
         root = Path(cache_dir)
@@ -243,7 +244,7 @@ def _base_urls(dataset: str, base_url: str | None) -> tuple[str, ...]:
 def _fetch_dataset(dataset: str, cache: PathLike | None, base_url: str | None,
                    verbose: bool) -> Path:
     """Make sure the four verified .gz files are in the cache; return its directory."""
-    directory = cache_dir(dataset, cache)
+    directory = cache_path(dataset, cache)
     directory.mkdir(parents=True, exist_ok=True)
     for name in MNIST_FILES:
         target = directory / (name + ".gz")
@@ -292,6 +293,8 @@ def _copy_with_progress(resp, out, url: str, name: str, verbose: bool) -> None:
             received += len(chunk)
             if bar is not None:
                 bar.update(len(chunk))
+    except http.client.IncompleteRead as err:
+        raise ValueError(f"{url}: truncated download ({err})") from err
     finally:
         if bar is not None:
             bar.close()
