@@ -6,17 +6,15 @@ Pure Python + numpy; imports no other cdnn module (cdnn/__init__.py imports this
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
-import http.client
 import importlib.resources
 import math
 import os
 import struct
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 import zlib
 from pathlib import Path
 from typing import Union
@@ -261,7 +259,7 @@ def _download(name: str, base_urls: tuple[str, ...], target: Path,
         try:
             _download_verified(url, name, target, hashes, verbose)
             return
-        except (urllib.error.URLError, OSError) as err:  # unreachable mirror: try the next
+        except OSError as err:  # URLError, HTTPError, timeouts: try the next mirror
             errors.append(f"{url}: {err}")
     raise OSError(f"could not download {name}.gz (pass path= to a directory that holds "
                   "the files to work offline):\n  " + "\n  ".join(errors))
@@ -271,6 +269,8 @@ def _download_verified(url: str, name: str, target: Path, hashes: dict[str, str]
                        verbose: bool) -> None:
     # Download into a temp file in the same directory, verify, then rename: the cache
     # never holds a partial or unverified file, even if we are killed mid-way.
+    import urllib.request  # here, not at the top: keeps `import cdnn` fast
+
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT) as resp:
@@ -283,6 +283,8 @@ def _download_verified(url: str, name: str, target: Path, hashes: dict[str, str]
 
 
 def _copy_with_progress(resp, out, url: str, name: str, verbose: bool) -> None:
+    import http.client
+
     length = resp.headers.get("Content-Length")
     total = int(length) if length and length.isdigit() else None
     bar = _progress_bar(total, name, verbose)
@@ -314,24 +316,22 @@ def _progress_bar(total: int | None, name: str, verbose: bool):
 
 
 def _verify(path: Path, url: str, name: str, hashes: dict[str, str]) -> None:
-    if name + ".gz" in hashes:
-        expected, digest = hashes[name + ".gz"], _sha256(path, compressed=False)
-    else:
-        expected, digest = hashes[name], _sha256(path, compressed=True)
+    compressed = name + ".gz" in hashes  # see SHA256: which bytes the hash is of
+    expected = hashes[name + ".gz"] if compressed else hashes[name]
+    try:
+        digest = _sha256(path, gunzip=not compressed)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise ValueError(f"{url}: truncated or corrupt gzip download ({err})") from err
     if digest != expected:
         raise ValueError(f"{url}: SHA-256 mismatch (got {digest}, expected {expected}); "
                          "the download is corrupt or truncated")
 
 
-def _sha256(path: Path, compressed: bool) -> str:
-    """SHA-256 of the file's bytes, or of its gunzipped content if `compressed`."""
+def _sha256(path: Path, gunzip: bool) -> str:
     h = hashlib.sha256()
-    try:
-        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
-        raise ValueError(f"{path.name}: truncated or corrupt gzip download ({err})") from err
+    with (gzip.open(path, "rb") if gunzip else open(path, "rb")) as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
     return h.hexdigest()
 
 
@@ -375,8 +375,9 @@ def load_digits() -> tuple[Split, Split]:
     Returns ((X_train, y_train), (X_test, y_test)); X float32 (n, 64) in [0, 1], y int64.
     """
     data = importlib.resources.files("cdnn") / "data"
-    with importlib.resources.as_file(data) as directory:
-        train_x, train_y, test_x, test_y = (directory / n for n in DIGITS_FILES)
+    with contextlib.ExitStack() as stack:  # as_file: real paths even from a zipped install
+        train_x, train_y, test_x, test_y = (
+            stack.enter_context(importlib.resources.as_file(data / n)) for n in DIGITS_FILES)
         train = _images_and_labels(train_x, train_y, (8, 8), 16.0, 10)
         test = _images_and_labels(test_x, test_y, (8, 8), 16.0, 10)
     return train, test

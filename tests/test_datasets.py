@@ -43,7 +43,7 @@ def synthetic_mnist(n_train=20, n_test=7, seed=0, shape=(28, 28)):
     for n in (n_train, n_test):
         arrays.append(rng.integers(0, 256, size=(n, *shape), dtype=np.uint8))
         arrays.append(rng.integers(0, 10, size=n, dtype=np.uint8))
-    return dict(zip(NAMES, arrays))
+    return dict(zip(NAMES, arrays, strict=True))
 
 
 def write_mnist_dir(directory: Path, arrays: dict, gz: bool) -> Path:
