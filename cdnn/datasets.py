@@ -140,13 +140,18 @@ MNIST_FILES = (
 )
 
 
-def _find(directory: Path, name: str) -> Path:
-    candidates = [directory / name, directory / (name + ".gz")]
-    for p in candidates:
-        if p.is_file():
-            return p
-    raise FileNotFoundError(f"no {name} in {directory}: looked for "
-                            + " and ".join(str(p) for p in candidates))
+def _find_files(directory: Path, names: tuple[str, ...]) -> list[Path]:
+    """Each name as a raw or .gz file in directory; FileNotFoundError lists all missing."""
+    found, missing = [], []
+    for name in names:
+        candidates = [directory / name, directory / (name + ".gz")]
+        hits = [p for p in candidates if p.is_file()]
+        found.append(hits[0] if hits else None)
+        if not hits:
+            missing.append(" or ".join(p.name for p in candidates))
+    if missing:
+        raise FileNotFoundError(f"missing in {directory}: " + ", ".join(missing))
+    return found
 
 
 def _images_and_labels(images: Path, labels: Path, image_shape: tuple[int, int],
@@ -170,7 +175,7 @@ def _images_and_labels(images: Path, labels: Path, image_shape: tuple[int, int],
 
 def _load_mnist_dir(directory: PathLike) -> tuple[Split, Split]:
     directory = Path(directory)
-    train_x, train_y, test_x, test_y = (_find(directory, n) for n in MNIST_FILES)
+    train_x, train_y, test_x, test_y = _find_files(directory, MNIST_FILES)
     train = _images_and_labels(train_x, train_y, (28, 28), 255.0, 10)
     test = _images_and_labels(test_x, test_y, (28, 28), 255.0, 10)
     return train, test
