@@ -1,0 +1,15 @@
+"""cdnn: fast multilayer perceptrons on the CPU.
+
+Cython kernels over BLAS run the forward pass, loss, backward pass and optimizer update of a
+whole training step in one native call; this package is the thin Python layer around them.
+"""
+from cdnn.callbacks import Callback, EarlyStopping
+from cdnn.network import MLP, Dense, Sequential
+from cdnn.optim import SGD, Adam, AdamW, Optimizer, RMSprop
+from cdnn.training import History, Trainer
+from cdnn import datasets
+
+__version__ = "0.1.0"
+
+__all__ = ["MLP", "Dense", "Sequential", "Optimizer", "SGD", "Adam", "AdamW", "RMSprop",
+           "Trainer", "History", "Callback", "EarlyStopping", "datasets"]

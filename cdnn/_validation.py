@@ -1,0 +1,114 @@
+"""Argument checks shared by every public entry point.
+
+Everything that reaches a kernel passes through here first: the kernels trust their inputs, so
+bad input must become a ValueError or TypeError that names the problem, never a crash.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+
+def check_choice(value, name: str, choices) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(sorted(choices))}")
+    return value
+
+
+def check_positive_int(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def check_real(value, name: str, low=None, high=None, low_open=False, high_open=False) -> float:
+    """A finite real number in [low, high] (an open end with low_open / high_open)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '≥'} {low}, got {value}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ValueError(f"{name} must be {'<' if high_open else '≤'} {high}, got {value}")
+    return value
+
+
+def _reject_unsupported(a, name: str):
+    if hasattr(a, "toarray") and hasattr(a, "nnz"):
+        raise TypeError(f"{name} is a sparse matrix; cdnn needs a dense array: "
+                        f"pass {name}.toarray()")
+
+
+def as_float_array(a, name: str, dtype, ndim: int) -> np.ndarray:
+    """a as a C-contiguous array of dtype with ndim dimensions (a (n, 1) column is accepted as
+    1-D), non-empty and finite. Integer, boolean and float16 input is converted."""
+    _reject_unsupported(a, name)
+    a = np.asarray(a)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold numbers, got dtype {a.dtype}")
+    if ndim == 1 and a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim != ndim:
+        hint = " (for one sample use X.reshape(1, -1))" if ndim == 2 and a.ndim == 1 else ""
+        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}{hint}")
+    if a.size == 0:
+        raise ValueError(f"{name} is empty (shape {a.shape})")
+    a = np.ascontiguousarray(a, dtype=dtype)
+    if not np.isfinite(a).all():
+        where = np.argwhere(~np.isfinite(a))[0]
+        raise ValueError(f"{name} holds a non-finite value ({a[tuple(where)]}) at index "
+                         f"{tuple(int(i) for i in where)}")
+    return a
+
+
+def check_X(X, dtype, n_features: int) -> np.ndarray:
+    X = as_float_array(X, "X", dtype, 2)
+    if X.shape[1] != n_features:
+        raise ValueError(f"X has {X.shape[1]} features per row, the network expects {n_features}")
+    return X
+
+
+def check_same_length(n: int, other: np.ndarray, name: str):
+    if other.shape[0] != n:
+        raise ValueError(f"X has {n} rows but {name} has {other.shape[0]}")
+
+
+def check_labels(y, n_classes: int) -> np.ndarray:
+    """Integer class indices in [0, n_classes) as C ints; floats are accepted when integral."""
+    _reject_unsupported(y, "y")
+    y = np.asarray(y)
+    if y.dtype.kind not in "biuf":
+        raise TypeError(f"y must hold class indices (integers), got dtype {y.dtype}")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D class indices, got shape {y.shape}")
+    if y.size == 0:
+        raise ValueError("y is empty")
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise ValueError(f"y holds a non-finite value at index {int(np.argmin(np.isfinite(y)))}")
+    if y.dtype.kind == "f" and not np.all(y == np.round(y)):
+        raise ValueError("y holds non-integer values; class labels must be integers "
+                         "0..n_classes-1 (for regression use loss='mean_squared_error')")
+    low, high = y.min(), y.max()
+    if low < 0 or high >= n_classes:
+        bad = low if low < 0 else high
+        raise ValueError(f"y holds label {bad:g}, outside 0..{n_classes - 1} for the network's "
+                         f"{n_classes} outputs")
+    return np.ascontiguousarray(y, dtype=np.intc)
+
+
+def check_sample_weight(w, n: int, dtype) -> np.ndarray | None:
+    if w is None:
+        return None
+    w = as_float_array(w, "sample_weight", dtype, 1)
+    check_same_length(n, w, "sample_weight")
+    if (w < 0).any():
+        raise ValueError("sample_weight must be non-negative")
+    return w

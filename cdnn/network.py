@@ -1,0 +1,254 @@
+"""The model: a multilayer perceptron whose parameters live in one flat buffer."""
+from __future__ import annotations
+
+import threading
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from cdnn import _network
+from cdnn._validation import (as_float_array, check_choice, check_labels, check_positive_int,
+                              check_real, check_same_length, check_sample_weight, check_X)
+from cdnn.initializers import INITIALIZERS, default_for
+
+LOSS_ALIASES = {"mse": "mean_squared_error", "binary_cross_entropy": "sigmoid_cross_entropy"}
+LOSSES = tuple(_network.LOSSES) + tuple(LOSS_ALIASES)
+ACTIVATIONS = tuple(_network.ACTIVATIONS)
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+# Rows per kernel call when predicting or evaluating: large enough for efficient GEMMs, small
+# enough that the workspace stays a few MB.
+CHUNK_ROWS = 1024
+
+
+class Batch(NamedTuple):
+    """Validated arrays, ready for the kernels: exactly one of labels and targets is set."""
+    X: np.ndarray
+    labels: np.ndarray | None
+    targets: np.ndarray | None
+    weights: np.ndarray | None
+
+
+class MLP:
+    """A fully-connected feedforward network.
+
+    layer_sizes: widths from input to output, e.g. [784, 512, 512, 10].
+    activation: of the hidden layers — one name, or one per hidden layer. The output layer is
+        linear; the loss applies softmax or sigmoid to it.
+    loss: "softmax_cross_entropy" (labels: class indices or one-hot rows),
+        "sigmoid_cross_entropy" (binary or multi-label targets in [0, 1]) or
+        "mean_squared_error" (regression).
+    init: a weight initialiser name (he_uniform for the ReLU family, glorot_uniform otherwise);
+        biases start at zero. "zeros" never breaks the symmetry between units.
+    dropout: rate on the output of each hidden layer (one number or one per hidden layer),
+        active only while training.
+    l2: penalty l2/2 · Σ‖W‖² on the weights (not biases), added to the loss.
+    """
+
+    def __init__(self, layer_sizes: Sequence[int], activation: str | Sequence[str] = "relu",
+                 loss: str = "softmax_cross_entropy", init: str | None = None,
+                 dtype: str = "float32", seed: int | None = None, *,
+                 dropout: float | Sequence[float] = 0.0, l2: float = 0.0,
+                 leaky_slope: float = 0.01):
+        if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__len__"):
+            raise TypeError("layer_sizes must be a list of layer widths, e.g. [784, 128, 10]")
+        if len(layer_sizes) < 2:
+            raise ValueError("layer_sizes needs at least an input and an output width")
+        self.layer_sizes = tuple(check_positive_int(n, "every layer size") for n in layer_sizes)
+        n_hidden = len(self.layer_sizes) - 2
+        self.activations = _per_hidden_layer(activation, n_hidden, "activation")
+        for a in self.activations:
+            check_choice(a, "activation", ACTIVATIONS)
+        self.loss = LOSS_ALIASES.get(loss, loss) if isinstance(loss, str) else loss
+        check_choice(self.loss, "loss", LOSSES)
+        self.init = init if init is not None else default_for(
+            self.activations[0] if n_hidden else "identity")
+        check_choice(self.init, "init", INITIALIZERS)
+        self.dtype = _check_dtype(dtype)
+        self.dropout = tuple(check_real(r, "dropout", 0, 1, high_open=True)
+                             for r in _per_hidden_layer(dropout, n_hidden, "dropout"))
+        self.l2 = check_real(l2, "l2", 0)
+        self.leaky_slope = check_real(leaky_slope, "leaky_slope", 0, 1)
+        if seed is not None:
+            check_positive_int(seed, "seed", 0)
+        self.seed = seed
+        self._build()
+        self.initialize(seed)
+
+    def _build(self):
+        self._engine = _network.Network(self.layer_sizes, self.activations + ("identity",),
+                                        self.loss, self.leaky_slope, self.dropout + (0.0,),
+                                        self.l2)
+        self._local = threading.local()   # a workspace per thread: predict is thread-safe
+        self.params = np.zeros(self._engine.n_params, dtype=self.dtype)
+        self.weights, self.biases = [], []
+        start = 0
+        for fan_in, fan_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:]):
+            self.weights.append(self.params[start:start + fan_in * fan_out].reshape(fan_in, fan_out))
+            start += fan_in * fan_out
+            self.biases.append(self.params[start:start + fan_out])
+            start += fan_out
+
+    def initialize(self, seed: int | None = None):
+        """Draw fresh weights with the network's initialiser; zero the biases."""
+        rng = np.random.default_rng(seed)
+        for W, b in zip(self.weights, self.biases):
+            W[...] = INITIALIZERS[self.init](rng, *W.shape)
+            b[...] = 0
+
+    @property
+    def n_inputs(self) -> int:
+        return self.layer_sizes[0]
+
+    @property
+    def n_outputs(self) -> int:
+        return self.layer_sizes[-1]
+
+    def get_config(self) -> dict:
+        """What it takes to rebuild this network (without its parameters)."""
+        return {"layer_sizes": list(self.layer_sizes), "activation": list(self.activations),
+                "loss": self.loss, "init": self.init, "dtype": self.dtype.name,
+                "seed": self.seed, "dropout": list(self.dropout), "l2": self.l2,
+                "leaky_slope": self.leaky_slope}
+
+    def __repr__(self):
+        sizes = "-".join(map(str, self.layer_sizes))
+        acts = ",".join(sorted(set(self.activations))) or "linear"
+        return f"MLP({sizes}, {acts}, {self.loss}, {self.dtype.name})"
+
+    # pickling (scikit-learn's clone and joblib need it): the engine is rebuilt, not pickled
+    def __getstate__(self):
+        state = {k: v for k, v in self.__dict__.items()
+                 if k not in ("_engine", "_local", "weights", "biases", "params")}
+        return state | {"params": self.params.copy()}
+
+    def __setstate__(self, state):
+        params = state.pop("params")
+        self.__dict__.update(state)
+        self._build()
+        self.params[...] = params
+
+    # --- inputs ---------------------------------------------------------------------------
+
+    def _workspace(self, rows: int) -> np.ndarray:
+        """This thread's workspace, grown to hold `rows` rows."""
+        ws = getattr(self._local, "workspace", None)
+        if ws is None or ws.size < rows * self._engine.row_width:
+            ws = np.empty(rows * self._engine.row_width, dtype=self.dtype)
+            self._local.workspace = ws
+        return ws
+
+    def _check_X(self, X) -> np.ndarray:
+        return check_X(X, self.dtype, self.n_inputs)
+
+    def _prepare(self, X, y, sample_weight=None) -> Batch:
+        """Validate X, y and sample weights against this network."""
+        X = self._check_X(X)
+        n, k = X.shape[0], self.n_outputs
+        y_array = np.asarray(y) if not hasattr(y, "nnz") else y
+        if self.loss == "softmax_cross_entropy" and not (
+                getattr(y_array, "ndim", 1) == 2 and y_array.shape[1] == k and k > 1):
+            labels, targets = check_labels(y, k), None
+            check_same_length(n, labels, "y")
+        else:
+            labels = None
+            targets = as_float_array(y, "y", self.dtype, 2 if getattr(y_array, "ndim", 1) == 2
+                                     and y_array.shape[1] != 1 else 1)
+            targets = targets.reshape(len(targets), -1)
+            check_same_length(n, targets, "y")
+            if targets.shape[1] != k:
+                raise ValueError(f"y has {targets.shape[1]} columns, the network {k} outputs")
+            if self.loss != "mean_squared_error" and ((targets < 0) | (targets > 1)).any():
+                raise ValueError(f"targets for {self.loss} must lie in [0, 1]")
+        return Batch(X, labels, targets, check_sample_weight(sample_weight, n, self.dtype))
+
+    # --- inference -------------------------------------------------------------------------
+
+    def forward(self, X) -> np.ndarray:
+        """The output layer's values (logits for the cross-entropy losses), shape (n, n_outputs)."""
+        X = self._check_X(X)
+        out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
+        self._engine.forward(self.params, X, out, self._workspace(min(len(X), CHUNK_ROWS)))
+        return out
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities: softmax of the outputs, or per-output sigmoid."""
+        out = self.forward(X)
+        if self.loss == "softmax_cross_entropy":
+            _network.softmax_rows(out)
+        elif self.loss == "sigmoid_cross_entropy":
+            _network.apply_activation(out, "sigmoid")
+        else:
+            raise ValueError("predict_proba needs a classification loss; this network "
+                             "is a regressor (use predict)")
+        return out
+
+    def predict(self, X) -> np.ndarray:
+        """Class indices (softmax), 0/1 per output (sigmoid) or the outputs (regression);
+        shape (n,) when there is a single output or a class index, else (n, n_outputs)."""
+        out = self.forward(X)
+        if self.loss == "softmax_cross_entropy":
+            return out.argmax(axis=1)
+        if self.loss == "sigmoid_cross_entropy":
+            out = (out > 0).astype(np.int64)
+        return out[:, 0] if self.n_outputs == 1 else out
+
+    def evaluate(self, X, y, sample_weight=None) -> dict:
+        """{"loss": mean loss, "accuracy": fraction correct (classification only)}; dropout off,
+        the L2 penalty not included."""
+        return self._evaluate(self._prepare(X, y, sample_weight))
+
+    def _evaluate(self, batch: Batch) -> dict:
+        loss, correct = self._engine.evaluate(self.params, *batch,
+                                              self._workspace(min(len(batch.X), CHUNK_ROWS)))
+        metrics = {"loss": loss}
+        if self.loss != "mean_squared_error":
+            total = len(batch.X) if batch.weights is None else float(batch.weights.sum())
+            metrics["accuracy"] = correct / total if total > 0 else float("nan")
+        return metrics
+
+    # --- training --------------------------------------------------------------------------
+
+    def loss_and_grad(self, X, y, sample_weight=None) -> tuple[float, np.ndarray]:
+        """The mean loss over the rows of X (plus the L2 penalty) and its gradient with respect
+        to params, in params' layout; dropout is off."""
+        batch = self._prepare(X, y, sample_weight)
+        grad = np.empty_like(self.params)
+        loss = self._engine.loss_and_grad(self.params, *batch, grad,
+                                          self._workspace(min(len(batch.X), 4 * CHUNK_ROWS)))
+        return loss, grad
+
+
+def Dense(units: int, activation: str = "identity", dropout: float = 0.0) -> dict:
+    """One layer for Sequential: its width, activation and dropout rate on its output."""
+    return {"units": units, "activation": activation, "dropout": dropout}
+
+
+def Sequential(layers: Sequence[dict], input_dim: int, **kwargs) -> MLP:
+    """An MLP from a list of Dense layers; the last one is the linear output layer."""
+    if not layers or layers[-1]["activation"] != "identity" or layers[-1]["dropout"]:
+        raise ValueError("the last Dense layer is the output: no activation (the loss applies "
+                         "softmax or sigmoid) and no dropout")
+    hidden = layers[:-1]
+    return MLP([input_dim] + [layer["units"] for layer in layers],
+               activation=[layer["activation"] for layer in hidden],
+               dropout=[layer["dropout"] for layer in hidden], **kwargs)
+
+
+def _check_dtype(dtype) -> np.dtype:
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.name not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose float32 or float64")
+    return dtype
+
+
+def _per_hidden_layer(value, n_hidden: int, name: str) -> tuple:
+    if isinstance(value, (str, int, float)):
+        return (value,) * n_hidden
+    value = tuple(value)
+    if len(value) != n_hidden:
+        raise ValueError(f"{name} has {len(value)} entries for {n_hidden} hidden layers")
+    return value

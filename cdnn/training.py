@@ -1,0 +1,249 @@
+"""Mini-batch training: Trainer.fit drives the native training loop and keeps a History.
+
+Each call into the kernel runs a run of whole training steps (gather the batch, forward, loss,
+backward, update) without the GIL; Python only shuffles, schedules the learning rate, reports
+progress and runs the callbacks between runs. The workspace, gradient and optimizer state are
+allocated once per fit, so a training step allocates nothing.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from typing import Sequence
+
+import numpy as np
+
+from cdnn._validation import check_positive_int, check_real
+from cdnn.callbacks import Callback
+from cdnn.network import MLP, Batch
+from cdnn.optim import Optimizer
+
+# Kernel calls per epoch: enough for a live progress bar and a prompt Ctrl-C, few enough that
+# Python's share of the time stays negligible.
+CALLS_PER_EPOCH = 20
+
+
+class History:
+    """Per-epoch metrics, as Keras's: history.history["loss"], ["val_accuracy"], …"""
+
+    def __init__(self):
+        self.history: dict[str, list[float]] = {}
+        self.epoch: list[int] = []
+        self.interrupted = False
+
+    def append(self, epoch: int, logs: dict):
+        self.epoch.append(epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+
+    def __getitem__(self, key: str) -> list[float]:
+        return self.history[key]
+
+    def __repr__(self):
+        last = {k: round(v[-1], 4) for k, v in self.history.items()}
+        return f"History({len(self.epoch)} epochs, last={last})"
+
+    def plot(self, path: str, metrics: Sequence[str] | None = None):
+        """Write the training curves to an image file (needs matplotlib)."""
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as e:
+            raise ImportError("History.plot needs matplotlib: pip install matplotlib") from e
+        metrics = metrics or [k for k in self.history if k != "lr"]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key in metrics:
+            ax.plot(np.array(self.epoch) + 1, self.history[key], marker="o", label=key)
+        ax.set_xlabel("epoch")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+
+class Trainer:
+    """Trains an MLP with an optimizer on mini-batches.
+
+    schedule: optional callable (step_numbers, steps_per_epoch) -> learning-rate multipliers
+        of optimizer.lr, one per optimizer step (see cdnn.schedules).
+    clip_norm: if set, scale each step's gradient to at most this global L2 norm.
+    seed: the shuffling and dropout stream (default: the network's seed).
+    """
+
+    def __init__(self, net: MLP, optimizer: Optimizer, batch_size: int = 32, *,
+                 schedule=None, clip_norm: float | None = None, seed: int | None = None):
+        if not isinstance(net, MLP):
+            raise TypeError(f"net must be a cdnn.MLP, got {type(net).__name__}")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a cdnn optimizer (cdnn.SGD, cdnn.Adam, …), "
+                            f"got {type(optimizer).__name__}")
+        self.net, self.optimizer = net, optimizer
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.schedule = schedule
+        self.clip_norm = 0.0 if clip_norm is None else check_real(clip_norm, "clip_norm", 0,
+                                                                  low_open=True)
+        seed = net.seed if seed is None else check_positive_int(seed, "seed", 0)
+        self.rng = np.random.default_rng(seed)
+        self.dropout_seed = int(self.rng.integers(2**63))
+        self.stop_training = False
+
+    def fit(self, X, y, epochs: int = 1, *, validation_data=None,
+            validation_split: float = 0.0, shuffle: bool = True, sample_weight=None,
+            class_weight=None, callbacks: Sequence[Callback] = (), verbose: int = 1) -> History:
+        """Train for `epochs` passes over (X, y); returns the History. Stops early when a
+        callback sets trainer.stop_training, and cleanly on Ctrl-C (the model keeps the last
+        completed step; history.interrupted is set)."""
+        net = self.net
+        epochs = check_positive_int(epochs, "epochs", 0)
+        if verbose not in (0, 1, 2):
+            raise ValueError("verbose must be 0 (silent), 1 (progress bar) or 2 (a line per epoch)")
+        check_real(validation_split, "validation_split", 0, 1, high_open=True)
+        if validation_data is not None and validation_split:
+            raise ValueError("give validation_data or validation_split, not both")
+        train = net._prepare(X, y, sample_weight)
+        if class_weight is not None:
+            train = _with_class_weight(train, class_weight, net.n_outputs)
+        if validation_split:
+            train, val = _split(train, validation_split)
+        elif validation_data is not None:
+            if len(validation_data) not in (2, 3):
+                raise ValueError("validation_data must be (X_val, y_val) or "
+                                 "(X_val, y_val, sample_weight_val)")
+            val = net._prepare(*validation_data)
+        else:
+            val = None
+
+        n = len(train.X)
+        batch = min(self.batch_size, n)
+        steps_per_epoch = math.ceil(n / batch)
+        run = max(1, math.ceil(steps_per_epoch / CALLS_PER_EPOCH))
+        engine, params, opt = net._engine, net.params, self.optimizer
+        state1, state2 = opt.state_for(params)
+        config = opt.kernel_config()
+        workspace = np.empty(batch * engine.row_width, dtype=net.dtype)
+        label_buffer = np.empty(batch, dtype=np.intc)
+        grad = np.empty_like(params)
+        losses, corrects = np.empty(steps_per_epoch), np.empty(steps_per_epoch)
+        lrs = np.empty(steps_per_epoch)
+        rows = np.full(steps_per_epoch, batch)
+        rows[-1] = n - batch * (steps_per_epoch - 1)
+        total_weight = n if train.weights is None else float(train.weights.sum())
+        order = np.arange(n)
+
+        history = History()
+        self.stop_training = False
+        for cb in callbacks:
+            cb.set_trainer(self)
+            cb.on_train_begin()
+        try:
+            for epoch in range(epochs):
+                for cb in callbacks:
+                    cb.on_epoch_begin(epoch)
+                if shuffle:
+                    self.rng.shuffle(order)
+                bar = _progress(verbose, steps_per_epoch, epoch, epochs)
+                step = 0
+                while step < steps_per_epoch:
+                    count = min(run, steps_per_epoch - step)
+                    lrs[step:step + count] = self._learning_rates(opt, count, steps_per_epoch)
+                    done = engine.train(
+                        params, grad, state1, state2, config, opt.steps,
+                        lrs[step:step + count], *train,
+                        order[step * batch:min((step + count) * batch, n)], batch,
+                        losses[step:], corrects[step:], workspace, label_buffer,
+                        self.clip_norm, self.dropout_seed)
+                    opt.steps += done
+                    step += done
+                    if bar is not None:
+                        bar.update(done)
+                    if done < count:
+                        raise FloatingPointError(
+                            f"training diverged at epoch {epoch + 1}, step {step + 1}: the "
+                            f"{'loss' if not math.isfinite(losses[step]) else 'gradient'} is "
+                            f"not finite; the model keeps its last finite parameters. Try a "
+                            f"lower learning rate (now {opt.lr:g}), gradient clipping "
+                            f"(Trainer(clip_norm=1.0)) or scaling the inputs.")
+                logs = {"loss": float(losses @ rows / n)}
+                if net.loss != "mean_squared_error":
+                    logs["accuracy"] = float(corrects.sum() / total_weight)
+                if val is not None:
+                    metrics = net._evaluate(val)
+                    logs.update({f"val_{k}": v for k, v in metrics.items()})
+                logs["lr"] = float(lrs[-1])
+                history.append(epoch, logs)
+                _report(verbose, bar, epoch, epochs, logs)
+                for cb in callbacks:
+                    cb.on_epoch_end(epoch, logs)
+                if self.stop_training:
+                    break
+        except KeyboardInterrupt:
+            history.interrupted = True
+            print(f"\ninterrupted: the model keeps the parameters of its last completed step "
+                  f"({opt.steps} steps in all)", file=sys.stderr)
+        finally:
+            for cb in callbacks:
+                cb.on_train_end()
+        return history
+
+    def _learning_rates(self, opt: Optimizer, count: int, steps_per_epoch: int) -> np.ndarray:
+        if self.schedule is None:
+            return np.full(count, opt.lr)
+        steps = np.arange(opt.steps, opt.steps + count)
+        return opt.lr * np.asarray(self.schedule(steps, steps_per_epoch), dtype=np.float64)
+
+
+def _split(batch: Batch, fraction: float) -> tuple[Batch, Batch]:
+    """The last `fraction` of the rows (before shuffling) for validation, as Keras does."""
+    n_val = int(round(len(batch.X) * fraction))
+    if not 0 < n_val < len(batch.X):
+        raise ValueError(f"validation_split={fraction} leaves no rows for training or "
+                         f"for validation out of {len(batch.X)}")
+    cut = len(batch.X) - n_val
+    head = Batch(*(None if a is None else a[:cut] for a in batch))
+    tail = Batch(*(None if a is None else a[cut:] for a in batch))
+    return head, tail
+
+
+def _with_class_weight(batch: Batch, class_weight, n_outputs: int) -> Batch:
+    """Multiply each row's sample weight by its class's weight ("balanced": n / (k · count))."""
+    if batch.labels is not None:
+        classes = batch.labels
+    elif n_outputs > 1:
+        classes = batch.targets.argmax(axis=1)
+    else:
+        classes = (batch.targets[:, 0] > 0.5).astype(np.intc)
+    k = max(n_outputs, 2)
+    if class_weight == "balanced":
+        counts = np.bincount(classes, minlength=k).astype(np.float64)
+        table = np.where(counts > 0, len(classes) / (k * np.maximum(counts, 1)), 0.0)
+    elif isinstance(class_weight, dict):
+        table = np.ones(k)
+        for c, w in class_weight.items():
+            if not (isinstance(c, (int, np.integer)) and 0 <= c < k):
+                raise ValueError(f"class_weight has a key {c!r} that is not a class in 0..{k - 1}")
+            table[c] = check_real(w, "class_weight values", 0)
+    else:
+        raise TypeError("class_weight must be a dict {class: weight} or 'balanced'")
+    weights = table[classes].astype(batch.X.dtype)
+    if batch.weights is not None:
+        weights *= batch.weights
+    return batch._replace(weights=weights)
+
+
+def _progress(verbose: int, total: int, epoch: int, epochs: int):
+    if verbose != 1:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", unit="step", leave=True,
+                dynamic_ncols=True)
+
+
+def _report(verbose: int, bar, epoch: int, epochs: int, logs: dict):
+    text = " - ".join(f"{k} {v:.4g}" for k, v in logs.items())
+    if bar is not None:
+        bar.set_postfix_str(text)
+        bar.close()
+    elif verbose == 2:
+        print(f"epoch {epoch + 1}/{epochs} - {text}", flush=True)

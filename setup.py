@@ -1,0 +1,33 @@
+"""Builds the Cython kernels in src/ as extension modules of the cdnn package: src/_x.pyx → cdnn._x.
+
+Release builds turn Cython's bounds and wraparound checks off (the Python layer validates every
+argument before a kernel runs). CDNN_DEBUG=1 builds with them on, unoptimised and with symbols,
+for running the test suite under checks.
+"""
+import os
+from pathlib import Path
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("CDNN_DEBUG", "0") not in ("", "0")
+
+directives = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "cdivision": True,
+    "embedsignature": True,
+}
+compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
+
+extensions = [
+    Extension(f"cdnn.{pyx.stem}", [str(pyx)], extra_compile_args=compile_args)
+    for pyx in sorted(Path("src").glob("*.pyx"))
+]
+
+setup(
+    ext_modules=cythonize(extensions, include_path=["src"], compiler_directives=directives,
+                          build_dir="build/cython-debug" if DEBUG else "build/cython"),
+)

@@ -1,0 +1,131 @@
+"""Thin memoryview wrappers around each kernel, so the tests can compare every one of them with
+a plain numpy reference. The network engine (_network.pyx) calls the kernels directly."""
+
+from cython cimport floating
+from libc.stdint cimport uint64_t
+
+from blas cimport gemm
+from activations cimport bias_activation_forward, activation_backward
+from dense cimport dense_forward, dense_backward
+from dropout cimport dropout_forward, dropout_backward
+from losses cimport loss_forward_backward
+from optim cimport OptimizerConfig, make_config, optimizer_update
+
+from cdnn._network import ACTIVATIONS, LOSSES
+
+
+cdef _require(bint ok, str what):
+    if not ok:
+        raise ValueError(what)
+
+
+def matmul(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] c,
+           bint trans_a=False, bint trans_b=False, floating alpha=1, floating beta=0):
+    """C := alpha · op(A) @ op(B) + beta · C"""
+    cdef int m = a.shape[1] if trans_a else a.shape[0]
+    cdef int k = a.shape[0] if trans_a else a.shape[1]
+    cdef int n = b.shape[0] if trans_b else b.shape[1]
+    _require((b.shape[1] if trans_b else b.shape[0]) == k and c.shape[0] == m and c.shape[1] == n,
+             "shapes do not agree")
+    with nogil:
+        gemm(trans_a, trans_b, m, n, k, alpha, &a[0, 0], a.shape[1], &b[0, 0], b.shape[1],
+             beta, &c[0, 0], n)
+
+
+def bias_activation(floating[:, ::1] z, floating[:, ::1] a, const floating[::1] bias,
+                    str activation, floating slope=0.01):
+    """z := z + bias (GELU only); a := f(z + bias)"""
+    _require(a.shape[0] == z.shape[0] and a.shape[1] == z.shape[1] == bias.shape[0], "shapes")
+    cdef int kind = ACTIVATIONS[activation]
+    with nogil:
+        bias_activation_forward(&z[0, 0], &a[0, 0], &bias[0], z.shape[0], z.shape[1],
+                                kind, slope)
+
+
+def activation_grad(floating[:, ::1] d, floating[::1] dbias, const floating[:, ::1] a,
+                    const floating[:, ::1] z, str activation, floating slope=0.01,
+                    bint accumulate=False):
+    """d := d · f'(z); dbias (+)= Σ_rows d"""
+    _require(a.shape[0] == z.shape[0] == d.shape[0]
+             and a.shape[1] == z.shape[1] == d.shape[1] == dbias.shape[0], "shapes")
+    cdef int kind = ACTIVATIONS[activation]
+    with nogil:
+        activation_backward(&d[0, 0], &dbias[0], &a[0, 0], &z[0, 0], d.shape[0], d.shape[1],
+                            kind, slope, accumulate)
+
+
+def dense(floating[:, ::1] z, floating[:, ::1] a, const floating[:, ::1] inp,
+          const floating[:, ::1] W, const floating[::1] b, str activation, floating slope=0.01):
+    """z := inp @ W + b; a := f(z)"""
+    _require(inp.shape[1] == W.shape[0] and W.shape[1] == b.shape[0] == z.shape[1] == a.shape[1]
+             and z.shape[0] == a.shape[0] == inp.shape[0], "shapes")
+    cdef int kind = ACTIVATIONS[activation]
+    with nogil:
+        dense_forward(&z[0, 0], &a[0, 0], &inp[0, 0], &W[0, 0], &b[0], inp.shape[0],
+                      W.shape[0], W.shape[1], kind, slope)
+
+
+def dense_grad(floating[:, ::1] dinp, floating[:, ::1] dW, floating[::1] db, floating[:, ::1] d,
+               const floating[:, ::1] inp, const floating[:, ::1] W, const floating[:, ::1] a,
+               const floating[:, ::1] z, str activation, floating slope=0.01,
+               bint accumulate=False):
+    """dz := d·f'(z) (into d); db (+)= Σ dz; dW (+)= inpᵀ @ dz; dinp := dz @ Wᵀ (if given)"""
+    cdef int rows = inp.shape[0], n_in = W.shape[0], n_out = W.shape[1]
+    _require(inp.shape[1] == n_in and dW.shape[0] == n_in and dW.shape[1] == n_out
+             and db.shape[0] == n_out and d.shape[0] == a.shape[0] == z.shape[0] == rows
+             and d.shape[1] == a.shape[1] == z.shape[1] == n_out
+             and (dinp is None or (dinp.shape[0] == rows and dinp.shape[1] == n_in)), "shapes")
+    cdef floating* dinp_ptr = &dinp[0, 0] if dinp is not None else NULL
+    cdef int kind = ACTIVATIONS[activation]
+    with nogil:
+        dense_backward(dinp_ptr, &dW[0, 0], &db[0], &d[0, 0], &inp[0, 0], &W[0, 0], &a[0, 0],
+                       &z[0, 0], rows, n_in, n_out, kind, slope, accumulate)
+
+
+def loss(str name, const floating[:, ::1] outputs, const int[::1] labels,
+         const floating[:, ::1] targets, const floating[::1] weights, floating scale,
+         floating[:, ::1] delta):
+    """Returns scale · Σ w·ℓ; delta := scale · w · dℓ/doutputs"""
+    cdef Py_ssize_t rows = outputs.shape[0], k = outputs.shape[1], i
+    _require(delta.shape[0] == rows and delta.shape[1] == k
+             and (labels is None or labels.shape[0] == rows)
+             and (targets is None or (targets.shape[0] == rows and targets.shape[1] == k))
+             and (weights is None or weights.shape[0] == rows)
+             and (labels is None) != (targets is None), "shapes")
+    if labels is not None:
+        _require(name == "softmax_cross_entropy", "labels need the softmax loss")
+        for i in range(rows):
+            _require(0 <= labels[i] < k, "label out of range")
+    cdef int kind = LOSSES[name]
+    cdef double result
+    with nogil:
+        result = loss_forward_backward(
+            kind, &outputs[0, 0], &labels[0] if labels is not None else NULL,
+            &targets[0, 0] if targets is not None else NULL,
+            &weights[0] if weights is not None else NULL, scale, &delta[0, 0], rows, k)
+    return result
+
+
+def optimizer_step(dict config, floating lr, long step, floating[::1] params,
+                   const floating[::1] grad, floating[::1] state1, floating[::1] state2,
+                   floating gscale=1):
+    """One update of params (and the state) by the optimizer the config describes"""
+    cdef Py_ssize_t n = params.shape[0]
+    _require(grad.shape[0] == state1.shape[0] == state2.shape[0] == n, "shapes")
+    cdef OptimizerConfig c = make_config(config)
+    with nogil:
+        optimizer_update(&c, lr, step, &params[0], &grad[0], &state1[0], &state2[0], n, gscale)
+
+
+def dropout(floating[:, ::1] out, const floating[:, ::1] a, double rate, uint64_t seed,
+            uint64_t step):
+    """out := a · keep / (1 − rate)"""
+    _require(out.shape[0] == a.shape[0] and out.shape[1] == a.shape[1], "shapes")
+    with nogil:
+        dropout_forward(&out[0, 0], &a[0, 0], a.shape[0], a.shape[1], rate, seed, step)
+
+
+def dropout_grad(floating[:, ::1] d, double rate, uint64_t seed, uint64_t step):
+    """d := d · keep / (1 − rate), the forward pass's mask"""
+    with nogil:
+        dropout_backward(&d[0, 0], d.shape[0], d.shape[1], rate, seed, step)

@@ -1,0 +1,389 @@
+"""The network engine: forward pass, backward pass and whole training steps of a stack of dense
+layers, over one flat parameter buffer and one workspace, each in a single nogil call.
+
+Parameter layout, layer by layer: W_l (n_l × n_{l+1}, row-major), then b_l (n_{l+1},). The
+gradient and the optimizer state have the same layout.
+
+Workspace layout, for a capacity of B rows: every buffer is B rows of its own width, so it starts
+at B × (the sum of the widths before it). Buffers: the gathered input x (n_0); per layer its
+output a, its pre-activation z (GELU only, else z is a), its dropped-out output o (dropout only,
+else o is a); two deltas of the widest layer, ping-ponged by the backward pass; the gathered
+dense targets (n_L); the gathered sample weights (1).
+
+The Python layer validates every argument; the checks here only guard memory safety.
+"""
+
+import numpy as np
+from cython cimport floating
+from libc.math cimport isfinite, sqrt
+from libc.stdint cimport uint64_t
+from libc.string cimport memcpy
+
+from activations cimport (IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH, GELU,
+                          keeps_preactivation, activate)
+from dense cimport dense_forward, dense_backward
+from dropout cimport dropout_forward, dropout_backward
+from losses cimport (SOFTMAX_CROSS_ENTROPY, SIGMOID_CROSS_ENTROPY, MEAN_SQUARED_ERROR,
+                     loss_forward_backward, count_correct, softmax)
+from optim cimport OptimizerConfig, make_config, optimizer_update, sum_of_squares
+
+ACTIVATIONS = {"identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU,
+               "sigmoid": SIGMOID, "tanh": TANH, "gelu": GELU}
+LOSSES = {"softmax_cross_entropy": SOFTMAX_CROSS_ENTROPY,
+          "sigmoid_cross_entropy": SIGMOID_CROSS_ENTROPY,
+          "mean_squared_error": MEAN_SQUARED_ERROR}
+
+
+cdef struct Layout:
+    int n_layers, loss
+    const int* sizes            # n_layers + 1 widths
+    const int* kinds            # activation per layer
+    const double* dropout       # dropout rate on each layer's output
+    const Py_ssize_t* w_off     # into params
+    const Py_ssize_t* b_off
+    const Py_ssize_t* a_col     # into the workspace, in widths (× capacity)
+    const Py_ssize_t* z_col
+    const Py_ssize_t* o_col
+    Py_ssize_t d0_col, d1_col, t_col, sw_col, row_width, n_params
+    double slope, l2
+
+
+cdef class Network:
+    """The shape of a dense network (widths, activations, loss, dropout) and its kernels."""
+    cdef Layout layout
+    # the arrays the layout points into
+    cdef int[::1] _sizes, _kinds
+    cdef double[::1] _rates
+    cdef Py_ssize_t[::1] _w_off, _b_off, _a_col, _z_col, _o_col
+    cdef readonly Py_ssize_t n_params, row_width
+
+    def __init__(self, sizes, activations, str loss, double slope=0.01, dropout=None,
+                 double l2=0.0):
+        cdef Py_ssize_t n_layers = len(sizes) - 1
+        sizes_ = np.asarray(sizes, dtype=np.intc)
+        kinds = np.asarray([ACTIVATIONS[a] for a in activations], dtype=np.intc)
+        rates = np.zeros(n_layers) if dropout is None else np.asarray(dropout, dtype=np.float64)
+        if n_layers < 1 or kinds.shape[0] != n_layers or rates.shape[0] != n_layers:
+            raise ValueError("need one activation and one dropout rate per layer")
+        if np.any(sizes_ < 1):
+            raise ValueError("layer widths must be positive")
+        w_off = np.empty(n_layers, dtype=np.intp)
+        b_off = np.empty(n_layers, dtype=np.intp)
+        a_col = np.empty(n_layers, dtype=np.intp)
+        z_col = np.empty(n_layers, dtype=np.intp)
+        o_col = np.empty(n_layers, dtype=np.intp)
+        cdef Py_ssize_t p = 0, col = sizes_[0], l, n_out
+        for l in range(n_layers):
+            n_out = sizes_[l + 1]
+            w_off[l] = p
+            b_off[l] = p + <Py_ssize_t>sizes_[l] * n_out
+            p = b_off[l] + n_out
+            a_col[l] = col
+            col += n_out
+            z_col[l] = a_col[l]
+            if keeps_preactivation(kinds[l]):
+                z_col[l] = col
+                col += n_out
+            o_col[l] = a_col[l]
+            if rates[l] > 0:
+                o_col[l] = col
+                col += n_out
+        widest = int(sizes_[1:].max())
+        self.layout.d0_col = col
+        self.layout.d1_col = col + widest
+        self.layout.t_col = col + 2 * widest
+        self.layout.sw_col = self.layout.t_col + sizes_[n_layers]
+        self.layout.row_width = self.layout.sw_col + 1
+        self._sizes, self._kinds, self._rates = sizes_, kinds, rates
+        self._w_off, self._b_off = w_off, b_off
+        self._a_col, self._z_col, self._o_col = a_col, z_col, o_col
+        self.layout.n_layers = <int>n_layers
+        self.layout.loss = LOSSES[loss]
+        self.layout.sizes = &self._sizes[0]
+        self.layout.kinds = &self._kinds[0]
+        self.layout.dropout = &self._rates[0]
+        self.layout.w_off = &self._w_off[0]
+        self.layout.b_off = &self._b_off[0]
+        self.layout.a_col = &self._a_col[0]
+        self.layout.z_col = &self._z_col[0]
+        self.layout.o_col = &self._o_col[0]
+        self.layout.n_params = p
+        self.layout.slope = slope
+        self.layout.l2 = l2
+        self.n_params = p
+        self.row_width = self.layout.row_width
+
+    def forward(self, const floating[::1] params, const floating[:, ::1] X,
+                floating[:, ::1] out, floating[::1] workspace):
+        """out := the output layer's values (logits) for every row of X, in chunks of the
+        workspace's capacity; dropout is off."""
+        cdef Layout* L = &self.layout
+        cdef Py_ssize_t cap = _capacity(L, params.shape[0], workspace.shape[0])
+        cdef Py_ssize_t n = X.shape[0], start = 0, rows, k = L.sizes[L.n_layers]
+        if X.shape[1] != L.sizes[0] or out.shape[0] != n or out.shape[1] != k:
+            raise ValueError("X or out has the wrong shape")
+        with nogil:
+            while start < n:
+                rows = min(cap, n - start)
+                memcpy(&out[start, 0],
+                       forward(L, &params[0], &X[start, 0], &workspace[0], cap, rows, False, 0, 0),
+                       rows * k * sizeof(floating))
+                start += rows
+
+    def loss_and_grad(self, const floating[::1] params, const floating[:, ::1] X,
+                      const int[::1] labels, const floating[:, ::1] targets,
+                      const floating[::1] weights, floating[::1] grad,
+                      floating[::1] workspace):
+        """grad := dL/dparams of the mean loss over all rows of X; returns the loss. Rows are
+        taken in chunks of the workspace's capacity, their gradients summed."""
+        cdef Layout* L = &self.layout
+        cdef Py_ssize_t cap = _capacity(L, params.shape[0], workspace.shape[0])
+        cdef Py_ssize_t n = X.shape[0], start = 0, rows, k = L.sizes[L.n_layers]
+        _check_targets(L, n, X, labels, targets, weights)
+        if grad.shape[0] != params.shape[0]:
+            raise ValueError("grad has the wrong size")
+        cdef floating* ws = &workspace[0]
+        cdef const int* lab = &labels[0] if labels is not None else NULL
+        cdef const floating* tgt = &targets[0, 0] if targets is not None else NULL
+        cdef const floating* w = &weights[0] if weights is not None else NULL
+        cdef floating scale = _loss_scale(L, w, n)
+        cdef double loss = 0
+        cdef const floating* out
+        with nogil:
+            while start < n:
+                rows = min(cap, n - start)
+                out = forward(L, &params[0], &X[start, 0], ws, cap, rows, False, 0, 0)
+                loss += loss_forward_backward(
+                    L.loss, out, lab + start if lab != NULL else NULL,
+                    tgt + start * k if tgt != NULL else NULL, w + start if w != NULL else NULL,
+                    scale, ws + cap * L.d0_col, rows, k)
+                backward(L, &params[0], &grad[0], &X[start, 0], ws, cap, rows, start > 0,
+                         False, 0, 0)
+                start += rows
+            loss += l2_penalty(L, &params[0], &grad[0])
+        return loss
+
+    def evaluate(self, const floating[::1] params, const floating[:, ::1] X,
+                 const int[::1] labels, const floating[:, ::1] targets,
+                 const floating[::1] weights, floating[::1] workspace):
+        """Returns (the mean loss, Σ w over correct predictions) over all rows of X; dropout is
+        off, the L2 penalty is not included."""
+        cdef Layout* L = &self.layout
+        cdef Py_ssize_t cap = _capacity(L, params.shape[0], workspace.shape[0])
+        cdef Py_ssize_t n = X.shape[0], start = 0, rows, k = L.sizes[L.n_layers]
+        _check_targets(L, n, X, labels, targets, weights)
+        cdef floating* ws = &workspace[0]
+        cdef const int* lab = &labels[0] if labels is not None else NULL
+        cdef const floating* tgt = &targets[0, 0] if targets is not None else NULL
+        cdef const floating* w = &weights[0] if weights is not None else NULL
+        cdef floating scale = _loss_scale(L, w, n)
+        cdef double loss = 0, correct = 0
+        cdef const floating* out
+        with nogil:
+            while start < n:
+                rows = min(cap, n - start)
+                out = forward(L, &params[0], &X[start, 0], ws, cap, rows, False, 0, 0)
+                loss += loss_forward_backward(
+                    L.loss, out, lab + start if lab != NULL else NULL,
+                    tgt + start * k if tgt != NULL else NULL, w + start if w != NULL else NULL,
+                    scale, ws + cap * L.d0_col, rows, k)
+                correct += count_correct(
+                    L.loss, out, lab + start if lab != NULL else NULL,
+                    tgt + start * k if tgt != NULL else NULL, w + start if w != NULL else NULL,
+                    rows, k)
+                start += rows
+        return loss, correct
+
+    def train(self, floating[::1] params, floating[::1] grad, floating[::1] state1,
+              floating[::1] state2, dict optimizer, long step0, const double[::1] lrs,
+              const floating[:, ::1] X, const int[::1] labels, const floating[:, ::1] targets,
+              const floating[::1] weights, const Py_ssize_t[::1] order, int batch_size,
+              double[::1] losses, double[::1] corrects, floating[::1] workspace,
+              int[::1] label_buffer,
+              double clip_norm=0, uint64_t seed=0):
+        """Run len(lrs) training steps in one nogil call. Step s takes the rows
+        order[s·batch_size : (s+1)·batch_size] of X and its targets, runs forward, loss and
+        backward, and updates params (and the optimizer state) with learning rate lrs[s] and
+        optimizer step number step0 + s + 1. losses[s] receives the step's mean loss, corrects[s]
+        the (weighted) count of its correct predictions.
+
+        Stops at the first step whose loss or gradient is not finite, before updating: returns
+        the number of steps completed."""
+        cdef Layout* L = &self.layout
+        cdef Py_ssize_t cap = _capacity(L, params.shape[0], workspace.shape[0])
+        cdef Py_ssize_t n_steps = lrs.shape[0], n = X.shape[0], s, i, rows, start
+        cdef Py_ssize_t n0 = L.sizes[0], k = L.sizes[L.n_layers], n_params = L.n_params
+        _check_targets(L, n, X, labels, targets, weights)
+        if (grad.shape[0] != n_params or state1.shape[0] != n_params
+                or state2.shape[0] != n_params):
+            raise ValueError("grad or optimizer state has the wrong size")
+        if batch_size < 1 or batch_size > cap or label_buffer.shape[0] < cap:
+            raise ValueError("batch_size exceeds the workspace")
+        if losses.shape[0] < n_steps or corrects.shape[0] < n_steps or order.shape[0] > (n_steps * <Py_ssize_t>batch_size):
+            raise ValueError("order and lrs disagree on the number of steps")
+        if order.shape[0] <= (n_steps - 1) * <Py_ssize_t>batch_size:
+            raise ValueError("order and lrs disagree on the number of steps")
+        for i in range(order.shape[0]):
+            if not 0 <= order[i] < n:
+                raise ValueError("order holds a row index out of range")
+        cdef OptimizerConfig opt = make_config(optimizer)
+        cdef floating* ws = &workspace[0]
+        cdef floating* x = ws
+        cdef floating* t = ws + cap * L.t_col
+        cdef floating* sw = ws + cap * L.sw_col
+        cdef int* lab = &label_buffer[0]
+        cdef const floating* out
+        cdef const Py_ssize_t* idx
+        cdef double loss, norm
+        cdef floating gscale
+        cdef Py_ssize_t done = n_steps
+        with nogil:
+            for s in range(n_steps):
+                start = s * batch_size
+                rows = min(<Py_ssize_t>batch_size, order.shape[0] - start)
+                idx = &order[start]
+                for i in range(rows):   # gather the batch
+                    memcpy(x + i * n0, &X[idx[i], 0], n0 * sizeof(floating))
+                    if labels is not None:
+                        lab[i] = labels[idx[i]]
+                    if targets is not None:
+                        memcpy(t + i * k, &targets[idx[i], 0], k * sizeof(floating))
+                    if weights is not None:
+                        sw[i] = weights[idx[i]]
+                out = forward(L, &params[0], x, ws, cap, rows, True, seed, step0 + s)
+                loss = loss_forward_backward(
+                    L.loss, out, lab if labels is not None else NULL,
+                    t if targets is not None else NULL, sw if weights is not None else NULL,
+                    _loss_scale(L, sw if weights is not None else NULL, rows),
+                    ws + cap * L.d0_col, rows, k)
+                corrects[s] = count_correct(
+                    L.loss, out, lab if labels is not None else NULL,
+                    t if targets is not None else NULL, sw if weights is not None else NULL,
+                    rows, k)
+                backward(L, &params[0], &grad[0], x, ws, cap, rows, False, True, seed, step0 + s)
+                loss += l2_penalty(L, &params[0], &grad[0])
+                norm = sqrt(sum_of_squares(&grad[0], n_params))
+                losses[s] = loss
+                if not (isfinite(loss) and isfinite(norm)):
+                    done = s
+                    break
+                gscale = <floating>(clip_norm / (norm + 1e-6)) if 0 < clip_norm < norm else 1
+                optimizer_update(&opt, <floating>lrs[s], step0 + s + 1, &params[0], &grad[0],
+                                 &state1[0], &state2[0], n_params, gscale)
+        return done
+
+
+def softmax_rows(floating[:, ::1] z):
+    """z := softmax(z), row by row, in place"""
+    with nogil:
+        softmax(&z[0, 0], &z[0, 0], z.shape[0], z.shape[1])
+
+
+def apply_activation(floating[:, ::1] z, str activation, double slope=0.01):
+    """z := f(z), in place"""
+    cdef int kind = ACTIVATIONS[activation]
+    cdef Py_ssize_t i, n = z.shape[0] * z.shape[1]
+    cdef floating* p = &z[0, 0]
+    with nogil:
+        for i in range(n):
+            p[i] = activate(p[i], kind, <floating>slope)
+
+
+# --- the passes over the layers, shared by forward, loss_and_grad and train -------------------
+
+cdef const floating* forward(const Layout* L, const floating* params, const floating* x,
+                             floating* ws, Py_ssize_t cap, Py_ssize_t rows, bint training,
+                             uint64_t seed, uint64_t step) noexcept nogil:
+    """Run every layer on rows of x (rows × n_0); return the output layer's a (rows × n_L)"""
+    cdef const floating* inp = x
+    cdef floating* a
+    cdef int l
+    for l in range(L.n_layers):
+        a = ws + cap * L.a_col[l]
+        dense_forward(ws + cap * L.z_col[l], a, inp, params + L.w_off[l], params + L.b_off[l],
+                      <int>rows, L.sizes[l], L.sizes[l + 1], L.kinds[l], <floating>L.slope)
+        inp = a
+        if training and L.dropout[l] > 0:
+            dropout_forward(ws + cap * L.o_col[l], a, rows, L.sizes[l + 1], L.dropout[l],
+                            seed + <uint64_t>l, step)
+            inp = ws + cap * L.o_col[l]
+    return inp
+
+
+cdef void backward(const Layout* L, const floating* params, floating* grad, const floating* x,
+                   floating* ws, Py_ssize_t cap, Py_ssize_t rows, bint accumulate,
+                   bint training, uint64_t seed, uint64_t step) noexcept nogil:
+    """With dL/d(output) in the d0 buffer, write (or add, when accumulate) dL/dparams to grad"""
+    cdef floating* d = ws + cap * L.d0_col
+    cdef floating* d_below = ws + cap * L.d1_col
+    cdef floating* swap
+    cdef int l
+    for l in range(L.n_layers - 1, -1, -1):
+        if training and L.dropout[l] > 0:   # d is dL/do; make it dL/da
+            dropout_backward(d, rows, L.sizes[l + 1], L.dropout[l], seed + <uint64_t>l, step)
+        dense_backward(d_below if l > 0 else NULL, grad + L.w_off[l], grad + L.b_off[l], d,
+                       x if l == 0 else ws + cap * (L.o_col[l - 1] if training else L.a_col[l - 1]),
+                       params + L.w_off[l], ws + cap * L.a_col[l], ws + cap * L.z_col[l],
+                       <int>rows, L.sizes[l], L.sizes[l + 1], L.kinds[l], <floating>L.slope,
+                       accumulate)
+        swap = d
+        d = d_below
+        d_below = swap
+
+
+cdef double l2_penalty(const Layout* L, const floating* params, floating* grad) noexcept nogil:
+    """grad += l2·W for every weight matrix; return l2/2 · Σ‖W‖² (biases are not penalised)"""
+    if L.l2 == 0:
+        return 0
+    cdef double total = 0
+    cdef Py_ssize_t i
+    cdef int l
+    cdef floating l2 = <floating>L.l2
+    for l in range(L.n_layers):
+        for i in range(L.w_off[l], L.b_off[l]):
+            total += <double>params[i] * params[i]
+            grad[i] += l2 * params[i]
+    return 0.5 * L.l2 * total
+
+
+cdef floating _loss_scale(const Layout* L, const floating* weights, Py_ssize_t rows) noexcept nogil:
+    """1 / (the loss's normaliser): Σw (or the row count) × the outputs per row for the
+    element-wise losses; 0 when every weight is 0, so such rows contribute nothing"""
+    cdef double total = rows
+    cdef Py_ssize_t i
+    if weights != NULL:
+        total = 0
+        for i in range(rows):
+            total += weights[i]
+    if L.loss != SOFTMAX_CROSS_ENTROPY:
+        total *= L.sizes[L.n_layers]
+    return <floating>(1 / total) if total > 0 else 0
+
+
+cdef Py_ssize_t _capacity(const Layout* L, Py_ssize_t n_params, Py_ssize_t ws_size) except -1:
+    if n_params != L.n_params:
+        raise ValueError(f"params has {n_params} elements, the network {L.n_params}")
+    if ws_size < L.row_width:
+        raise ValueError("the workspace holds no row")
+    return ws_size // L.row_width
+
+
+cdef int _check_targets(const Layout* L, Py_ssize_t n, const floating[:, ::1] X,
+                        const int[::1] labels, const floating[:, ::1] targets,
+                        const floating[::1] weights) except -1:
+    cdef Py_ssize_t i, k = L.sizes[L.n_layers]
+    if X.shape[1] != L.sizes[0] or n < 1:
+        raise ValueError("X has the wrong shape")
+    if (labels is None) == (targets is None):
+        raise ValueError("give either labels or targets")
+    if labels is not None:
+        if L.loss != SOFTMAX_CROSS_ENTROPY or labels.shape[0] != n:
+            raise ValueError("labels need the softmax loss and one label per row")
+        for i in range(n):
+            if not 0 <= labels[i] < k:
+                raise ValueError(f"label {labels[i]} is out of range for {k} classes")
+    if targets is not None and (targets.shape[0] != n or targets.shape[1] != k):
+        raise ValueError("targets have the wrong shape")
+    if weights is not None and weights.shape[0] != n:
+        raise ValueError("weights have the wrong size")
+    return 0

@@ -1,0 +1,151 @@
+# Losses fused with the output delta: one pass computes the loss and dL/dlogits.
+#
+# logits and delta are (rows, k) and may be the same buffer. Targets are either integer class
+# labels (rows,) or dense targets (rows, k) — one of the two pointers is NULL. weights (rows,) are
+# per-row sample weights, or NULL for all ones. Each kernel returns scale · Σ_rows w·ℓ_row and
+# writes delta = scale · w · dℓ/dlogits, so with scale = 1/Σw (softmax) or 1/(k·Σw) (element-wise
+# losses) the loss is the weighted mean, and summing over chunks of rows gives the full-batch mean.
+
+from cython cimport floating
+from mathf cimport fexp, flog, flog1p, sigmoid
+
+cdef enum Loss:
+    SOFTMAX_CROSS_ENTROPY = 0
+    SIGMOID_CROSS_ENTROPY = 1
+    MEAN_SQUARED_ERROR = 2
+
+
+cdef inline double softmax_cross_entropy(const floating* logits, const int* labels,
+                                         const floating* targets, const floating* weights,
+                                         floating scale, floating* delta,
+                                         Py_ssize_t rows, Py_ssize_t k) noexcept nogil:
+    """ℓ = logsumexp(z) − Σ_j t_j z_j; delta = scale·w·(softmax(z)·Σt − t)"""
+    cdef Py_ssize_t i, j
+    cdef floating m, s, lse, t, t_sum, w
+    cdef const floating* z
+    cdef double total = 0, row_loss
+    for i in range(rows):
+        z = logits + i * k
+        m = z[0]
+        for j in range(1, k):
+            if z[j] > m:
+                m = z[j]
+        s = 0
+        for j in range(k):
+            s += fexp(z[j] - m)
+        lse = m + flog(s)
+        w = weights[i] if weights != NULL else 1
+        if labels != NULL:
+            row_loss = lse - z[labels[i]]
+            t_sum = 1
+        else:
+            row_loss = 0
+            t_sum = 0
+            for j in range(k):
+                t = targets[i * k + j]
+                row_loss += t * (lse - z[j])
+                t_sum += t
+        total += w * row_loss
+        # z is read above before delta (which may alias it) is written below
+        for j in range(k):
+            t = (1 if labels[i] == j else 0) if labels != NULL else targets[i * k + j]
+            delta[i * k + j] = scale * w * (fexp(z[j] - lse) * t_sum - t)
+    return scale * total
+
+
+cdef inline double sigmoid_cross_entropy(const floating* logits, const floating* targets,
+                                         const floating* weights, floating scale,
+                                         floating* delta, Py_ssize_t rows, Py_ssize_t k) noexcept nogil:
+    """ℓ = Σ_j max(z,0) − z·t + log(1 + e^−|z|); delta = scale·w·(σ(z) − t)"""
+    cdef Py_ssize_t i, j
+    cdef floating z, t, w
+    cdef double total = 0, row_loss
+    for i in range(rows):
+        w = weights[i] if weights != NULL else 1
+        row_loss = 0
+        for j in range(k):
+            z = logits[i * k + j]
+            t = targets[i * k + j]
+            row_loss += (z if z > 0 else 0) - z * t + flog1p(fexp(-z if z > 0 else z))
+            delta[i * k + j] = scale * w * (sigmoid(z) - t)
+        total += w * row_loss
+    return scale * total
+
+
+cdef inline double mean_squared_error(const floating* outputs, const floating* targets,
+                                      const floating* weights, floating scale,
+                                      floating* delta, Py_ssize_t rows, Py_ssize_t k) noexcept nogil:
+    """ℓ = Σ_j (y − t)²; delta = scale·w·2(y − t)"""
+    cdef Py_ssize_t i, j
+    cdef floating r, w
+    cdef double total = 0, row_loss
+    for i in range(rows):
+        w = weights[i] if weights != NULL else 1
+        row_loss = 0
+        for j in range(k):
+            r = outputs[i * k + j] - targets[i * k + j]
+            row_loss += r * r
+            delta[i * k + j] = scale * w * 2 * r
+        total += w * row_loss
+    return scale * total
+
+
+cdef inline double loss_forward_backward(int loss, const floating* outputs, const int* labels,
+                                         const floating* targets, const floating* weights,
+                                         floating scale, floating* delta,
+                                         Py_ssize_t rows, Py_ssize_t k) noexcept nogil:
+    if loss == SOFTMAX_CROSS_ENTROPY:
+        return softmax_cross_entropy(outputs, labels, targets, weights, scale, delta, rows, k)
+    if loss == SIGMOID_CROSS_ENTROPY:
+        return sigmoid_cross_entropy(outputs, targets, weights, scale, delta, rows, k)
+    return mean_squared_error(outputs, targets, weights, scale, delta, rows, k)
+
+
+# logits and probs are (rows, k), and may be the same buffer.
+cdef inline void softmax(const floating* logits, floating* probs,
+                         Py_ssize_t rows, Py_ssize_t k) noexcept nogil:
+    """probs := exp(z − max z) / Σ exp(z − max z), row by row"""
+    cdef Py_ssize_t i, j
+    cdef floating m, s
+    for i in range(rows):
+        m = logits[i * k]
+        for j in range(1, k):
+            if logits[i * k + j] > m:
+                m = logits[i * k + j]
+        s = 0
+        for j in range(k):
+            probs[i * k + j] = fexp(logits[i * k + j] - m)
+            s += probs[i * k + j]
+        for j in range(k):
+            probs[i * k + j] /= s
+
+
+cdef inline double count_correct(int loss, const floating* outputs, const int* labels,
+                                 const floating* targets, const floating* weights,
+                                 Py_ssize_t rows, Py_ssize_t k) noexcept nogil:
+    """Σ w over correct predictions: argmax = label (softmax), or, per output, (z > 0) = (t > ½)
+    divided by k (sigmoid); 0 for regression"""
+    cdef Py_ssize_t i, j, best
+    cdef double total = 0, hits
+    if loss == MEAN_SQUARED_ERROR:
+        return 0
+    for i in range(rows):
+        if loss == SOFTMAX_CROSS_ENTROPY:
+            best = 0
+            for j in range(1, k):
+                if outputs[i * k + j] > outputs[i * k + best]:
+                    best = j
+            if labels != NULL:
+                hits = 1 if best == labels[i] else 0
+            else:   # dense targets: correct when the top output is a top target
+                hits = 1
+                for j in range(k):
+                    if targets[i * k + j] > targets[i * k + best]:
+                        hits = 0
+        else:
+            hits = 0
+            for j in range(k):
+                hits += 1 if (outputs[i * k + j] > 0) == (targets[i * k + j] > 0.5) else 0
+            hits /= k
+        total += hits * (weights[i] if weights != NULL else 1)
+    return total

@@ -1,0 +1,103 @@
+# Optimizer updates over the flat parameter buffer, with PyTorch's semantics and order of
+# operations (torch.optim.SGD, Adam, AdamW, RMSprop). p, g and the state buffers share one
+# layout of n elements; g is read, never written. gscale multiplies the gradient first (global
+# norm clipping). step counts from 1.
+
+from cython cimport floating
+from mathf cimport fsqrt
+
+cdef enum OptimizerKind:
+    SGD = 0
+    ADAM = 1
+    RMSPROP = 2
+
+cdef struct OptimizerConfig:
+    int kind
+    double momentum, weight_decay     # SGD, RMSprop (and Adam's coupled decay)
+    bint nesterov                     # SGD
+    double beta1, beta2, eps          # Adam, AdamW (eps also RMSprop)
+    bint decoupled                    # AdamW: decay the weights, not the gradient
+    double alpha                      # RMSprop
+
+
+cdef inline OptimizerConfig make_config(dict o) except *:
+    """The struct for a Python optimizer's kernel_config() dict"""
+    cdef OptimizerConfig c
+    c.kind = {"sgd": SGD, "adam": ADAM, "rmsprop": RMSPROP}[o["kind"]]
+    c.momentum = o.get("momentum", 0.0)
+    c.weight_decay = o.get("weight_decay", 0.0)
+    c.nesterov = o.get("nesterov", False)
+    c.beta1, c.beta2 = o.get("betas", (0.9, 0.999))
+    c.eps = o.get("eps", 1e-8)
+    c.decoupled = o.get("decoupled", False)
+    c.alpha = o.get("alpha", 0.99)
+    return c
+
+
+cdef inline void sgd_update(const OptimizerConfig* c, floating lr, floating* p, const floating* g,
+                            floating* buf, Py_ssize_t n, floating gscale) noexcept nogil:
+    """g += wd·p; buf = μ·buf + g; g = g + μ·buf (Nesterov) or buf; p −= lr·g"""
+    cdef Py_ssize_t i
+    cdef floating gi, mu = c.momentum, wd = c.weight_decay
+    for i in range(n):
+        gi = g[i] * gscale + wd * p[i]
+        if mu != 0:
+            buf[i] = mu * buf[i] + gi
+            gi = gi + mu * buf[i] if c.nesterov else buf[i]
+        p[i] -= lr * gi
+
+
+cdef inline void adam_update(const OptimizerConfig* c, floating lr, long step, floating* p,
+                             const floating* g, floating* m, floating* v, Py_ssize_t n,
+                             floating gscale) noexcept nogil:
+    """m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²; p −= lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + ε)"""
+    cdef Py_ssize_t i
+    cdef floating gi, b1 = c.beta1, b2 = c.beta2, eps = c.eps, wd = c.weight_decay
+    cdef floating step_size = lr / (1 - c.beta1 ** step)
+    cdef floating bc2_sqrt = fsqrt(<floating>(1 - c.beta2 ** step))
+    cdef floating shrink = 1 - lr * wd
+    for i in range(n):
+        gi = g[i] * gscale
+        if c.decoupled:
+            p[i] *= shrink
+        else:
+            gi = gi + wd * p[i]
+        m[i] += (gi - m[i]) * (1 - b1)
+        v[i] = b2 * v[i] + (1 - b2) * gi * gi
+        p[i] -= step_size * (m[i] / (fsqrt(v[i]) / bc2_sqrt + eps))
+
+
+cdef inline void rmsprop_update(const OptimizerConfig* c, floating lr, floating* p,
+                                const floating* g, floating* sq, floating* buf, Py_ssize_t n,
+                                floating gscale) noexcept nogil:
+    """g += wd·p; sq = α·sq + (1−α)·g²; buf = μ·buf + g/(√sq + ε); p −= lr·buf"""
+    cdef Py_ssize_t i
+    cdef floating gi, step, alpha = c.alpha, eps = c.eps, mu = c.momentum, wd = c.weight_decay
+    for i in range(n):
+        gi = g[i] * gscale + wd * p[i]
+        sq[i] = alpha * sq[i] + (1 - alpha) * gi * gi
+        step = gi / (fsqrt(sq[i]) + eps)
+        if mu > 0:
+            buf[i] = mu * buf[i] + step
+            step = buf[i]
+        p[i] -= lr * step
+
+
+cdef inline void optimizer_update(const OptimizerConfig* c, floating lr, long step, floating* p,
+                                  const floating* g, floating* s1, floating* s2, Py_ssize_t n,
+                                  floating gscale) noexcept nogil:
+    if c.kind == SGD:
+        sgd_update(c, lr, p, g, s1, n, gscale)
+    elif c.kind == ADAM:
+        adam_update(c, lr, step, p, g, s1, s2, n, gscale)
+    else:
+        rmsprop_update(c, lr, p, g, s1, s2, n, gscale)
+
+
+cdef inline double sum_of_squares(const floating* x, Py_ssize_t n) noexcept nogil:
+    """Σ x² in double: the squared global gradient norm (non-finite if any x is)"""
+    cdef Py_ssize_t i
+    cdef double s = 0
+    for i in range(n):
+        s += <double>x[i] * x[i]
+    return s
