@@ -9,7 +9,14 @@ from cdnn.optim import SGD, Adam, AdamW, Optimizer, RMSprop
 from cdnn.training import History, Trainer
 from cdnn import datasets
 
+
+def load(path, optimizer=None) -> MLP:
+    """Read a network written by MLP.save (and, if given, restore the optimizer's state)."""
+    from cdnn.io import load
+    return load(path, optimizer)
+
+
 __version__ = "0.1.0"
 
 __all__ = ["MLP", "Dense", "Sequential", "Optimizer", "SGD", "Adam", "AdamW", "RMSprop",
-           "Trainer", "History", "Callback", "EarlyStopping", "datasets"]
+           "Trainer", "History", "Callback", "EarlyStopping", "datasets", "load"]

@@ -128,6 +128,11 @@ class MLP:
         self._build()
         self.params[...] = params
 
+    def save(self, path, optimizer=None):
+        """Write the network (and optionally an optimizer's state) to a safetensors file."""
+        from cdnn.io import save
+        save(self, path, optimizer)
+
     # --- inputs ---------------------------------------------------------------------------
 
     def _workspace(self, rows: int) -> np.ndarray:
