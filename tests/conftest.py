@@ -1,0 +1,32 @@
+"""Shared fixtures. The suite tests the installed package (what a wheel gives users), never the
+source tree, whose cdnn/ has no compiled kernels."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cdnn
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
+
+if Path(cdnn.__file__).resolve().parent == REPO / "cdnn":
+    raise RuntimeError("the tests imported cdnn from the source tree; install it "
+                       "(pip install .) and run `pytest` from the repository root")
+
+DTYPES = [np.float32, np.float64]
+# per-dtype tolerance for comparing a kernel with its numpy reference
+RTOL = {np.float32: 2e-5, np.float64: 1e-12}
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """((X_train, y_train), (X_test, y_test)) from ../shared/data/mnist, or a skip."""
+    if not MNIST_DIR.is_dir():
+        pytest.skip(f"MNIST not found at {MNIST_DIR}")
+    return cdnn.datasets.load_mnist(MNIST_DIR)
