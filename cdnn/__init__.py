@@ -3,11 +3,12 @@
 Cython kernels over BLAS run the forward pass, loss, backward pass and optimizer update of a
 whole training step in one native call; this package is the thin Python layer around them.
 """
-from cdnn.callbacks import Callback, EarlyStopping
+from cdnn.callbacks import (Callback, EarlyStopping, LearningRateScheduler, ModelCheckpoint,
+                            ReduceLROnPlateau)
 from cdnn.network import MLP, Dense, Sequential
 from cdnn.optim import SGD, Adam, AdamW, Optimizer, RMSprop
 from cdnn.training import History, Trainer
-from cdnn import datasets
+from cdnn import datasets, schedules
 
 
 def load(path, optimizer=None) -> MLP:
@@ -19,4 +20,5 @@ def load(path, optimizer=None) -> MLP:
 __version__ = "0.1.0"
 
 __all__ = ["MLP", "Dense", "Sequential", "Optimizer", "SGD", "Adam", "AdamW", "RMSprop",
-           "Trainer", "History", "Callback", "EarlyStopping", "datasets", "load"]
+           "Trainer", "History", "Callback", "EarlyStopping", "ModelCheckpoint",
+           "LearningRateScheduler", "ReduceLROnPlateau", "datasets", "schedules", "load"]
