@@ -1,14 +1,27 @@
 """Callbacks: code that runs at fixed points of Trainer.fit.
 
-The protocol (Keras's): subclass Callback and override any of on_train_begin(logs),
-on_epoch_begin(epoch, logs), on_epoch_end(epoch, logs), on_train_end(logs). `self.trainer` is
-the Trainer, `self.trainer.net` the model; set `self.trainer.stop_training = True` to stop after
-the current epoch. `logs` holds the epoch's metrics: loss, accuracy, val_loss, val_accuracy, lr.
+The protocol (Keras's): subclass Callback and override any of
+
+    on_train_begin(logs)          once, before the first epoch
+    on_epoch_begin(epoch, logs)   before each epoch (epoch counts from 0 within this fit)
+    on_epoch_end(epoch, logs)     after each epoch's steps and validation
+    on_train_end(logs)            once, also after an early stop, an error or Ctrl-C
+
+`self.trainer` is the Trainer (set before on_train_begin), `self.trainer.net` the model,
+`self.trainer.optimizer` the optimizer: a callback may change `optimizer.lr` (it takes effect
+from the next step run) or the model's parameters in place. Set
+`self.trainer.stop_training = True` to stop after the current epoch. `logs` in on_epoch_end holds
+the epoch's metrics: loss, accuracy (classification), val_loss and val_accuracy (with
+validation data), lr (the last step's learning rate). Callbacks run in the order given.
 Hooks run between epochs: the training steps of an epoch run in native code without them.
+
+Metric-watching callbacks (EarlyStopping, ModelCheckpoint, ReduceLROnPlateau) take `monitor`
+(a key of logs) and `mode`: "min", "max" or "auto" (max for names containing "acc").
 """
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import numpy as np
@@ -63,11 +76,8 @@ class EarlyStopping(Callback):
         self.best_params, self.stopped_epoch = None, None
 
     def on_epoch_end(self, epoch, logs=None):
-        current = (logs or {}).get(self.monitor)
+        current = _monitored(self, logs)
         if current is None:
-            warnings.warn(f"EarlyStopping: {self.monitor!r} is not among the metrics "
-                          f"({', '.join(logs or {})}); pass validation data or monitor 'loss'",
-                          stacklevel=2)
             return
         if self.is_better(current, self.best):
             self.best, self.best_epoch, self.wait = current, epoch, 0
@@ -82,3 +92,107 @@ class EarlyStopping(Callback):
     def on_train_end(self, logs=None):
         if self.restore_best_weights and self.best_params is not None:
             self.trainer.net.params[...] = self.best_params
+
+
+def _monitored(callback: Callback, logs) -> float | None:
+    """The monitored metric from logs, or None (with a warning naming what is there)."""
+    current = (logs or {}).get(callback.monitor)
+    if current is None:
+        warnings.warn(f"{type(callback).__name__}: {callback.monitor!r} is not among the "
+                      f"metrics ({', '.join(logs or {})}); pass validation data or monitor "
+                      f"'loss'", stacklevel=3)
+    return current
+
+
+class ModelCheckpoint(Callback):
+    """Save the model (net.save) after each epoch, or only when `monitor` improves
+    (save_best_only). path may hold format fields: "ckpt-{epoch:03d}-{val_loss:.3f}.safetensors"
+    (epoch counts from 1, as in Keras). With save_optimizer the optimizer's state and step count
+    go in the file too, so training can resume from it (see cdnn.io)."""
+
+    def __init__(self, path, monitor: str = "val_loss", save_best_only: bool = False,
+                 save_optimizer: bool = False, mode: str = "auto"):
+        self.path = os.fspath(path)
+        self.monitor = monitor
+        self.save_best_only = bool(save_best_only)
+        self.save_optimizer = bool(save_optimizer)
+        self.is_better, self._initial = _improvement_test(monitor, mode, 0.0)
+        self.best = self._initial
+        self.last_saved: str | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.save_best_only:
+            current = _monitored(self, logs)
+            if current is None or not self.is_better(current, self.best):
+                return
+            self.best = current
+        try:
+            path = self.path.format(epoch=epoch + 1, **logs)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"ModelCheckpoint path {self.path!r} has a field the logs cannot "
+                             f"fill ({e}); available: epoch, {', '.join(logs)}") from e
+        optimizer = self.trainer.optimizer if self.save_optimizer else None
+        self.trainer.net.save(path, optimizer)
+        self.last_saved = path
+
+
+class LearningRateScheduler(Callback):
+    """At the start of each epoch set optimizer.lr = schedule(epoch, lr), as Keras's callback
+    (epoch counts from 0 within the fit; lr is the current rate). For per-step schedules use
+    Trainer(schedule=...) (cdnn.schedules)."""
+
+    def __init__(self, schedule, verbose: int = 0):
+        if not callable(schedule):
+            raise TypeError("schedule must be a callable (epoch, lr) -> lr")
+        self.schedule = schedule
+        self.verbose = verbose
+
+    def on_epoch_begin(self, epoch, logs=None):
+        opt = self.trainer.optimizer
+        lr = self.schedule(epoch, opt.lr)
+        opt.lr = check_real(lr, "the learning rate from LearningRateScheduler's schedule", 0,
+                            low_open=True)
+        if self.verbose:
+            print(f"epoch {epoch + 1}: learning rate {opt.lr:.4g}", flush=True)
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply optimizer.lr by factor (never below min_lr) when `monitor` has not improved by
+    more than min_delta for `patience` epochs; then wait `cooldown` epochs before counting
+    again. As Keras's callback of the same name."""
+
+    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10,
+                 min_delta: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0,
+                 mode: str = "auto", verbose: int = 0):
+        self.monitor = monitor
+        self.factor = check_real(factor, "factor", 0, 1, low_open=True, high_open=True)
+        self.patience = check_positive_int(patience, "patience", 0)
+        self.min_delta = abs(check_real(min_delta, "min_delta"))
+        self.cooldown = check_positive_int(cooldown, "cooldown", 0)
+        self.min_lr = check_real(min_lr, "min_lr", 0)
+        self.is_better, self._initial = _improvement_test(monitor, mode, self.min_delta)
+        self.verbose = verbose
+
+    def on_train_begin(self, logs=None):
+        self.best, self.wait, self.cooldown_counter = self._initial, 0, 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = _monitored(self, logs)
+        if current is None:
+            return
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self.is_better(current, self.best):
+            self.best, self.wait = current, 0
+        elif self.cooldown_counter == 0:
+            self.wait += 1
+            if self.wait >= self.patience:
+                opt = self.trainer.optimizer
+                if opt.lr > self.min_lr:
+                    opt.lr = max(opt.lr * self.factor, self.min_lr)
+                    if self.verbose:
+                        print(f"epoch {epoch + 1}: reducing the learning rate to {opt.lr:.4g}",
+                              flush=True)
+                self.cooldown_counter, self.wait = self.cooldown, 0
