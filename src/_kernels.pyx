@@ -65,11 +65,12 @@ def dense(floating[:, ::1] z, floating[:, ::1] a, const floating[:, ::1] inp,
                       W.shape[0], W.shape[1], kind, slope)
 
 
-def dense_grad(floating[:, ::1] dinp, floating[:, ::1] dW, floating[::1] db, floating[:, ::1] d,
+def dense_grad(floating[:, ::1] dW, floating[::1] db, floating[:, ::1] d,
                const floating[:, ::1] inp, const floating[:, ::1] W, const floating[:, ::1] a,
-               const floating[:, ::1] z, str activation, floating slope=0.01,
-               bint accumulate=False):
-    """dz := d·f'(z) (into d); db (+)= Σ dz; dW (+)= inpᵀ @ dz; dinp := dz @ Wᵀ (if given)"""
+               const floating[:, ::1] z, str activation, floating[:, ::1] dinp=None,
+               floating slope=0.01, bint accumulate=False):
+    """dz := d·f'(z) (into d); db (+)= Σ dz; dW (+)= inpᵀ @ dz; dinp := dz @ Wᵀ (if given).
+    (dinp comes last, unlike in the kernel, so that the dtype is read from an array, not None.)"""
     cdef int rows = inp.shape[0], n_in = W.shape[0], n_out = W.shape[1]
     _require(inp.shape[1] == n_in and dW.shape[0] == n_in and dW.shape[1] == n_out
              and db.shape[0] == n_out and d.shape[0] == a.shape[0] == z.shape[0] == rows
@@ -106,15 +107,16 @@ def loss(str name, const floating[:, ::1] outputs, const int[::1] labels,
     return result
 
 
-def optimizer_step(dict config, floating lr, long step, floating[::1] params,
+def optimizer_step(dict config, double lr, long step, floating[::1] params,
                    const floating[::1] grad, floating[::1] state1, floating[::1] state2,
-                   floating gscale=1):
+                   double gscale=1):
     """One update of params (and the state) by the optimizer the config describes"""
     cdef Py_ssize_t n = params.shape[0]
     _require(grad.shape[0] == state1.shape[0] == state2.shape[0] == n, "shapes")
     cdef OptimizerConfig c = make_config(config)
     with nogil:
-        optimizer_update(&c, lr, step, &params[0], &grad[0], &state1[0], &state2[0], n, gscale)
+        optimizer_update(&c, <floating>lr, step, &params[0], &grad[0], &state1[0], &state2[0], n,
+                         <floating>gscale)
 
 
 def dropout(floating[:, ::1] out, const floating[:, ::1] a, double rate, uint64_t seed,

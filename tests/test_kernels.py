@@ -1,0 +1,204 @@
+"""Every kernel against its numpy reference, in both dtypes, on awkward shapes."""
+import numpy as np
+import pytest
+
+import reference as ref
+from cdnn import _kernels
+from conftest import DTYPES, RTOL
+
+ACTIVATIONS = ["identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu"]
+# (rows, n_in, n_out): one row, one unit, widths that are not multiples of 8
+SHAPES = [(1, 1, 1), (1, 7, 3), (5, 1, 9), (13, 17, 11), (64, 33, 10)]
+
+
+def close(actual, expected, dtype, scale=1.0):
+    np.testing.assert_allclose(actual, expected, rtol=RTOL[dtype] * 10,
+                               atol=RTOL[dtype] * 10 * scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k,n", SHAPES)
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True),
+                                             (True, True)])
+def test_matmul(rng, dtype, m, k, n, trans_a, trans_b):
+    a = rng.normal(size=(k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.normal(size=(n, k) if trans_b else (k, n)).astype(dtype)
+    c = rng.normal(size=(m, n)).astype(dtype)
+    expected = 2 * ((a.T if trans_a else a) @ (b.T if trans_b else b)) + 0.5 * c
+    _kernels.matmul(a, b, c, trans_a, trans_b, 2, 0.5)
+    close(c, expected, dtype, scale=k)
+
+
+def test_matmul_rejects_mismatched_shapes():
+    a, b = np.ones((2, 3)), np.ones((4, 2))
+    with pytest.raises(ValueError):
+        _kernels.matmul(a, b, np.empty((2, 2)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("rows,cols", [(1, 1), (3, 7), (17, 13)])
+def test_bias_activation(rng, dtype, activation, rows, cols):
+    z0 = rng.normal(size=(rows, cols)) * 3
+    b = rng.normal(size=cols)
+    z, a = z0.astype(dtype), np.empty((rows, cols), dtype)
+    _kernels.bias_activation(z, a, b.astype(dtype), activation)
+    expected_z = z0.astype(dtype).astype(float) + b.astype(dtype)
+    close(a, ref.activate(expected_z, activation), dtype)
+    if activation == "gelu":    # only GELU keeps its pre-activation
+        close(z, expected_z, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_activation_grad(rng, dtype, activation, accumulate):
+    rows, cols = 9, 13
+    z = (rng.normal(size=(rows, cols)) * 3).astype(dtype)
+    a = ref.activate(z.astype(float), activation).astype(dtype)
+    upstream = rng.normal(size=(rows, cols))
+    d = upstream.astype(dtype)
+    db0 = rng.normal(size=cols)
+    db = db0.astype(dtype)
+    _kernels.activation_grad(d, db, a, z, activation, accumulate=accumulate)
+    dz = upstream.astype(dtype) * ref.derivative(z.astype(float), activation)
+    close(d, dz, dtype)
+    close(db, dz.sum(axis=0) + (db0.astype(dtype) if accumulate else 0), dtype, scale=rows)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,n_in,n_out", SHAPES)
+@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu"])
+def test_dense_forward_and_backward(rng, dtype, rows, n_in, n_out, activation):
+    X, W, b = (rng.normal(size=s).astype(dtype) for s in [(rows, n_in), (n_in, n_out), (n_out,)])
+    z, a = np.empty((rows, n_out), dtype), np.empty((rows, n_out), dtype)
+    _kernels.dense(z, a, X, W, b, activation)
+    z_ref = X.astype(float) @ W + b
+    close(a, ref.activate(z_ref, activation), dtype, scale=n_in)
+
+    upstream = rng.normal(size=(rows, n_out)).astype(dtype)
+    d, dinp = upstream.copy(), np.empty((rows, n_in), dtype)
+    dW, db = np.empty((n_in, n_out), dtype), np.empty(n_out, dtype)
+    z_kept = z if activation == "gelu" else a
+    _kernels.dense_grad(dW, db, d, X, W, a, z_kept, activation, dinp)
+    dz = upstream * ref.derivative(z_ref, activation)
+    close(db, dz.sum(axis=0), dtype, scale=rows * n_in)
+    close(dW, X.T.astype(float) @ dz, dtype, scale=rows * n_in)
+    close(dinp, dz @ W.T.astype(float), dtype, scale=rows * n_in)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_backward_accumulates_and_skips_input_gradient(rng, dtype):
+    X, W = rng.normal(size=(4, 3)).astype(dtype), rng.normal(size=(3, 2)).astype(dtype)
+    a = z = rng.normal(size=(4, 2)).astype(dtype)
+    d = rng.normal(size=(4, 2)).astype(dtype)
+    dW, db = np.ones((3, 2), dtype), np.ones(2, dtype)
+    _kernels.dense_grad(dW, db, d.copy(), X, W, a, z, "identity", accumulate=True)
+    close(dW, 1 + X.T.astype(float) @ d, dtype, scale=4)
+    close(db, 1 + d.sum(axis=0), dtype, scale=4)
+
+
+def _targets(rng, name, rows, k):
+    if name == "softmax_cross_entropy":
+        labels = rng.integers(0, k, rows).astype(np.intc)
+        return labels, np.eye(k)[labels]
+    if name == "sigmoid_cross_entropy":
+        return None, rng.uniform(size=(rows, k))
+    return None, rng.normal(size=(rows, k))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["softmax_cross_entropy", "sigmoid_cross_entropy",
+                                  "mean_squared_error"])
+@pytest.mark.parametrize("rows,k", [(1, 1), (1, 3), (7, 10), (33, 2)])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("dense_targets", [False, True])
+def test_losses(rng, dtype, name, rows, k, weighted, dense_targets):
+    z = (rng.normal(size=(rows, k)) * 4).astype(dtype)
+    labels, targets = _targets(rng, name, rows, k)
+    if name == "softmax_cross_entropy" and dense_targets:
+        targets = rng.dirichlet(np.ones(k), rows)     # soft labels
+    weights = rng.uniform(0.1, 2, rows) if weighted else None
+    expected_loss, expected_delta = ref.loss_and_delta(name, z.astype(float), targets, weights)
+    norm = (weights.sum() if weighted else rows) * (1 if name == "softmax_cross_entropy" else k)
+    delta = np.empty_like(z)
+    use_labels = labels is not None and not dense_targets
+    loss = _kernels.loss(name, z, labels if use_labels else None,
+                         None if use_labels else targets.astype(dtype),
+                         weights.astype(dtype) if weighted else None, dtype(1 / norm), delta)
+    assert loss == pytest.approx(expected_loss, rel=RTOL[dtype] * 10, abs=RTOL[dtype])
+    close(delta, expected_delta, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_cross_entropy_is_stable_for_huge_logits(dtype):
+    z = np.array([[1e4, -1e4, 0], [-1e4, -1e4, -1e4]], dtype)
+    delta = np.empty_like(z)
+    loss = _kernels.loss("softmax_cross_entropy", z, np.array([1, 2], np.intc), None, None,
+                         dtype(0.5), delta)
+    assert np.isfinite(loss) and np.isfinite(delta).all()
+    assert loss == pytest.approx((2e4 + np.log(3)) / 2, rel=1e-6)
+
+
+def test_loss_rejects_labels_out_of_range():
+    z = np.zeros((2, 3))
+    with pytest.raises(ValueError):
+        _kernels.loss("softmax_cross_entropy", z, np.array([0, 3], np.intc), None, None, 1.0,
+                      np.empty_like(z))
+
+
+OPTIMIZERS = [
+    ({"kind": "sgd"}, lambda p, g, s1, s2, lr, t: ref.sgd(p, g, s1, lr)),
+    ({"kind": "sgd", "momentum": 0.9, "weight_decay": 0.01},
+     lambda p, g, s1, s2, lr, t: ref.sgd(p, g, s1, lr, 0.9, False, 0.01)),
+    ({"kind": "sgd", "momentum": 0.8, "nesterov": True},
+     lambda p, g, s1, s2, lr, t: ref.sgd(p, g, s1, lr, 0.8, True)),
+    ({"kind": "adam", "weight_decay": 0.1},
+     lambda p, g, s1, s2, lr, t: ref.adam(p, g, s1, s2, lr, t, weight_decay=0.1)),
+    ({"kind": "adam", "weight_decay": 0.1, "decoupled": True},
+     lambda p, g, s1, s2, lr, t: ref.adam(p, g, s1, s2, lr, t, weight_decay=0.1,
+                                          decoupled=True)),
+    ({"kind": "rmsprop", "momentum": 0.5, "weight_decay": 0.01},
+     lambda p, g, s1, s2, lr, t: ref.rmsprop(p, g, s1, s2, lr, momentum=0.5,
+                                             weight_decay=0.01)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("config,reference", OPTIMIZERS,
+                         ids=[str(c) for c, _ in OPTIMIZERS])
+def test_optimizer_update(rng, dtype, config, reference):
+    n, lr = 23, 0.05
+    p, state = rng.normal(size=n), [np.zeros(n), np.zeros(n)]
+    p_k, state_k = p.astype(dtype), [np.zeros(n, dtype), np.zeros(n, dtype)]
+    for step in range(1, 4):
+        g = rng.normal(size=n)
+        p = reference(p, g, *state, lr, step)
+        _kernels.optimizer_step(config, lr, step, p_k, g.astype(dtype), *state_k)
+        close(p_k, p, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_optimizer_gradient_scale(rng, dtype):
+    p, g = rng.normal(size=5).astype(dtype), rng.normal(size=5).astype(dtype)
+    expected = p - 0.1 * 0.5 * g
+    _kernels.optimizer_step({"kind": "sgd"}, 0.1, 1, p, g, np.zeros_like(p), np.zeros_like(p),
+                            0.5)
+    close(p, expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_masks_scales_and_repeats(rng, dtype):
+    a = rng.uniform(1, 2, size=(200, 50)).astype(dtype)
+    out = np.empty_like(a)
+    _kernels.dropout(out, a, 0.3, 7, 11)
+    kept = out != 0
+    assert 0.27 < 1 - kept.mean() < 0.33
+    close(out[kept], a[kept] / 0.7, dtype)
+    d = np.ones_like(a)
+    _kernels.dropout_grad(d, 0.3, 7, 11)        # the same mask, regenerated
+    np.testing.assert_array_equal(d != 0, kept)
+    again = np.empty_like(a)
+    _kernels.dropout(again, a, 0.3, 7, 12)      # another step draws another mask
+    assert (again != 0).mean() == pytest.approx(0.7, abs=0.03)
+    assert not np.array_equal(again != 0, kept)
