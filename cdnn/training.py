@@ -8,7 +8,9 @@ allocated once per fit, so a training step allocates nothing.
 from __future__ import annotations
 
 import math
+import signal
 import sys
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -137,7 +139,9 @@ class Trainer:
         for cb in callbacks:
             cb.set_trainer(self)
             cb.on_train_begin()
+        ctrl_c = _DeferredInterrupt()
         try:
+            ctrl_c.install()
             for epoch in range(epochs):
                 for cb in callbacks:
                     cb.on_epoch_begin(epoch)
@@ -165,6 +169,8 @@ class Trainer:
                             f"not finite; the model keeps its last finite parameters. Try a "
                             f"lower learning rate (now {opt.lr:g}), gradient clipping "
                             f"(Trainer(clip_norm=1.0)) or scaling the inputs.")
+                    if ctrl_c.pressed:
+                        raise KeyboardInterrupt
                 logs = {"loss": float(losses @ rows / n)}
                 if net.loss != "mean_squared_error":
                     logs["accuracy"] = float(corrects.sum() / total_weight)
@@ -178,11 +184,14 @@ class Trainer:
                     cb.on_epoch_end(epoch, logs)
                 if self.stop_training:
                     break
+                if ctrl_c.pressed:
+                    raise KeyboardInterrupt
         except KeyboardInterrupt:
             history.interrupted = True
             print(f"\ninterrupted: the model keeps the parameters of its last completed step "
                   f"({opt.steps} steps in all)", file=sys.stderr)
         finally:
+            ctrl_c.restore()
             for cb in callbacks:
                 cb.on_train_end()
         return history
@@ -192,6 +201,33 @@ class Trainer:
             return np.full(count, opt.lr)
         steps = np.arange(opt.steps, opt.steps + count)
         return opt.lr * np.asarray(self.schedule(steps, steps_per_epoch), dtype=np.float64)
+
+
+class _DeferredInterrupt:
+    """During fit, Ctrl-C sets `pressed`, which the loop checks after each kernel run, instead
+    of raising wherever Python happens to be: a Ctrl-C pressed during a run is delivered as the
+    run returns, and raising there would skip its bookkeeping (the step count that Adam's bias
+    correction, dropout masks, schedules and checkpoints rely on). A second Ctrl-C raises at
+    once. Installed only in the main thread and over Python's default handler."""
+
+    def __init__(self):
+        self.pressed = self.installed = False
+
+    def install(self):
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            signal.signal(signal.SIGINT, self._handle)
+            self.installed = True
+
+    def _handle(self, signum, frame):
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    def restore(self):
+        if self.installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self.installed = False
 
 
 def _split(batch: Batch, fraction: float) -> tuple[Batch, Batch]:
