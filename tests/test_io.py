@@ -1,0 +1,205 @@
+"""Model files: safetensors round trips, refusal of every malformed file, and resuming training
+from a checkpoint that holds the optimizer's state."""
+import json
+
+import numpy as np
+import pytest
+
+import cdnn
+from cdnn import io
+from cdnn.schedules import CosineWithWarmup
+
+safetensors = pytest.importorskip("safetensors")
+from safetensors import safe_open                       # noqa: E402
+from safetensors.numpy import load_file, save_file      # noqa: E402
+
+
+def trained_net(dtype, rng, **kwargs):
+    net = cdnn.MLP([4, 6, 5, 3], activation=["relu", "tanh"], dtype=dtype, seed=7, **kwargs)
+    X, y = rng.normal(size=(32, 4)), rng.integers(0, 3, size=32)
+    cdnn.Trainer(net, cdnn.Adam(lr=0.01), batch_size=8).fit(X, y, epochs=2, verbose=0)
+    return net, X, y
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_round_trip_is_bit_identical(dtype, rng, tmp_path):
+    net, X, _ = trained_net(dtype, rng, dropout=[0.1, 0.2], l2=1e-3)
+    path = tmp_path / "net.safetensors"
+    net.save(path)
+    back = cdnn.load(path)
+    assert back.get_config() == net.get_config()
+    assert back.params.dtype == net.params.dtype
+    assert back.params.tobytes() == net.params.tobytes()
+    np.testing.assert_array_equal(back.predict_proba(X), net.predict_proba(X))
+
+
+def test_the_file_is_plain_safetensors(rng, tmp_path):
+    net, _, _ = trained_net("float32", rng)
+    path = tmp_path / "net.safetensors"
+    net.save(path)
+    tensors = load_file(path)
+    assert sorted(tensors) == sorted(f"layers.{i}.{kind}" for i in range(3)
+                                     for kind in ("weight", "bias"))
+    for i, (W, b) in enumerate(zip(net.weights, net.biases)):
+        np.testing.assert_array_equal(tensors[f"layers.{i}.weight"], W)   # (fan_in, fan_out)
+        np.testing.assert_array_equal(tensors[f"layers.{i}.bias"], b)
+    with safe_open(path, framework="numpy") as f:
+        meta = f.metadata()
+    assert meta["format"] == "cdnn" and meta["format_version"] == "1"
+    assert json.loads(meta["config"]) == net.get_config()
+
+
+def test_save_leaves_no_partial_file_and_overwrites(rng, tmp_path):
+    net, _, _ = trained_net("float32", rng)
+    path = tmp_path / "net.safetensors"
+    net.save(path)
+    net.params[0] += 1
+    net.save(str(path))
+    assert [p.name for p in tmp_path.iterdir()] == ["net.safetensors"]
+    assert cdnn.load(path).params[0] == net.params[0]
+
+
+# --- malformed files --------------------------------------------------------------------------
+
+def write(path, tensors, metadata):
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+@pytest.fixture
+def good(rng, tmp_path):
+    """(tensors, metadata) of a valid file, to break one piece at a time."""
+    net, _, _ = trained_net("float64", rng)
+    net.save(tmp_path / "good.safetensors", cdnn.SGD(lr=0.1, momentum=0.9))
+    with safe_open(tmp_path / "good.safetensors", framework="numpy") as f:
+        meta = f.metadata()
+    return load_file(tmp_path / "good.safetensors"), meta
+
+
+def with_config(meta, **changes):
+    config = json.loads(meta["config"]) | changes
+    return meta | {"config": json.dumps(config)}
+
+
+BROKEN = {
+    "no metadata": lambda t, m: (t, None),
+    "wrong format": lambda t, m: (t, m | {"format": "keras"}),
+    "no format": lambda t, m: (t, {k: v for k, v in m.items() if k != "format"}),
+    "future version": lambda t, m: (t, m | {"format_version": "2"}),
+    "no config": lambda t, m: (t, {k: v for k, v in m.items() if k != "config"}),
+    "config not json": lambda t, m: (t, m | {"config": "{layer_sizes: [4"}),
+    "config not an object": lambda t, m: (t, m | {"config": "[4, 6, 5, 3]"}),
+    "bad layer sizes": lambda t, m: (t, with_config(m, layer_sizes=[4, -6, 5, 3])),
+    "unknown activation": lambda t, m: (t, with_config(m, activation=["relu", "swish"])),
+    "unknown config key": lambda t, m: (t, with_config(m, momentum=0.9)),
+    "dtype mismatch": lambda t, m: (t, with_config(m, dtype="float32")),
+    "missing tensor": lambda t, m: ({k: v for k, v in t.items() if k != "layers.1.bias"}, m),
+    "extra tensor": lambda t, m: (t | {"layers.3.weight": np.zeros((3, 3))}, m),
+    "wrong shape": lambda t, m: (t | {"layers.0.weight": np.zeros((6, 4))}, m),
+    "wrong dtype": lambda t, m: (t | {"layers.0.bias": np.zeros(6, np.float32)}, m),
+    "integer tensor": lambda t, m: (t | {"layers.0.bias": np.zeros(6, np.int64)}, m),
+    "nan weight": lambda t, m: (t | {"layers.2.weight": np.full((5, 3), np.nan)}, m),
+    "inf bias": lambda t, m: (t | {"layers.2.bias": np.array([0, np.inf, 0])}, m),
+    "state of wrong size": lambda t, m: (t | {"optimizer.state1": np.zeros(3)}, m),
+    "state missing": lambda t, m: ({k: v for k, v in t.items() if k != "optimizer.state2"}, m),
+    "state without metadata": lambda t, m: (t, {k: v for k, v in m.items() if k != "optimizer"}),
+    "nan state": lambda t, m: (t | {"optimizer.state1": np.full_like(t["optimizer.state1"],
+                                                                     np.nan)}, m),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN)
+def test_malformed_files_are_refused(case, good, tmp_path):
+    tensors, meta = BROKEN[case](*good)
+    path = write(tmp_path / "bad.safetensors", tensors, meta)
+    with pytest.raises(ValueError):
+        cdnn.load(path)
+
+
+OPTIMIZER_BROKEN = {
+    "not json": "{class: SGD",
+    "missing steps": json.dumps({"class": "SGD", "hyperparameters": {"lr": 0.1}}),
+    "negative steps": json.dumps({"class": "SGD", "hyperparameters": {"lr": 0.1}, "steps": -1}),
+    "fractional steps": json.dumps({"class": "SGD", "hyperparameters": {"lr": 0.1},
+                                    "steps": 1.5}),
+    "unknown class": json.dumps({"class": "Lion", "hyperparameters": {}, "steps": 1}),
+    "bad hyper-parameter": json.dumps({"class": "SGD", "hyperparameters": {"lr": -1},
+                                       "steps": 1}),
+    "unknown hyper-parameter": json.dumps({"class": "SGD", "hyperparameters": {"beta": 1},
+                                           "steps": 1}),
+}
+
+
+@pytest.mark.parametrize("case", OPTIMIZER_BROKEN)
+def test_malformed_optimizer_metadata_is_refused(case, good, tmp_path):
+    tensors, meta = good
+    path = write(tmp_path / "bad.safetensors", tensors, meta | {"optimizer": OPTIMIZER_BROKEN[case]})
+    with pytest.raises(ValueError):
+        cdnn.load(path, optimizer=cdnn.SGD())
+
+
+@pytest.mark.parametrize("content", [b"", b"not a model", b"\xff" * 64,
+                                     (1 << 40).to_bytes(8, "little") + b"{}"])
+def test_non_safetensors_files_are_refused(content, tmp_path):
+    path = tmp_path / "junk.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        cdnn.load(path)
+
+
+def test_truncated_file_is_refused(good, tmp_path):
+    path = write(tmp_path / "m.safetensors", *good)
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(ValueError):
+        cdnn.load(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        cdnn.load(tmp_path / "nothing.safetensors")
+
+
+def test_optimizer_mismatches_are_refused(rng, tmp_path):
+    net, _, _ = trained_net("float64", rng)
+    net.save(tmp_path / "plain.safetensors")
+    with pytest.raises(ValueError, match="no optimizer state"):
+        cdnn.load(tmp_path / "plain.safetensors", optimizer=cdnn.Adam())
+    net.save(tmp_path / "adam.safetensors", cdnn.Adam())
+    with pytest.raises(ValueError, match="Adam"):
+        cdnn.load(tmp_path / "adam.safetensors", optimizer=cdnn.AdamW())
+    with pytest.raises(TypeError):
+        net.save(tmp_path / "x.safetensors", optimizer="adam")
+    with pytest.raises(TypeError):
+        io.save("not a net", tmp_path / "x.safetensors")
+
+
+# --- resuming -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("make_opt", [lambda: cdnn.Adam(lr=0.01, weight_decay=1e-3),
+                                      lambda: cdnn.SGD(lr=0.05, momentum=0.9, nesterov=True),
+                                      lambda: cdnn.RMSprop(lr=0.005, momentum=0.5)])
+def test_resume_matches_an_uninterrupted_run(make_opt, dtype, rng, tmp_path):
+    """4 epochs in one go == 2 epochs, save with the optimizer, load, 2 more epochs — bit for
+    bit, with dropout and a per-step schedule (both keyed by the optimizer's step count)."""
+    X, y = rng.normal(size=(50, 4)), rng.integers(0, 3, size=50)
+    schedule = CosineWithWarmup(total_steps=28, warmup_steps=5)
+
+    def new_net():
+        return cdnn.MLP([4, 16, 3], dtype=dtype, seed=5, dropout=0.3)
+
+    def fit(net, opt, epochs):
+        cdnn.Trainer(net, opt, batch_size=8, schedule=schedule).fit(
+            X, y, epochs=epochs, shuffle=False, verbose=0)
+
+    straight = new_net()
+    fit(straight, make_opt(), 4)
+
+    first, opt = new_net(), make_opt()
+    fit(first, opt, 2)
+    first.save(tmp_path / "ckpt.safetensors", opt)
+    resumed_opt = type(opt)(lr=1.0)              # hyper-parameters come from the file
+    resumed = cdnn.load(tmp_path / "ckpt.safetensors", optimizer=resumed_opt)
+    assert resumed_opt.steps == 14 and resumed_opt.lr == opt.lr
+    fit(resumed, resumed_opt, 2)
+    assert resumed.params.tobytes() == straight.params.tobytes()

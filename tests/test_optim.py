@@ -1,0 +1,214 @@
+"""Optimizers: cdnn's fused update kernels against a plain numpy reference of each update rule
+and against torch.optim, training the same network full batch without shuffling."""
+import numpy as np
+import pytest
+
+import cdnn
+
+STEPS = 6
+SIZES = [5, 7, 3]
+
+# (cdnn class, hyper-parameters) — the same names and meanings as torch.optim's
+CASES = {
+    "sgd": (cdnn.SGD, dict(lr=0.1)),
+    "sgd_momentum": (cdnn.SGD, dict(lr=0.1, momentum=0.9)),
+    "sgd_nesterov": (cdnn.SGD, dict(lr=0.1, momentum=0.9, nesterov=True)),
+    "sgd_weight_decay": (cdnn.SGD, dict(lr=0.1, momentum=0.5, weight_decay=0.1)),
+    "adam": (cdnn.Adam, dict(lr=0.01)),
+    "adam_weight_decay": (cdnn.Adam, dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1)),
+    "adamw": (cdnn.AdamW, dict(lr=0.01, weight_decay=0.1)),
+    "rmsprop": (cdnn.RMSprop, dict(lr=0.01)),
+    "rmsprop_momentum": (cdnn.RMSprop, dict(lr=0.01, alpha=0.9, momentum=0.8)),
+    "rmsprop_weight_decay": (cdnn.RMSprop, dict(lr=0.01, weight_decay=0.1)),
+}
+
+
+def reference_update(kind: str, hp: dict):
+    """A numpy implementation of torch.optim's documented update; returns update(p, g, t)."""
+    state = {}
+    wd = hp.get("weight_decay", 0.0)
+
+    def sgd(p, g, t):
+        mu, lr = hp.get("momentum", 0.0), hp["lr"]
+        g = g + wd * p
+        if mu:
+            buf = state["buf"] = g.copy() if t == 1 else mu * state["buf"] + g
+            g = g + mu * buf if hp.get("nesterov") else buf
+        return p - lr * g
+
+    def adam(p, g, t, decoupled=False):
+        (b1, b2), eps, lr = hp.get("betas", (0.9, 0.999)), hp.get("eps", 1e-8), hp["lr"]
+        if decoupled:
+            p = p * (1 - lr * wd)
+        else:
+            g = g + wd * p
+        m = state["m"] = (1 - b1) * g + (b1 * state["m"] if t > 1 else 0)
+        v = state["v"] = (1 - b2) * g * g + (b2 * state["v"] if t > 1 else 0)
+        m_hat, v_hat = m / (1 - b1 ** t), v / (1 - b2 ** t)
+        return p - lr * m_hat / (np.sqrt(v_hat) + eps)
+
+    def rmsprop(p, g, t):
+        alpha, eps, mu, lr = hp.get("alpha", 0.99), hp.get("eps", 1e-8), hp.get("momentum", 0), hp["lr"]
+        g = g + wd * p
+        sq = state["sq"] = (1 - alpha) * g * g + (alpha * state["sq"] if t > 1 else 0)
+        step = g / (np.sqrt(sq) + eps)
+        if mu:
+            step = state["buf"] = step + (mu * state["buf"] if t > 1 else 0)
+        return p - lr * step
+
+    if kind == "adamw":
+        return lambda p, g, t: adam(p, g, t, decoupled=True)
+    return {"sgd": sgd, "adam": adam, "rmsprop": rmsprop}[kind.split("_")[0]]
+
+
+@pytest.fixture
+def problem(rng):
+    X = rng.normal(size=(24, SIZES[0]))
+    y = rng.integers(0, SIZES[-1], size=24)
+    return X, y
+
+
+def make_net(dtype="float64"):
+    return cdnn.MLP(SIZES, activation="tanh", dtype=dtype, seed=3)
+
+
+def train_cdnn(name, X, y, dtype="float64", clip_norm=None):
+    cls, hp = CASES[name]
+    net, opt = make_net(dtype), cls(**hp)
+    trainer = cdnn.Trainer(net, opt, batch_size=len(X), clip_norm=clip_norm)
+    trainer.fit(X, y, epochs=STEPS, shuffle=False, verbose=0)
+    assert opt.steps == STEPS
+    return net
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_matches_numpy_reference(name, problem):
+    X, y = problem
+    net = train_cdnn(name, X, y)
+    ref = make_net()
+    update = reference_update(name, CASES[name][1])
+    for t in range(1, STEPS + 1):
+        _, grad = ref.loss_and_grad(X, y)
+        ref.params[...] = update(ref.params, grad, t)
+    assert not np.allclose(ref.params, make_net().params, atol=1e-3)   # training moved them
+    np.testing.assert_allclose(net.params, ref.params, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["sgd_nesterov", "adamw", "rmsprop_momentum"])
+def test_float32_follows_the_float64_reference(name, problem):
+    X, y = problem
+    net32 = train_cdnn(name, X, y, dtype="float32")
+    net64 = train_cdnn(name, X, y)
+    assert net32.params.dtype == np.float32
+    np.testing.assert_allclose(net32.params, net64.params, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["sgd_momentum", "adam", "rmsprop"])
+def test_step_method_matches_trainer(name, problem):
+    """Optimizer.step (for hand-written loops over loss_and_grad) runs the same kernel."""
+    X, y = problem
+    net = train_cdnn(name, X, y)
+    cls, hp = CASES[name]
+    manual, opt = make_net(), cls(**hp)
+    for _ in range(STEPS):
+        _, grad = manual.loss_and_grad(X, y)
+        opt.step(manual.params, grad)
+    np.testing.assert_allclose(manual.params, net.params, rtol=0, atol=1e-12)
+
+
+def test_clip_norm_scales_the_global_gradient_norm(problem):
+    X, y = problem
+    clip = 0.05
+    net = train_cdnn("sgd_momentum", X, y, clip_norm=clip)
+    ref = make_net()
+    update = reference_update("sgd_momentum", CASES["sgd_momentum"][1])
+    for t in range(1, STEPS + 1):
+        _, grad = ref.loss_and_grad(X, y)
+        norm = np.linalg.norm(grad)
+        assert norm > clip   # so clipping is active at every step
+        ref.params[...] = update(ref.params, grad * clip / (norm + 1e-6), t)
+    np.testing.assert_allclose(net.params, ref.params, rtol=0, atol=1e-9)
+
+
+# --- against torch.optim ----------------------------------------------------------------------
+
+def torch_model(torch, net):
+    """A torch copy of net: Linear layers (weight is (out, in), cdnn's W transposed) + tanh."""
+    layers = []
+    for i, (W, b) in enumerate(zip(net.weights, net.biases)):
+        linear = torch.nn.Linear(*W.shape, dtype=torch.float64)
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(W.T.copy()))
+            linear.bias.copy_(torch.from_numpy(b.copy()))
+        layers.append(linear)
+        if i < len(net.weights) - 1:
+            layers.append(torch.nn.Tanh())
+    return torch.nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_matches_torch_optim(name, problem):
+    torch = pytest.importorskip("torch")
+    X, y = problem
+    net = train_cdnn(name, X, y)
+    model = torch_model(torch, make_net())
+    cls, hp = CASES[name]
+    opt = getattr(torch.optim, cls.__name__)(model.parameters(), **hp)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    for _ in range(STEPS):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(Xt), yt).backward()
+        opt.step()
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    for W, b, linear in zip(net.weights, net.biases, linears):
+        np.testing.assert_allclose(W, linear.weight.detach().numpy().T, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(b, linear.bias.detach().numpy(), rtol=0, atol=1e-9)
+
+
+def test_clip_norm_matches_torch(problem):
+    torch = pytest.importorskip("torch")
+    X, y = problem
+    net = train_cdnn("adam", X, y, clip_norm=0.05)
+    model = torch_model(torch, make_net())
+    opt = torch.optim.Adam(model.parameters(), **CASES["adam"][1])
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    for _ in range(STEPS):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(Xt), yt).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+        opt.step()
+    first = next(m for m in model if isinstance(m, torch.nn.Linear))
+    np.testing.assert_allclose(net.weights[0], first.weight.detach().numpy().T, rtol=0, atol=1e-9)
+
+
+# --- arguments --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make", [
+    lambda: cdnn.SGD(lr=0), lambda: cdnn.SGD(lr=-1), lambda: cdnn.SGD(lr=float("nan")),
+    lambda: cdnn.SGD(momentum=-0.1), lambda: cdnn.SGD(nesterov=True),
+    lambda: cdnn.Adam(betas=(0.9, 1.0)), lambda: cdnn.Adam(betas=(0.9,)),
+    lambda: cdnn.AdamW(weight_decay=-1), lambda: cdnn.RMSprop(alpha=1.5),
+    lambda: cdnn.RMSprop(eps=-1e-8),
+])
+def test_bad_hyperparameters_are_refused(make):
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_defaults_are_pytorchs():
+    torch = pytest.importorskip("torch")
+    param = [torch.nn.Parameter(torch.zeros(1))]
+    for cls in (cdnn.SGD, cdnn.Adam, cdnn.AdamW, cdnn.RMSprop):
+        ours, theirs = cls(), getattr(torch.optim, cls.__name__)(param).defaults
+        for key, value in vars(ours).items():
+            if key not in ("state", "steps"):
+                assert value == pytest.approx(theirs[key]), (cls.__name__, key)
+
+
+def test_optimizer_refuses_state_of_another_network(problem):
+    X, y = problem
+    opt = cdnn.SGD(lr=0.1)
+    cdnn.Trainer(make_net(), opt, batch_size=8).fit(X, y, verbose=0)
+    other = cdnn.MLP([5, 3], dtype="float64")
+    with pytest.raises(ValueError, match="make a new one"):
+        cdnn.Trainer(other, opt).fit(X, y, verbose=0)
