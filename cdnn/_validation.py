@@ -10,6 +10,9 @@ import numbers
 
 import numpy as np
 
+# The kernels hold layer widths and batch sizes in C ints.
+MAX_WIDTH = 2**31 - 1
+
 
 def check_choice(value, name: str, choices) -> str:
     if not isinstance(value, str) or value not in choices:
@@ -17,11 +20,13 @@ def check_choice(value, name: str, choices) -> str:
     return value
 
 
-def check_positive_int(value, name: str, minimum: int = 1) -> int:
+def check_positive_int(value, name: str, minimum: int = 1, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {value}")
     return int(value)
 
 
@@ -45,6 +50,12 @@ def _reject_unsupported(a, name: str):
                         f"pass {name}.toarray()")
 
 
+def _where(index) -> str:
+    """'row 3' or 'row 3, column 2' for an index into a 1-D or 2-D array."""
+    index = [int(i) for i in index]
+    return f"row {index[0]}" + (f", column {index[1]}" if len(index) > 1 else "")
+
+
 def as_float_array(a, name: str, dtype, ndim: int) -> np.ndarray:
     """a as a C-contiguous array of dtype with ndim dimensions (a (n, 1) column is accepted as
     1-D), non-empty and finite. Integer, boolean and float16 input is converted."""
@@ -59,11 +70,15 @@ def as_float_array(a, name: str, dtype, ndim: int) -> np.ndarray:
         raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}{hint}")
     if a.size == 0:
         raise ValueError(f"{name} is empty (shape {a.shape})")
-    a = np.ascontiguousarray(a, dtype=dtype)
+    with np.errstate(over="ignore"):   # an overflow is reported below, as an error
+        original, a = a, np.ascontiguousarray(a, dtype=dtype)
     if not np.isfinite(a).all():
-        where = np.argwhere(~np.isfinite(a))[0]
-        raise ValueError(f"{name} holds a non-finite value ({a[tuple(where)]}) at index "
-                         f"{tuple(int(i) for i in where)}")
+        where = tuple(np.argwhere(~np.isfinite(a))[0])
+        if np.isfinite(original[where]):   # finite before the conversion: it overflowed
+            raise ValueError(f"{name} holds {original[where]:g} at {_where(where)}, too large "
+                             f"for {np.dtype(dtype).name}; scale the inputs")
+        raise ValueError(f"{name} holds a non-finite value ({original[where]}) at "
+                         f"{_where(where)}")
     return a
 
 
@@ -88,14 +103,18 @@ def check_labels(y, n_classes: int) -> np.ndarray:
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
-        raise ValueError(f"y must be 1-D class indices, got shape {y.shape}")
+        raise ValueError(f"y must be 1-D class indices (or one-hot rows of {n_classes} "
+                         f"columns), got shape {y.shape}")
     if y.size == 0:
         raise ValueError("y is empty")
     if y.dtype.kind == "f" and not np.isfinite(y).all():
-        raise ValueError(f"y holds a non-finite value at index {int(np.argmin(np.isfinite(y)))}")
+        i = int(np.argmin(np.isfinite(y)))
+        raise ValueError(f"y holds a non-finite value ({y[i]}) at row {i}")
     if y.dtype.kind == "f" and not np.all(y == np.round(y)):
-        raise ValueError("y holds non-integer values; class labels must be integers "
-                         "0..n_classes-1 (for regression use loss='mean_squared_error')")
+        i = int(np.argmin(y == np.round(y)))
+        raise ValueError(f"y holds a non-integer value ({y[i]:g}) at row {i}; class labels "
+                         f"must be integers 0..{n_classes - 1} (for regression use "
+                         f"loss='mean_squared_error')")
     low, high = y.min(), y.max()
     if low < 0 or high >= n_classes:
         bad = low if low < 0 else high

@@ -7,8 +7,9 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from cdnn import _network
-from cdnn._validation import (as_float_array, check_choice, check_labels, check_positive_int,
-                              check_real, check_same_length, check_sample_weight, check_X)
+from cdnn._validation import (MAX_WIDTH, as_float_array, check_choice, check_labels,
+                              check_positive_int, check_real, check_same_length,
+                              check_sample_weight, check_X)
 from cdnn.initializers import INITIALIZERS, default_for
 
 LOSS_ALIASES = {"mse": "mean_squared_error", "binary_cross_entropy": "sigmoid_cross_entropy"}
@@ -54,7 +55,8 @@ class MLP:
             raise TypeError("layer_sizes must be a list of layer widths, e.g. [784, 128, 10]")
         if len(layer_sizes) < 2:
             raise ValueError("layer_sizes needs at least an input and an output width")
-        self.layer_sizes = tuple(check_positive_int(n, "every layer size") for n in layer_sizes)
+        self.layer_sizes = tuple(check_positive_int(n, "every layer size", maximum=MAX_WIDTH)
+                                 for n in layer_sizes)
         n_hidden = len(self.layer_sizes) - 2
         self.activations = _per_hidden_layer(activation, n_hidden, "activation")
         for a in self.activations:
@@ -251,7 +253,7 @@ def _check_dtype(dtype) -> np.dtype:
 
 
 def _per_hidden_layer(value, n_hidden: int, name: str) -> tuple:
-    if isinstance(value, (str, int, float)):
+    if value is None or isinstance(value, (str, int, float)):
         return (value,) * n_hidden
     value = tuple(value)
     if len(value) != n_hidden:
