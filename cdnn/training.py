@@ -105,8 +105,6 @@ class Trainer:
         if validation_data is not None and validation_split:
             raise ValueError("give validation_data or validation_split, not both")
         train = net._prepare(X, y, sample_weight)
-        if class_weight is not None:
-            train = _with_class_weight(train, class_weight, net.n_outputs)
         if validation_split:
             train, val = _split(train, validation_split)
         elif validation_data is not None:
@@ -116,6 +114,8 @@ class Trainer:
             val = net._prepare(*validation_data)
         else:
             val = None
+        if class_weight is not None:   # training rows only, as Keras: validation is unweighted
+            train = _with_class_weight(train, class_weight, net.n_outputs)
 
         n = len(train.X)
         batch = min(self.batch_size, n)
@@ -200,7 +200,11 @@ class Trainer:
         if self.schedule is None:
             return np.full(count, opt.lr)
         steps = np.arange(opt.steps, opt.steps + count)
-        return opt.lr * np.asarray(self.schedule(steps, steps_per_epoch), dtype=np.float64)
+        factors = np.asarray(self.schedule(steps, steps_per_epoch), dtype=np.float64)
+        if factors.shape != (count,) or not (np.isfinite(factors) & (factors >= 0)).all():
+            raise ValueError(f"the schedule must return one finite multiplier ≥ 0 per step "
+                             f"({count} here), got {factors!r}")
+        return opt.lr * factors
 
 
 class _DeferredInterrupt:
