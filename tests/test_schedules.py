@@ -87,3 +87,15 @@ def test_schedule_continues_across_fit_calls(rng):
     first = trainer.fit(X, y, epochs=2, verbose=0)
     second = trainer.fit(X, y, epochs=2, verbose=0)
     assert first["lr"] + second["lr"] == [0.5 ** e for e in range(4)]
+
+
+@pytest.mark.parametrize("schedule", [lambda s, spe: np.ones(len(s) + 1),
+                                      lambda s, spe: -np.ones(len(s)),
+                                      lambda s, spe: np.full(len(s), np.nan)])
+def test_trainer_refuses_a_bad_schedule_before_any_step(schedule, rng):
+    X, y = rng.normal(size=(20, 4)), rng.integers(0, 3, size=20)
+    net = cdnn.MLP([4, 3], seed=1)
+    before = net.params.copy()
+    with pytest.raises(ValueError, match="schedule"):
+        cdnn.Trainer(net, cdnn.SGD(lr=0.1), schedule=schedule).fit(X, y, verbose=0)
+    np.testing.assert_array_equal(net.params, before)

@@ -242,6 +242,19 @@ def test_class_weight(blobs):
                                   full_batch(new_net(), X, y, sample_weight=balanced[y]))
 
 
+def test_class_weight_applies_to_training_rows_only(blobs):
+    """validation_split with class_weight == training on the head with validation_data: the
+    "balanced" table counts training rows only and validation stays unweighted (as Keras)."""
+    X, y = blobs
+    split, given = new_net(), new_net()
+    h1 = train(split, X, y, epochs=2, class_weight="balanced", validation_split=0.2)
+    h2 = train(given, X[:72], y[:72], epochs=2, class_weight="balanced",
+               validation_data=(X[72:], y[72:]))
+    np.testing.assert_array_equal(split.params, given.params)
+    assert h1["val_loss"] == h2["val_loss"]
+    assert h1["val_loss"][-1] == pytest.approx(split.evaluate(X[72:], y[72:])["loss"])
+
+
 def test_upweighting_a_class_raises_its_predictions(rng):
     """Two overlapping classes: weighting class 1 five times moves the boundary towards
     class 0, so more points are called 1 and their mean probability rises."""
