@@ -132,6 +132,15 @@ def test_clip_norm_scales_the_global_gradient_norm(problem):
 
 # --- against torch.optim ----------------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def torch():
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)    # tiny tensors: a thread pool only contends for the cores
+    yield torch
+    torch.set_num_threads(threads)
+
+
 def torch_model(torch, net):
     """A torch copy of net: Linear layers (weight is (out, in), cdnn's W transposed) + tanh."""
     layers = []
@@ -147,8 +156,7 @@ def torch_model(torch, net):
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_matches_torch_optim(name, problem):
-    torch = pytest.importorskip("torch")
+def test_matches_torch_optim(name, problem, torch):
     X, y = problem
     net = train_cdnn(name, X, y)
     model = torch_model(torch, make_net())
@@ -165,8 +173,7 @@ def test_matches_torch_optim(name, problem):
         np.testing.assert_allclose(b, linear.bias.detach().numpy(), rtol=0, atol=1e-9)
 
 
-def test_clip_norm_matches_torch(problem):
-    torch = pytest.importorskip("torch")
+def test_clip_norm_matches_torch(problem, torch):
     X, y = problem
     net = train_cdnn("adam", X, y, clip_norm=0.05)
     model = torch_model(torch, make_net())
@@ -195,8 +202,7 @@ def test_bad_hyperparameters_are_refused(make):
         make()
 
 
-def test_defaults_are_pytorchs():
-    torch = pytest.importorskip("torch")
+def test_defaults_are_pytorchs(torch):
     param = [torch.nn.Parameter(torch.zeros(1))]
     for cls in (cdnn.SGD, cdnn.Adam, cdnn.AdamW, cdnn.RMSprop):
         ours, theirs = cls(), getattr(torch.optim, cls.__name__)(param).defaults
