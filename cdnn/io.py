@@ -87,14 +87,15 @@ def load(path, optimizer: Optimizer | None = None) -> MLP:
         n_params = sum(int(np.prod(shape)) for shape in expected.values())
         expected.update({name: (n_params,) for name in STATE_NAMES})
     _check_names(tensors, expected, where)
+    for name, array in tensors.items():   # before building: a config alone may ask for TBs
+        if array.shape != expected[name]:
+            raise ValueError(f"{where}: tensor {name} has shape {array.shape}, the config "
+                             f"needs {expected[name]}")
     try:
         net = MLP(**config)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: the config does not build a network: {e}") from e
     for name, array in tensors.items():
-        if array.shape != expected[name]:
-            raise ValueError(f"{where}: tensor {name} has shape {array.shape}, the config "
-                             f"needs {expected[name]}")
         if array.dtype != net.dtype:
             raise ValueError(f"{where}: tensor {name} is {array.dtype}, the config says "
                              f"{net.dtype}")
@@ -135,7 +136,7 @@ def _json(metadata: dict, key: str, where: str):
         return json.loads(metadata[key])
     except KeyError:
         raise ValueError(f"{where}: the metadata has no {key!r} entry") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:   # RecursionError: nested too deep
         raise ValueError(f"{where}: the {key!r} metadata is not valid JSON: {e}") from e
 
 
@@ -169,7 +170,7 @@ def _restore_optimizer(optimizer: Optimizer, saved, state: list[np.ndarray], whe
         raise ValueError(f"{where}: the optimizer metadata must hold class, hyperparameters "
                          f"and steps")
     name, hyper, steps = saved["class"], saved["hyperparameters"], saved["steps"]
-    if name not in OPTIMIZERS:
+    if not isinstance(name, str) or name not in OPTIMIZERS:
         raise ValueError(f"{where}: unknown optimizer class {name!r}")
     if type(optimizer).__name__ != name:
         raise ValueError(f"{where} holds the state of a {name}, not of a "
