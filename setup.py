@@ -5,6 +5,7 @@ argument before a kernel runs). CDNN_DEBUG=1 builds with them on, unoptimised an
 for running the test suite under checks.
 """
 import os
+import sys
 from pathlib import Path
 
 from Cython.Build import cythonize
@@ -21,9 +22,16 @@ directives = {
     "embedsignature": True,
 }
 compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
+link_args = []
+# OpenMP splits a training step's batch across threads (src/_network.pyx). Without it (e.g.
+# Apple clang) Cython's parallel blocks run serially: correct, one core.
+if sys.platform.startswith("linux"):
+    compile_args.append("-fopenmp")
+    link_args.append("-fopenmp")
 
 extensions = [
-    Extension(f"cdnn.{pyx.stem}", [str(pyx)], extra_compile_args=compile_args)
+    Extension(f"cdnn.{pyx.stem}", [str(pyx)], extra_compile_args=compile_args,
+              extra_link_args=link_args)
     for pyx in sorted(Path("src").glob("*.pyx"))
 ]
 

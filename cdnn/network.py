@@ -1,6 +1,8 @@
 """The model: a multilayer perceptron whose parameters live in one flat buffer."""
 from __future__ import annotations
 
+import contextlib
+import math
 import threading
 from typing import NamedTuple, Sequence
 
@@ -11,6 +13,7 @@ from cdnn._validation import (MAX_WIDTH, as_float_array, check_choice, check_lab
                               check_positive_int, check_real, check_same_length,
                               check_sample_weight, check_X)
 from cdnn.initializers import INITIALIZERS, default_for
+from cdnn.threads import get_num_threads, single_threaded_blas
 
 LOSS_ALIASES = {"mse": "mean_squared_error", "binary_cross_entropy": "sigmoid_cross_entropy"}
 LOSSES = tuple(_network.LOSSES) + tuple(LOSS_ALIASES)
@@ -20,6 +23,7 @@ DTYPES = {"float32": np.float32, "float64": np.float64}
 # Rows per kernel call when predicting or evaluating: large enough for efficient GEMMs, small
 # enough that the workspace stays a few MB.
 CHUNK_ROWS = 1024
+MIN_ROWS_PER_THREAD = 64
 
 
 class Batch(NamedTuple):
@@ -175,7 +179,11 @@ class MLP:
         """The output layer's values (logits for the cross-entropy losses), shape (n, n_outputs)."""
         X = self._check_X(X)
         out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
-        self._engine.forward(self.params, X, out, self._workspace(min(len(X), CHUNK_ROWS)))
+        # many rows are split across cdnn's threads; a few are not worth waking them for
+        threads = min(get_num_threads(), max(1, len(X) // MIN_ROWS_PER_THREAD))
+        share = min(math.ceil(len(X) / threads), CHUNK_ROWS)
+        with single_threaded_blas() if threads > 1 else contextlib.nullcontext():
+            self._engine.forward(self.params, X, out, self._workspace(threads * share), threads)
         return out
 
     def predict_proba(self, X) -> np.ndarray:

@@ -1,40 +1,87 @@
-"""The thread pools cdnn's kernels run on.
+"""The threads cdnn's kernels run on.
 
-cdnn's GEMMs call the BLAS that scipy ships (`scipy.linalg.cython_blas`, an OpenBLAS in the
-scipy wheels); numpy loads its own OpenBLAS beside it. cdnn uses no OpenMP pool of its own.
-These functions set every BLAS and OpenMP pool loaded in the process (through threadpoolctl),
-so numpy's matrix products follow the same limit and no two pools oversubscribe the cores.
+A training step (and a large predict) splits its rows across cdnn's own OpenMP threads, each
+calling single-threaded GEMMs from the BLAS that scipy ships (`scipy.linalg.cython_blas`). While
+such a kernel runs, the BLAS is held at one thread so the two pools never oversubscribe the
+cores; small calls (a one-row predict) use one cdnn thread and the BLAS as it is.
 
-Results are bit-identical for a given seed and thread count; with another thread count the BLAS
-may split its sums differently, so they agree to rounding only (see docs/RELIABILITY.md).
+`set_num_threads(n)` sets cdnn's thread count and every BLAS and OpenMP pool of the process
+(through threadpoolctl), so numpy's products follow the same limit. The default is the number of
+cores this process may use.
+
+Results are bit-identical for a given seed and thread count; with another thread count the
+batch is split differently and gradients are summed in another grouping, so results agree to
+rounding only (see docs/RELIABILITY.md).
 """
 from __future__ import annotations
 
 import os
+import threading
 
-from threadpoolctl import threadpool_info, threadpool_limits
-
-import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS the kernels use, so it is seen)
+from threadpoolctl import threadpool_limits
 
 from cdnn._validation import check_positive_int
 
+_num_threads: int | None = None     # None: every usable core
 
-def set_num_threads(n: int) -> None:
-    """Use n threads in every BLAS (and OpenMP) pool of the process, until changed again."""
-    threadpool_limits(limits=check_positive_int(n, "the number of threads"))
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:      # not on Linux
+        return os.cpu_count() or 1
 
 
 def get_num_threads() -> int:
-    """The thread count of the BLAS that cdnn's kernels call (scipy's)."""
-    blas = [lib for lib in threadpool_info() if lib["user_api"] == "blas"]
-    if not blas:
-        return 1
-    scipy_dir = os.path.dirname(os.path.dirname(scipy.__file__))
-    ours = [lib for lib in blas if lib["filepath"].startswith(os.path.join(scipy_dir, "scipy"))]
-    return (ours or blas)[0]["num_threads"]
+    """The number of threads cdnn's kernels use."""
+    return _num_threads or _usable_cores()
 
 
-def limit_threads(n: int) -> threadpool_limits:
-    """`with cdnn.limit_threads(n): …` runs the block with n threads per pool, then restores
-    the previous counts."""
-    return threadpool_limits(limits=check_positive_int(n, "the number of threads"))
+def set_num_threads(n: int) -> None:
+    """Use n threads in cdnn's kernels and in every BLAS and OpenMP pool of the process."""
+    global _num_threads
+    _num_threads = check_positive_int(n, "the number of threads")
+    threadpool_limits(limits=_num_threads)
+
+
+class limit_threads:
+    """`with cdnn.limit_threads(n): …` runs the block with n threads (cdnn's and every pool's),
+    then restores the previous counts."""
+
+    def __init__(self, n: int):
+        self.n = check_positive_int(n, "the number of threads")
+
+    def __enter__(self):
+        global _num_threads
+        self._previous, _num_threads = _num_threads, self.n
+        self._pools = threadpool_limits(limits=self.n)
+        return self
+
+    def __exit__(self, *exc):
+        global _num_threads
+        self._pools.restore_original_limits()
+        _num_threads = self._previous
+
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limit = None
+
+
+class single_threaded_blas:
+    """Hold the BLAS at one thread while cdnn's own threads call it (nests across Python
+    threads: the first to enter sets the limit, the last to leave restores it)."""
+
+    def __enter__(self):
+        global _blas_users, _blas_limit
+        with _blas_lock:
+            if _blas_users == 0:
+                _blas_limit = threadpool_limits(limits=1, user_api="blas")
+            _blas_users += 1
+
+    def __exit__(self, *exc):
+        global _blas_users
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limit.restore_original_limits()

@@ -7,6 +7,7 @@ allocated once per fit, so a training step allocates nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import sys
@@ -19,6 +20,7 @@ from cdnn._validation import check_positive_int, check_real
 from cdnn.callbacks import Callback
 from cdnn.network import MLP, Batch
 from cdnn.optim import Optimizer
+from cdnn.threads import get_num_threads, single_threaded_blas
 
 # Kernel calls per epoch: enough for a live progress bar and a prompt Ctrl-C, few enough that
 # Python's share of the time stays negligible.
@@ -121,12 +123,8 @@ class Trainer:
         batch = min(self.batch_size, n)
         steps_per_epoch = math.ceil(n / batch)
         run = max(1, math.ceil(steps_per_epoch / CALLS_PER_EPOCH))
-        engine, params, opt = net._engine, net.params, self.optimizer
-        state1, state2 = opt.state_for(params)
-        config = opt.kernel_config()
-        workspace = np.empty(batch * engine.row_width, dtype=net.dtype)
-        label_buffer = np.empty(batch, dtype=np.intc)
-        grad = np.empty_like(params)
+        opt = self.optimizer
+        steps = _Steps(net, opt, train, batch, self.clip_norm, self.dropout_seed)
         losses, corrects = np.empty(steps_per_epoch), np.empty(steps_per_epoch)
         lrs = np.empty(steps_per_epoch)
         rows = np.full(steps_per_epoch, batch)
@@ -149,28 +147,25 @@ class Trainer:
                     self.rng.shuffle(order)
                 bar = _progress(verbose, steps_per_epoch, epoch, epochs)
                 step = 0
-                while step < steps_per_epoch:
-                    count = min(run, steps_per_epoch - step)
-                    lrs[step:step + count] = self._learning_rates(opt, count, steps_per_epoch)
-                    done = engine.train(
-                        params, grad, state1, state2, config, opt.steps,
-                        lrs[step:step + count], *train,
-                        order[step * batch:min((step + count) * batch, n)], batch,
-                        losses[step:], corrects[step:], workspace, label_buffer,
-                        self.clip_norm, self.dropout_seed)
-                    opt.steps += done
-                    step += done
-                    if bar is not None:
-                        bar.update(done)
-                    if done < count:
-                        raise FloatingPointError(
-                            f"training diverged at epoch {epoch + 1}, step {step + 1}: the "
-                            f"{'loss' if not math.isfinite(losses[step]) else 'gradient'} is "
-                            f"not finite; the model keeps its last finite parameters. Try a "
-                            f"lower learning rate (now {opt.lr:g}), gradient clipping "
-                            f"(Trainer(clip_norm=1.0)) or scaling the inputs.")
-                    if ctrl_c.pressed:
-                        raise KeyboardInterrupt
+                with steps.threads():
+                    while step < steps_per_epoch:
+                        count = min(run, steps_per_epoch - step)
+                        lrs[step:step + count] = self._learning_rates(opt, count, steps_per_epoch)
+                        done = steps.run(lrs[step:step + count],
+                                         order[step * batch:min((step + count) * batch, n)],
+                                         losses[step:], corrects[step:])
+                        step += done
+                        if bar is not None:
+                            bar.update(done)
+                        if done < count:
+                            raise FloatingPointError(
+                                f"training diverged at epoch {epoch + 1}, step {step + 1}: "
+                                f"{_what_diverged(losses[step])}; the model keeps its last "
+                                f"finite parameters. Try a lower learning rate (now "
+                                f"{opt.lr:g}), gradient clipping (Trainer(clip_norm=1.0)) or "
+                                f"scaling the inputs.")
+                        if ctrl_c.pressed:
+                            raise KeyboardInterrupt
                 logs = {"loss": float(losses @ rows / n)}
                 if net.loss != "mean_squared_error":
                     logs["accuracy"] = float(corrects.sum() / total_weight)
@@ -205,6 +200,58 @@ class Trainer:
             raise ValueError(f"the schedule must return one finite multiplier ≥ 0 per step "
                              f"({count} here), got {factors!r}")
         return opt.lr * factors
+
+
+class _Steps:
+    """The buffers of one fit and the kernel calls that run its training steps.
+
+    Each thread takes a share of every batch, with its own rows of the workspace and its own
+    gradient buffer. Before each run of steps the parameters and optimizer state are copied, so
+    that when an update turns a parameter non-finite they can be restored and the good steps
+    replayed (the kernel detects the fault only after writing the update)."""
+
+    def __init__(self, net: MLP, opt: Optimizer, train: Batch, batch: int, clip_norm: float,
+                 seed: int):
+        self.engine, self.params, self.opt = net._engine, net.params, opt
+        self.train, self.batch, self.clip_norm, self.seed = train, batch, clip_norm, seed
+        self.state = opt.state_for(net.params)
+        self.config = opt.kernel_config()
+        self.n_threads = min(get_num_threads(), batch)
+        share = math.ceil(batch / self.n_threads)
+        self.workspace = np.empty(self.n_threads * share * self.engine.row_width, net.dtype)
+        self.label_buffer = np.empty(self.n_threads * share, dtype=np.intc)
+        self.grads = np.empty((self.n_threads, net.params.size), dtype=net.dtype)
+        self.saved = [np.empty_like(a) for a in (net.params, *self.state)]
+
+    def threads(self):
+        """The BLAS held at one thread while cdnn's own threads run the steps."""
+        return single_threaded_blas() if self.n_threads > 1 else contextlib.nullcontext()
+
+    def run(self, lrs, order, losses, corrects) -> int:
+        """Run len(lrs) steps over the rows in order; return how many completed (fewer when
+        training diverged: the parameters are then those after the last completed step)."""
+        live = (self.params, *self.state)
+        for saved, array in zip(self.saved, live):
+            np.copyto(saved, array)
+        done, dirty = self._call(lrs, order, losses, corrects)
+        if dirty:
+            for saved, array in zip(self.saved, live):
+                np.copyto(array, saved)
+            if done:
+                self._call(lrs[:done], order[:done * self.batch], losses, corrects)
+        self.opt.steps += done
+        return done
+
+    def _call(self, lrs, order, losses, corrects):
+        return self.engine.train(
+            self.params, self.grads, *self.state, self.config, self.opt.steps, lrs, *self.train,
+            order, self.batch, losses, corrects, self.workspace, self.label_buffer,
+            self.clip_norm, self.seed)
+
+
+def _what_diverged(loss: float) -> str:
+    return ("the loss is not finite" if not math.isfinite(loss)
+            else "the gradient or the updated parameters are not finite")
 
 
 class _DeferredInterrupt:

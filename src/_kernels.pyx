@@ -124,10 +124,10 @@ def dropout(floating[:, ::1] out, const floating[:, ::1] a, double rate, uint64_
     """out := a · keep / (1 − rate)"""
     _require(out.shape[0] == a.shape[0] and out.shape[1] == a.shape[1], "shapes")
     with nogil:
-        dropout_forward(&out[0, 0], &a[0, 0], a.shape[0], a.shape[1], rate, seed, step)
+        dropout_forward(&out[0, 0], &a[0, 0], a.shape[0], a.shape[1], 0, rate, seed, step)
 
 
 def dropout_grad(floating[:, ::1] d, double rate, uint64_t seed, uint64_t step):
     """d := d · keep / (1 − rate), the forward pass's mask"""
     with nogil:
-        dropout_backward(&d[0, 0], d.shape[0], d.shape[1], rate, seed, step)
+        dropout_backward(&d[0, 0], d.shape[0], d.shape[1], 0, rate, seed, step)

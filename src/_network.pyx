@@ -10,14 +10,22 @@ output a, its pre-activation z (GELU only, else z is a), its dropped-out output 
 else o is a); two deltas of the widest layer, ping-ponged by the backward pass; the gathered
 dense targets (n_L); the gathered sample weights (1).
 
+Threads: a training step splits its batch across n_threads OpenMP threads, each running
+forward and backward on its rows with single-threaded GEMMs, its own part of the workspace and
+its own gradient buffer; the buffers are then summed in a fixed order and the optimizer update
+runs in parallel over slices of the parameters. Small GEMMs do not scale across BLAS threads,
+whole half-batches do; and the fixed order keeps results deterministic for a given thread count.
+The caller limits the BLAS to one thread while n_threads > 1, so the two pools never compete.
+
 The Python layer validates every argument; the checks here only guard memory safety.
 """
 
 import numpy as np
 from cython cimport floating
+from cython.parallel cimport parallel, threadid
 from libc.math cimport isfinite, sqrt
 from libc.stdint cimport uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from activations cimport (IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH, GELU,
                           keeps_preactivation, activate)
@@ -26,6 +34,8 @@ from dropout cimport dropout_forward, dropout_backward
 from losses cimport (SOFTMAX_CROSS_ENTROPY, SIGMOID_CROSS_ENTROPY, MEAN_SQUARED_ERROR,
                      loss_forward_backward, count_correct, softmax)
 from optim cimport OptimizerConfig, make_config, optimizer_update, sum_of_squares
+
+DEF MAX_THREADS = 64
 
 ACTIVATIONS = {"identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU,
                "sigmoid": SIGMOID, "tanh": TANH, "gelu": GELU}
@@ -114,21 +124,28 @@ cdef class Network:
         self.row_width = self.layout.row_width
 
     def forward(self, const floating[::1] params, const floating[:, ::1] X,
-                floating[:, ::1] out, floating[::1] workspace):
-        """out := the output layer's values (logits) for every row of X, in chunks of the
-        workspace's capacity; dropout is off."""
+                floating[:, ::1] out, floating[::1] workspace, int n_threads=1):
+        """out := the output layer's values (logits) for every row of X; dropout is off. Each
+        of n_threads threads takes a contiguous share of the rows, in chunks of its part of the
+        workspace."""
         cdef Layout* L = &self.layout
-        cdef Py_ssize_t cap = _capacity(L, params.shape[0], workspace.shape[0])
-        cdef Py_ssize_t n = X.shape[0], start = 0, rows, k = L.sizes[L.n_layers]
+        cdef Py_ssize_t cap = _capacity(L, params.shape[0], workspace.shape[0] // n_threads)
+        cdef Py_ssize_t n = X.shape[0], k = L.sizes[L.n_layers], start, stop, rows
+        cdef int tid
         if X.shape[1] != L.sizes[0] or out.shape[0] != n or out.shape[1] != k:
             raise ValueError("X or out has the wrong shape")
-        with nogil:
-            while start < n:
-                rows = min(cap, n - start)
+        with nogil, parallel(num_threads=n_threads):
+            tid = threadid()
+            start = n * tid // n_threads
+            stop = n * (tid + 1) // n_threads
+            while start < stop:
+                rows = min(cap, stop - start)
                 memcpy(&out[start, 0],
-                       forward(L, &params[0], &X[start, 0], &workspace[0], cap, rows, False, 0, 0),
+                       forward(L, &params[0], &X[start, 0],
+                               &workspace[0] + tid * cap * L.row_width, cap, rows,
+                               False, 0, 0, 0),
                        rows * k * sizeof(floating))
-                start += rows
+                start = start + rows
 
     def loss_and_grad(self, const floating[::1] params, const floating[:, ::1] X,
                       const int[::1] labels, const floating[:, ::1] targets,
@@ -146,19 +163,19 @@ cdef class Network:
         cdef const int* lab = &labels[0] if labels is not None else NULL
         cdef const floating* tgt = &targets[0, 0] if targets is not None else NULL
         cdef const floating* w = &weights[0] if weights is not None else NULL
-        cdef floating scale = _loss_scale(L, w, n)
+        cdef floating scale = _loss_scale(L, w, NULL, n)
         cdef double loss = 0
         cdef const floating* out
         with nogil:
             while start < n:
                 rows = min(cap, n - start)
-                out = forward(L, &params[0], &X[start, 0], ws, cap, rows, False, 0, 0)
+                out = forward(L, &params[0], &X[start, 0], ws, cap, rows, False, 0, 0, 0)
                 loss += loss_forward_backward(
                     L.loss, out, lab + start if lab != NULL else NULL,
                     tgt + start * k if tgt != NULL else NULL, w + start if w != NULL else NULL,
                     scale, ws + cap * L.d0_col, rows, k)
                 backward(L, &params[0], &grad[0], &X[start, 0], ws, cap, rows, start > 0,
-                         False, 0, 0)
+                         False, 0, 0, 0)
                 start += rows
             loss += l2_penalty(L, &params[0], &grad[0])
         return loss
@@ -176,13 +193,13 @@ cdef class Network:
         cdef const int* lab = &labels[0] if labels is not None else NULL
         cdef const floating* tgt = &targets[0, 0] if targets is not None else NULL
         cdef const floating* w = &weights[0] if weights is not None else NULL
-        cdef floating scale = _loss_scale(L, w, n)
+        cdef floating scale = _loss_scale(L, w, NULL, n)
         cdef double loss = 0, correct = 0
         cdef const floating* out
         with nogil:
             while start < n:
                 rows = min(cap, n - start)
-                out = forward(L, &params[0], &X[start, 0], ws, cap, rows, False, 0, 0)
+                out = forward(L, &params[0], &X[start, 0], ws, cap, rows, False, 0, 0, 0)
                 loss += loss_forward_backward(
                     L.loss, out, lab + start if lab != NULL else NULL,
                     tgt + start * k if tgt != NULL else NULL, w + start if w != NULL else NULL,
@@ -194,83 +211,99 @@ cdef class Network:
                 start += rows
         return loss, correct
 
-    def train(self, floating[::1] params, floating[::1] grad, floating[::1] state1,
+    def train(self, floating[::1] params, floating[:, ::1] grads, floating[::1] state1,
               floating[::1] state2, dict optimizer, long step0, const double[::1] lrs,
               const floating[:, ::1] X, const int[::1] labels, const floating[:, ::1] targets,
               const floating[::1] weights, const Py_ssize_t[::1] order, int batch_size,
               double[::1] losses, double[::1] corrects, floating[::1] workspace,
-              int[::1] label_buffer,
-              double clip_norm=0, uint64_t seed=0):
+              int[::1] label_buffer, double clip_norm=0, uint64_t seed=0):
         """Run len(lrs) training steps in one nogil call. Step s takes the rows
         order[s·batch_size : (s+1)·batch_size] of X and its targets, runs forward, loss and
         backward, and updates params (and the optimizer state) with learning rate lrs[s] and
         optimizer step number step0 + s + 1. losses[s] receives the step's mean loss, corrects[s]
         the (weighted) count of its correct predictions.
 
-        Stops at the first step whose loss or gradient is not finite, before updating: returns
-        the number of steps completed."""
+        grads has a row per thread (n_threads = len(grads)); afterwards grads[0] holds the last
+        step's gradient. The workspace and label_buffer are split evenly between the threads.
+
+        Stops at the first step whose loss or gradient is not finite, before updating, or whose
+        update made a parameter non-finite. Returns (steps completed, whether params hold that
+        failed update — the caller then restores them from a copy and replays the steps)."""
         cdef Layout* L = &self.layout
-        cdef Py_ssize_t cap = _capacity(L, params.shape[0], workspace.shape[0])
-        cdef Py_ssize_t n_steps = lrs.shape[0], n = X.shape[0], s, i, rows, start
-        cdef Py_ssize_t n0 = L.sizes[0], k = L.sizes[L.n_layers], n_params = L.n_params
+        cdef int n_threads = grads.shape[0], tid
+        cdef Py_ssize_t cap = _capacity(L, params.shape[0], workspace.shape[0] // max(n_threads, 1))
+        cdef Py_ssize_t n_steps = lrs.shape[0], n = X.shape[0], s, i, rows, start, first, last
+        cdef Py_ssize_t n_params = L.n_params
         _check_targets(L, n, X, labels, targets, weights)
-        if (grad.shape[0] != n_params or state1.shape[0] != n_params
+        if not 1 <= n_threads <= MAX_THREADS:
+            raise ValueError(f"n_threads must be in 1..{MAX_THREADS}")
+        if (grads.shape[1] != n_params or state1.shape[0] != n_params
                 or state2.shape[0] != n_params):
-            raise ValueError("grad or optimizer state has the wrong size")
-        if batch_size < 1 or batch_size > cap or label_buffer.shape[0] < cap:
+            raise ValueError("grads or optimizer state has the wrong size")
+        if (batch_size < 1 or (batch_size + n_threads - 1) // n_threads > cap
+                or label_buffer.shape[0] < n_threads * cap):
             raise ValueError("batch_size exceeds the workspace")
-        if losses.shape[0] < n_steps or corrects.shape[0] < n_steps or order.shape[0] > (n_steps * <Py_ssize_t>batch_size):
-            raise ValueError("order and lrs disagree on the number of steps")
-        if order.shape[0] <= (n_steps - 1) * <Py_ssize_t>batch_size:
+        if (losses.shape[0] < n_steps or corrects.shape[0] < n_steps
+                or not (n_steps - 1) * <Py_ssize_t>batch_size < order.shape[0]
+                <= n_steps * <Py_ssize_t>batch_size):
             raise ValueError("order and lrs disagree on the number of steps")
         for i in range(order.shape[0]):
             if not 0 <= order[i] < n:
                 raise ValueError("order holds a row index out of range")
         cdef OptimizerConfig opt = make_config(optimizer)
-        cdef floating* ws = &workspace[0]
-        cdef floating* x = ws
-        cdef floating* t = ws + cap * L.t_col
-        cdef floating* sw = ws + cap * L.sw_col
-        cdef int* lab = &label_buffer[0]
-        cdef const floating* out
-        cdef const Py_ssize_t* idx
-        cdef double loss, norm
-        cdef floating gscale
+        cdef Rows data
+        data.X = &X[0, 0]
+        data.labels = &labels[0] if labels is not None else NULL
+        data.targets = &targets[0, 0] if targets is not None else NULL
+        cdef const floating* w = &weights[0] if weights is not None else NULL
+        data.weights = w
+        cdef double part_loss[MAX_THREADS]
+        cdef double part_correct[MAX_THREADS]
+        cdef floating part_check[MAX_THREADS]
+        cdef double loss, correct, norm, check
+        cdef floating scale, gscale
         cdef Py_ssize_t done = n_steps
+        cdef bint dirty = False
         with nogil:
             for s in range(n_steps):
                 start = s * batch_size
                 rows = min(<Py_ssize_t>batch_size, order.shape[0] - start)
-                idx = &order[start]
-                for i in range(rows):   # gather the batch
-                    memcpy(x + i * n0, &X[idx[i], 0], n0 * sizeof(floating))
-                    if labels is not None:
-                        lab[i] = labels[idx[i]]
-                    if targets is not None:
-                        memcpy(t + i * k, &targets[idx[i], 0], k * sizeof(floating))
-                    if weights is not None:
-                        sw[i] = weights[idx[i]]
-                out = forward(L, &params[0], x, ws, cap, rows, True, seed, step0 + s)
-                loss = loss_forward_backward(
-                    L.loss, out, lab if labels is not None else NULL,
-                    t if targets is not None else NULL, sw if weights is not None else NULL,
-                    _loss_scale(L, sw if weights is not None else NULL, rows),
-                    ws + cap * L.d0_col, rows, k)
-                corrects[s] = count_correct(
-                    L.loss, out, lab if labels is not None else NULL,
-                    t if targets is not None else NULL, sw if weights is not None else NULL,
-                    rows, k)
-                backward(L, &params[0], &grad[0], x, ws, cap, rows, False, True, seed, step0 + s)
-                loss += l2_penalty(L, &params[0], &grad[0])
-                norm = sqrt(sum_of_squares(&grad[0], n_params))
+                scale = _loss_scale(L, w, &order[start], rows)
+                with parallel(num_threads=n_threads):
+                    tid = threadid()
+                    first = rows * tid // n_threads
+                    last = rows * (tid + 1) // n_threads
+                    batch_rows(L, &params[0], &grads[tid, 0], &data, &order[start], first, last,
+                               &workspace[0] + tid * cap * L.row_width, cap,
+                               &label_buffer[0] + tid * cap, scale, seed, step0 + s, tid == 0,
+                               &part_loss[tid], &part_correct[tid])
+                loss = 0
+                correct = 0
+                for i in range(n_threads):      # fixed order: deterministic
+                    loss += part_loss[i]
+                    correct += part_correct[i]
                 losses[s] = loss
+                corrects[s] = correct
+                norm = sqrt(sum_gradients(&grads[0, 0], n_threads, n_params))
                 if not (isfinite(loss) and isfinite(norm)):
                     done = s
                     break
                 gscale = <floating>(clip_norm / (norm + 1e-6)) if 0 < clip_norm < norm else 1
-                optimizer_update(&opt, <floating>lrs[s], step0 + s + 1, &params[0], &grad[0],
-                                 &state1[0], &state2[0], n_params, gscale)
-        return done
+                with parallel(num_threads=n_threads):
+                    tid = threadid()
+                    first = n_params * tid // n_threads
+                    last = n_params * (tid + 1) // n_threads
+                    part_check[tid] = optimizer_update(
+                        &opt, <floating>lrs[s], step0 + s + 1, &params[first], &grads[0, first],
+                        &state1[first], &state2[first], last - first, gscale)
+                check = 0
+                for i in range(n_threads):
+                    check += part_check[i]
+                if not isfinite(check):
+                    done = s
+                    dirty = True
+                    break
+        return done, dirty
 
 
 def softmax_rows(floating[:, ::1] z):
@@ -291,10 +324,86 @@ def apply_activation(floating[:, ::1] z, str activation, double slope=0.01):
 
 # --- the passes over the layers, shared by forward, loss_and_grad and train -------------------
 
+cdef struct Rows:
+    # one dataset; one of labels and targets is NULL, weights may be
+    const void* X               # (n, n_0) of the fused type
+    const int* labels           # (n,)
+    const void* targets         # (n, n_L)
+    const void* weights         # (n,)
+
+
+cdef void batch_rows(const Layout* L, const floating* params, floating* grad, const Rows* data,
+                     const Py_ssize_t* idx, Py_ssize_t first, Py_ssize_t last, floating* ws,
+                     Py_ssize_t cap, int* lab, floating scale, uint64_t seed, uint64_t step,
+                     bint add_l2, double* loss, double* correct) noexcept nogil:
+    """One thread's share of a training step: gather the rows idx[first:last] of the data into
+    the workspace, run forward, loss and backward; grad := their gradient (scaled to the whole
+    batch's mean), plus the L2 term when add_l2; loss and correct := their share."""
+    cdef Py_ssize_t i, rows = last - first, n0 = L.sizes[0], k = L.sizes[L.n_layers]
+    cdef const floating* X = <const floating*>data.X
+    cdef const floating* targets = <const floating*>data.targets
+    cdef const floating* weights = <const floating*>data.weights
+    cdef floating* x = ws
+    cdef floating* t = ws + cap * L.t_col
+    cdef floating* sw = ws + cap * L.sw_col
+    cdef const floating* out
+    loss[0] = 0
+    correct[0] = 0
+    if rows <= 0:
+        memset(grad, 0, L.n_params * sizeof(floating))
+    else:
+        for i in range(rows):
+            memcpy(x + i * n0, X + idx[first + i] * n0, n0 * sizeof(floating))
+            if data.labels != NULL:
+                lab[i] = data.labels[idx[first + i]]
+            if targets != NULL:
+                memcpy(t + i * k, targets + idx[first + i] * k, k * sizeof(floating))
+            if weights != NULL:
+                sw[i] = weights[idx[first + i]]
+        out = forward(L, params, x, ws, cap, rows, True, seed, step, first)
+        loss[0] = loss_forward_backward(
+            L.loss, out, lab if data.labels != NULL else NULL, t if targets != NULL else NULL,
+            sw if weights != NULL else NULL, scale, ws + cap * L.d0_col, rows, k)
+        correct[0] = count_correct(
+            L.loss, out, lab if data.labels != NULL else NULL, t if targets != NULL else NULL,
+            sw if weights != NULL else NULL, rows, k)
+        backward(L, params, grad, x, ws, cap, rows, False, True, seed, step, first)
+    if add_l2:
+        loss[0] += l2_penalty(L, params, grad)
+
+
+cdef double sum_gradients(floating* grads, int n_threads, Py_ssize_t n) noexcept nogil:
+    """grads[0] := Σ_t grads[t] (rows of n), in a fixed order, in parallel over slices;
+    return ‖grads[0]‖² (non-finite if any element is)"""
+    if n_threads == 1:
+        return sum_of_squares(grads, n)
+    cdef double part[MAX_THREADS]
+    cdef double total = 0, ss
+    cdef Py_ssize_t i, first, last
+    cdef int tid, t
+    cdef floating g
+    with parallel(num_threads=n_threads):
+        tid = threadid()
+        first = n * tid // n_threads
+        last = n * (tid + 1) // n_threads
+        ss = 0
+        for i in range(first, last):
+            g = grads[i]
+            for t in range(1, n_threads):
+                g = g + grads[t * n + i]
+            grads[i] = g
+            ss = ss + <double>g * g
+        part[tid] = ss
+    for t in range(n_threads):
+        total += part[t]
+    return total
+
+
 cdef const floating* forward(const Layout* L, const floating* params, const floating* x,
                              floating* ws, Py_ssize_t cap, Py_ssize_t rows, bint training,
-                             uint64_t seed, uint64_t step) noexcept nogil:
-    """Run every layer on rows of x (rows × n_0); return the output layer's a (rows × n_L)"""
+                             uint64_t seed, uint64_t step, Py_ssize_t row0) noexcept nogil:
+    """Run every layer on rows of x (rows × n_0), which are the rows row0, row0 + 1, … of the
+    batch (for dropout's masks); return the output layer's a (rows × n_L)"""
     cdef const floating* inp = x
     cdef floating* a
     cdef int l
@@ -304,7 +413,7 @@ cdef const floating* forward(const Layout* L, const floating* params, const floa
                       <int>rows, L.sizes[l], L.sizes[l + 1], L.kinds[l], <floating>L.slope)
         inp = a
         if training and L.dropout[l] > 0:
-            dropout_forward(ws + cap * L.o_col[l], a, rows, L.sizes[l + 1], L.dropout[l],
+            dropout_forward(ws + cap * L.o_col[l], a, rows, L.sizes[l + 1], row0, L.dropout[l],
                             seed + <uint64_t>l, step)
             inp = ws + cap * L.o_col[l]
     return inp
@@ -312,7 +421,7 @@ cdef const floating* forward(const Layout* L, const floating* params, const floa
 
 cdef void backward(const Layout* L, const floating* params, floating* grad, const floating* x,
                    floating* ws, Py_ssize_t cap, Py_ssize_t rows, bint accumulate,
-                   bint training, uint64_t seed, uint64_t step) noexcept nogil:
+                   bint training, uint64_t seed, uint64_t step, Py_ssize_t row0) noexcept nogil:
     """With dL/d(output) in the d0 buffer, write (or add, when accumulate) dL/dparams to grad"""
     cdef floating* d = ws + cap * L.d0_col
     cdef floating* d_below = ws + cap * L.d1_col
@@ -320,7 +429,8 @@ cdef void backward(const Layout* L, const floating* params, floating* grad, cons
     cdef int l
     for l in range(L.n_layers - 1, -1, -1):
         if training and L.dropout[l] > 0:   # d is dL/do; make it dL/da
-            dropout_backward(d, rows, L.sizes[l + 1], L.dropout[l], seed + <uint64_t>l, step)
+            dropout_backward(d, rows, L.sizes[l + 1], row0, L.dropout[l], seed + <uint64_t>l,
+                             step)
         dense_backward(d_below if l > 0 else NULL, grad + L.w_off[l], grad + L.b_off[l], d,
                        x if l == 0 else ws + cap * (L.o_col[l - 1] if training else L.a_col[l - 1]),
                        params + L.w_off[l], ws + cap * L.a_col[l], ws + cap * L.z_col[l],
@@ -346,15 +456,18 @@ cdef double l2_penalty(const Layout* L, const floating* params, floating* grad) 
     return 0.5 * L.l2 * total
 
 
-cdef floating _loss_scale(const Layout* L, const floating* weights, Py_ssize_t rows) noexcept nogil:
-    """1 / (the loss's normaliser): Σw (or the row count) × the outputs per row for the
-    element-wise losses; 0 when every weight is 0, so such rows contribute nothing"""
+cdef floating _loss_scale(const Layout* L, const floating* weights, const Py_ssize_t* idx,
+                          Py_ssize_t rows) noexcept nogil:
+    """1 / (the loss's normaliser) for the rows idx[:rows] (or the first rows when idx is NULL):
+    Σw (or the row count) × the outputs per row for the element-wise losses; 0 when every
+    weight is 0, so such rows contribute nothing"""
+    cdef const floating* w = weights
     cdef double total = rows
     cdef Py_ssize_t i
-    if weights != NULL:
+    if w != NULL:
         total = 0
         for i in range(rows):
-            total += weights[i]
+            total += w[idx[i] if idx != NULL else i]
     if L.loss != SOFTMAX_CROSS_ENTROPY:
         total *= L.sizes[L.n_layers]
     return <floating>(1 / total) if total > 0 else 0

@@ -1,6 +1,7 @@
 # Inverted dropout with a counter-based mask: the mask of a unit is a hash of (seed, step, row,
 # unit), so the backward pass regenerates it instead of storing it, and the result does not
-# depend on how rows are split across threads. a, out and d are (rows, cols).
+# depend on how rows are split across threads. a, out and d are (rows, cols), and are the rows
+# row0, row0 + 1, … of the batch.
 
 from cython cimport floating
 from libc.stdint cimport uint64_t
@@ -16,19 +17,20 @@ cdef inline double uniform(uint64_t seed, uint64_t step, uint64_t index) noexcep
 
 
 cdef inline void dropout_forward(floating* out, const floating* a, Py_ssize_t rows,
-                                 Py_ssize_t cols, double rate, uint64_t seed,
+                                 Py_ssize_t cols, Py_ssize_t row0, double rate, uint64_t seed,
                                  uint64_t step) noexcept nogil:
     """out := a · keep / (1 − rate), keep ~ Bernoulli(1 − rate)"""
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, first = row0 * cols
     cdef floating scale = 1 / (1 - rate)
     for i in range(rows * cols):
-        out[i] = a[i] * scale if uniform(seed, step, i) >= rate else 0
+        out[i] = a[i] * scale if uniform(seed, step, first + i) >= rate else 0
 
 
-cdef inline void dropout_backward(floating* d, Py_ssize_t rows, Py_ssize_t cols, double rate,
-                                  uint64_t seed, uint64_t step) noexcept nogil:
+cdef inline void dropout_backward(floating* d, Py_ssize_t rows, Py_ssize_t cols,
+                                  Py_ssize_t row0, double rate, uint64_t seed,
+                                  uint64_t step) noexcept nogil:
     """d := d · keep / (1 − rate), the same mask as the forward pass"""
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, first = row0 * cols
     cdef floating scale = 1 / (1 - rate)
     for i in range(rows * cols):
-        d[i] = d[i] * scale if uniform(seed, step, i) >= rate else 0
+        d[i] = d[i] * scale if uniform(seed, step, first + i) >= rate else 0

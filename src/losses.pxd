@@ -35,8 +35,8 @@ cdef inline double softmax_cross_entropy(const floating* logits, const int* labe
             s += fexp(z[j] - m)
         lse = m + flog(s)
         w = weights[i] if weights != NULL else 1
-        if labels != NULL:
-            row_loss = lse - z[labels[i]]
+        if labels != NULL:     # (m − z_y) + log s: exact when the loss is small
+            row_loss = (m - z[labels[i]]) + flog(s)
             t_sum = 1
         else:
             row_loss = 0

@@ -1,7 +1,8 @@
 # Optimizer updates over the flat parameter buffer, with PyTorch's semantics and order of
 # operations (torch.optim.SGD, Adam, AdamW, RMSprop). p, g and the state buffers share one
 # layout of n elements; g is read, never written. gscale multiplies the gradient first (global
-# norm clipping). step counts from 1.
+# norm clipping). step counts from 1. Each update returns Σ (p − p) over the new parameters:
+# 0 when they are all finite, NaN when one is not (a check fused into the pass, vectorisable).
 
 from cython cimport floating
 from mathf cimport fsqrt
@@ -34,20 +35,22 @@ cdef inline OptimizerConfig make_config(dict o) except *:
     return c
 
 
-cdef inline void sgd_update(const OptimizerConfig* c, floating lr, floating* p, const floating* g,
+cdef inline floating sgd_update(const OptimizerConfig* c, floating lr, floating* p, const floating* g,
                             floating* buf, Py_ssize_t n, floating gscale) noexcept nogil:
     """g += wd·p; buf = μ·buf + g; g = g + μ·buf (Nesterov) or buf; p −= lr·g"""
     cdef Py_ssize_t i
-    cdef floating gi, mu = c.momentum, wd = c.weight_decay
+    cdef floating gi, mu = c.momentum, wd = c.weight_decay, check = 0
     for i in range(n):
         gi = g[i] * gscale + wd * p[i]
         if mu != 0:
             buf[i] = mu * buf[i] + gi
             gi = gi + mu * buf[i] if c.nesterov else buf[i]
         p[i] -= lr * gi
+        check += p[i] - p[i]
+    return check
 
 
-cdef inline void adam_update(const OptimizerConfig* c, floating lr, long step, floating* p,
+cdef inline floating adam_update(const OptimizerConfig* c, floating lr, long step, floating* p,
                              const floating* g, floating* m, floating* v, Py_ssize_t n,
                              floating gscale) noexcept nogil:
     """m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²; p −= lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + ε)"""
@@ -55,7 +58,7 @@ cdef inline void adam_update(const OptimizerConfig* c, floating lr, long step, f
     cdef floating gi, b1 = c.beta1, b2 = c.beta2, eps = c.eps, wd = c.weight_decay
     cdef floating step_size = lr / (1 - c.beta1 ** step)
     cdef floating bc2_sqrt = fsqrt(<floating>(1 - c.beta2 ** step))
-    cdef floating shrink = 1 - lr * wd
+    cdef floating shrink = 1 - lr * wd, check = 0
     for i in range(n):
         gi = g[i] * gscale
         if c.decoupled:
@@ -65,14 +68,17 @@ cdef inline void adam_update(const OptimizerConfig* c, floating lr, long step, f
         m[i] += (gi - m[i]) * (1 - b1)
         v[i] = b2 * v[i] + (1 - b2) * gi * gi
         p[i] -= step_size * (m[i] / (fsqrt(v[i]) / bc2_sqrt + eps))
+        check += p[i] - p[i]
+    return check
 
 
-cdef inline void rmsprop_update(const OptimizerConfig* c, floating lr, floating* p,
+cdef inline floating rmsprop_update(const OptimizerConfig* c, floating lr, floating* p,
                                 const floating* g, floating* sq, floating* buf, Py_ssize_t n,
                                 floating gscale) noexcept nogil:
     """g += wd·p; sq = α·sq + (1−α)·g²; buf = μ·buf + g/(√sq + ε); p −= lr·buf"""
     cdef Py_ssize_t i
     cdef floating gi, step, alpha = c.alpha, eps = c.eps, mu = c.momentum, wd = c.weight_decay
+    cdef floating check = 0
     for i in range(n):
         gi = g[i] * gscale + wd * p[i]
         sq[i] = alpha * sq[i] + (1 - alpha) * gi * gi
@@ -81,17 +87,18 @@ cdef inline void rmsprop_update(const OptimizerConfig* c, floating lr, floating*
             buf[i] = mu * buf[i] + step
             step = buf[i]
         p[i] -= lr * step
+        check += p[i] - p[i]
+    return check
 
 
-cdef inline void optimizer_update(const OptimizerConfig* c, floating lr, long step, floating* p,
+cdef inline floating optimizer_update(const OptimizerConfig* c, floating lr, long step, floating* p,
                                   const floating* g, floating* s1, floating* s2, Py_ssize_t n,
                                   floating gscale) noexcept nogil:
     if c.kind == SGD:
-        sgd_update(c, lr, p, g, s1, n, gscale)
-    elif c.kind == ADAM:
-        adam_update(c, lr, step, p, g, s1, s2, n, gscale)
-    else:
-        rmsprop_update(c, lr, p, g, s1, s2, n, gscale)
+        return sgd_update(c, lr, p, g, s1, n, gscale)
+    if c.kind == ADAM:
+        return adam_update(c, lr, step, p, g, s1, s2, n, gscale)
+    return rmsprop_update(c, lr, p, g, s1, s2, n, gscale)
 
 
 cdef inline double sum_of_squares(const floating* x, Py_ssize_t n) noexcept nogil:

@@ -369,12 +369,12 @@ class SigintAfter:
         self.engine, self.calls, self.steps = engine, calls, 0
 
     def train(self, *args, **kwargs):
-        done = self.engine.train(*args, **kwargs)
+        done, dirty = self.engine.train(*args, **kwargs)
         self.steps += done
         self.calls -= 1
         if self.calls == 0:
             signal.raise_signal(signal.SIGINT)
-        return done
+        return done, dirty
 
     def __getattr__(self, name):
         return getattr(self.engine, name)
