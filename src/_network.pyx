@@ -234,7 +234,10 @@ cdef class Network:
         cdef Py_ssize_t cap = _capacity(L, params.shape[0], workspace.shape[0] // max(n_threads, 1))
         cdef Py_ssize_t n_steps = lrs.shape[0], n = X.shape[0], s, i, rows, start, first, last
         cdef Py_ssize_t n_params = L.n_params
-        _check_targets(L, n, X, labels, targets, weights)
+        for i in range(order.shape[0]):
+            if not 0 <= order[i] < n:
+                raise ValueError("order holds a row index out of range")
+        _check_targets(L, n, X, labels, targets, weights, order)
         if not 1 <= n_threads <= MAX_THREADS:
             raise ValueError(f"n_threads must be in 1..{MAX_THREADS}")
         if (grads.shape[1] != n_params or state1.shape[0] != n_params
@@ -247,9 +250,6 @@ cdef class Network:
                 or not (n_steps - 1) * <Py_ssize_t>batch_size < order.shape[0]
                 <= n_steps * <Py_ssize_t>batch_size):
             raise ValueError("order and lrs disagree on the number of steps")
-        for i in range(order.shape[0]):
-            if not 0 <= order[i] < n:
-                raise ValueError("order holds a row index out of range")
         cdef OptimizerConfig opt = make_config(optimizer)
         cdef Rows data
         data.X = &X[0, 0]
@@ -259,8 +259,9 @@ cdef class Network:
         data.weights = w
         cdef double part_loss[MAX_THREADS]
         cdef double part_correct[MAX_THREADS]
-        cdef floating part_check[MAX_THREADS]
-        cdef double loss, correct, norm, check
+        cdef int part_bad[MAX_THREADS]
+        cdef double loss, correct, norm
+        cdef int bad
         cdef floating scale, gscale
         cdef Py_ssize_t done = n_steps
         cdef bint dirty = False
@@ -284,8 +285,12 @@ cdef class Network:
                     correct += part_correct[i]
                 losses[s] = loss
                 corrects[s] = correct
-                norm = sqrt(sum_gradients(&grads[0, 0], n_threads, n_params))
-                if not (isfinite(loss) and isfinite(norm)):
+                if not isfinite(loss):
+                    done = s
+                    break
+                # a non-finite gradient needs no pass of its own: the update it makes is caught
+                norm = sqrt(sum_gradients(&grads[0, 0], n_threads, n_params, clip_norm > 0))
+                if clip_norm > 0 and not isfinite(norm):
                     done = s
                     break
                 gscale = <floating>(clip_norm / (norm + 1e-6)) if 0 < clip_norm < norm else 1
@@ -293,13 +298,13 @@ cdef class Network:
                     tid = threadid()
                     first = n_params * tid // n_threads
                     last = n_params * (tid + 1) // n_threads
-                    part_check[tid] = optimizer_update(
+                    part_bad[tid] = optimizer_update(
                         &opt, <floating>lrs[s], step0 + s + 1, &params[first], &grads[0, first],
                         &state1[first], &state2[first], last - first, gscale)
-                check = 0
+                bad = 0
                 for i in range(n_threads):
-                    check += part_check[i]
-                if not isfinite(check):
+                    bad |= part_bad[i]
+                if bad:
                     done = s
                     dirty = True
                     break
@@ -372,28 +377,24 @@ cdef void batch_rows(const Layout* L, const floating* params, floating* grad, co
         loss[0] += l2_penalty(L, params, grad)
 
 
-cdef double sum_gradients(floating* grads, int n_threads, Py_ssize_t n) noexcept nogil:
+cdef double sum_gradients(floating* grads, int n_threads, Py_ssize_t n,
+                          bint norm) noexcept nogil:
     """grads[0] := Σ_t grads[t] (rows of n), in a fixed order, in parallel over slices;
-    return ‖grads[0]‖² (non-finite if any element is)"""
-    if n_threads == 1:
-        return sum_of_squares(grads, n)
+    return ‖grads[0]‖² (non-finite if any element is) when norm is set, else 0"""
     cdef double part[MAX_THREADS]
-    cdef double total = 0, ss
+    cdef double total = 0
     cdef Py_ssize_t i, first, last
     cdef int tid, t
-    cdef floating g
+    if n_threads == 1:
+        return sum_of_squares(grads, n) if norm else 0
     with parallel(num_threads=n_threads):
         tid = threadid()
         first = n * tid // n_threads
         last = n * (tid + 1) // n_threads
-        ss = 0
-        for i in range(first, last):
-            g = grads[i]
-            for t in range(1, n_threads):
-                g = g + grads[t * n + i]
-            grads[i] = g
-            ss = ss + <double>g * g
-        part[tid] = ss
+        for t in range(1, n_threads):
+            for i in range(first, last):
+                grads[i] = grads[i] + grads[t * n + i]
+        part[tid] = sum_of_squares(grads + first, last - first) if norm else 0
     for t in range(n_threads):
         total += part[t]
     return total
@@ -483,8 +484,10 @@ cdef Py_ssize_t _capacity(const Layout* L, Py_ssize_t n_params, Py_ssize_t ws_si
 
 cdef int _check_targets(const Layout* L, Py_ssize_t n, const floating[:, ::1] X,
                         const int[::1] labels, const floating[:, ::1] targets,
-                        const floating[::1] weights) except -1:
-    cdef Py_ssize_t i, k = L.sizes[L.n_layers]
+                        const floating[::1] weights,
+                        const Py_ssize_t[::1] rows=None) except -1:
+    """Shapes, and the labels of the rows used (all, or those listed in rows) in range"""
+    cdef Py_ssize_t i, r, k = L.sizes[L.n_layers]
     if X.shape[1] != L.sizes[0] or n < 1:
         raise ValueError("X has the wrong shape")
     if (labels is None) == (targets is None):
@@ -492,9 +495,10 @@ cdef int _check_targets(const Layout* L, Py_ssize_t n, const floating[:, ::1] X,
     if labels is not None:
         if L.loss != SOFTMAX_CROSS_ENTROPY or labels.shape[0] != n:
             raise ValueError("labels need the softmax loss and one label per row")
-        for i in range(n):
-            if not 0 <= labels[i] < k:
-                raise ValueError(f"label {labels[i]} is out of range for {k} classes")
+        for i in range(n if rows is None else rows.shape[0]):
+            r = i if rows is None else rows[i]
+            if not 0 <= labels[r] < k:
+                raise ValueError(f"label {labels[r]} is out of range for {k} classes")
     if targets is not None and (targets.shape[0] != n or targets.shape[1] != k):
         raise ValueError("targets have the wrong shape")
     if weights is not None and weights.shape[0] != n:

@@ -1,8 +1,8 @@
 # Optimizer updates over the flat parameter buffer, with PyTorch's semantics and order of
 # operations (torch.optim.SGD, Adam, AdamW, RMSprop). p, g and the state buffers share one
 # layout of n elements; g is read, never written. gscale multiplies the gradient first (global
-# norm clipping). step counts from 1. Each update returns Σ (p − p) over the new parameters:
-# 0 when they are all finite, NaN when one is not (a check fused into the pass, vectorisable).
+# norm clipping). step counts from 1. Each update returns whether a new parameter is not finite
+# (p − p ≠ 0 only for inf and NaN; an integer OR, so the check vectorises with the pass).
 
 from cython cimport floating
 from mathf cimport fsqrt
@@ -35,22 +35,23 @@ cdef inline OptimizerConfig make_config(dict o) except *:
     return c
 
 
-cdef inline floating sgd_update(const OptimizerConfig* c, floating lr, floating* p, const floating* g,
+cdef inline int sgd_update(const OptimizerConfig* c, floating lr, floating* p, const floating* g,
                             floating* buf, Py_ssize_t n, floating gscale) noexcept nogil:
     """g += wd·p; buf = μ·buf + g; g = g + μ·buf (Nesterov) or buf; p −= lr·g"""
     cdef Py_ssize_t i
-    cdef floating gi, mu = c.momentum, wd = c.weight_decay, check = 0
+    cdef floating gi, mu = c.momentum, wd = c.weight_decay
+    cdef int bad = 0
     for i in range(n):
         gi = g[i] * gscale + wd * p[i]
         if mu != 0:
             buf[i] = mu * buf[i] + gi
             gi = gi + mu * buf[i] if c.nesterov else buf[i]
         p[i] -= lr * gi
-        check += p[i] - p[i]
-    return check
+        bad |= p[i] - p[i] != 0
+    return bad
 
 
-cdef inline floating adam_update(const OptimizerConfig* c, floating lr, long step, floating* p,
+cdef inline int adam_update(const OptimizerConfig* c, floating lr, long step, floating* p,
                              const floating* g, floating* m, floating* v, Py_ssize_t n,
                              floating gscale) noexcept nogil:
     """m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²; p −= lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + ε)"""
@@ -58,7 +59,8 @@ cdef inline floating adam_update(const OptimizerConfig* c, floating lr, long ste
     cdef floating gi, b1 = c.beta1, b2 = c.beta2, eps = c.eps, wd = c.weight_decay
     cdef floating step_size = lr / (1 - c.beta1 ** step)
     cdef floating bc2_sqrt = fsqrt(<floating>(1 - c.beta2 ** step))
-    cdef floating shrink = 1 - lr * wd, check = 0
+    cdef floating shrink = 1 - lr * wd
+    cdef int bad = 0
     for i in range(n):
         gi = g[i] * gscale
         if c.decoupled:
@@ -68,17 +70,17 @@ cdef inline floating adam_update(const OptimizerConfig* c, floating lr, long ste
         m[i] += (gi - m[i]) * (1 - b1)
         v[i] = b2 * v[i] + (1 - b2) * gi * gi
         p[i] -= step_size * (m[i] / (fsqrt(v[i]) / bc2_sqrt + eps))
-        check += p[i] - p[i]
-    return check
+        bad |= p[i] - p[i] != 0
+    return bad
 
 
-cdef inline floating rmsprop_update(const OptimizerConfig* c, floating lr, floating* p,
+cdef inline int rmsprop_update(const OptimizerConfig* c, floating lr, floating* p,
                                 const floating* g, floating* sq, floating* buf, Py_ssize_t n,
                                 floating gscale) noexcept nogil:
     """g += wd·p; sq = α·sq + (1−α)·g²; buf = μ·buf + g/(√sq + ε); p −= lr·buf"""
     cdef Py_ssize_t i
     cdef floating gi, step, alpha = c.alpha, eps = c.eps, mu = c.momentum, wd = c.weight_decay
-    cdef floating check = 0
+    cdef int bad = 0
     for i in range(n):
         gi = g[i] * gscale + wd * p[i]
         sq[i] = alpha * sq[i] + (1 - alpha) * gi * gi
@@ -87,11 +89,11 @@ cdef inline floating rmsprop_update(const OptimizerConfig* c, floating lr, float
             buf[i] = mu * buf[i] + step
             step = buf[i]
         p[i] -= lr * step
-        check += p[i] - p[i]
-    return check
+        bad |= p[i] - p[i] != 0
+    return bad
 
 
-cdef inline floating optimizer_update(const OptimizerConfig* c, floating lr, long step, floating* p,
+cdef inline int optimizer_update(const OptimizerConfig* c, floating lr, long step, floating* p,
                                   const floating* g, floating* s1, floating* s2, Py_ssize_t n,
                                   floating gscale) noexcept nogil:
     if c.kind == SGD:
@@ -102,9 +104,15 @@ cdef inline floating optimizer_update(const OptimizerConfig* c, floating lr, lon
 
 
 cdef inline double sum_of_squares(const floating* x, Py_ssize_t n) noexcept nogil:
-    """Σ x² in double: the squared global gradient norm (non-finite if any x is)"""
+    """Σ x² in double: the squared global gradient norm (non-finite if any x is). Four
+    running sums, so the additions need not wait for each other."""
     cdef Py_ssize_t i
-    cdef double s = 0
-    for i in range(n):
-        s += <double>x[i] * x[i]
-    return s
+    cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0
+    for i in range(0, n - 3, 4):
+        s0 += <double>x[i] * x[i]
+        s1 += <double>x[i + 1] * x[i + 1]
+        s2 += <double>x[i + 2] * x[i + 2]
+        s3 += <double>x[i + 3] * x[i + 3]
+    for i in range(n - n % 4, n):
+        s0 += <double>x[i] * x[i]
+    return (s0 + s1) + (s2 + s3)
