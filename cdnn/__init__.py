@@ -7,6 +7,7 @@ from cdnn.callbacks import (Callback, EarlyStopping, LearningRateScheduler, Mode
                             ReduceLROnPlateau)
 from cdnn.network import MLP, Dense, Sequential
 from cdnn.optim import SGD, Adam, AdamW, Optimizer, RMSprop
+from cdnn.threads import get_num_threads, limit_threads, set_num_threads
 from cdnn.training import History, Trainer
 from cdnn import datasets, schedules
 
@@ -21,4 +22,5 @@ __version__ = "0.1.0"
 
 __all__ = ["MLP", "Dense", "Sequential", "Optimizer", "SGD", "Adam", "AdamW", "RMSprop",
            "Trainer", "History", "Callback", "EarlyStopping", "ModelCheckpoint",
-           "LearningRateScheduler", "ReduceLROnPlateau", "datasets", "schedules", "load"]
+           "LearningRateScheduler", "ReduceLROnPlateau", "datasets", "schedules", "load",
+           "set_num_threads", "get_num_threads", "limit_threads"]
