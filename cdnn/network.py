@@ -63,7 +63,7 @@ class MLP:
                                  for n in layer_sizes)
         n_hidden = len(self.layer_sizes) - 2
         self.activations = _per_hidden_layer(activation, n_hidden, "activation")
-        for a in self.activations:
+        for a in self.activations or ([activation] if isinstance(activation, str) else []):
             check_choice(a, "activation", ACTIVATIONS)
         self.loss = LOSS_ALIASES.get(loss, loss) if isinstance(loss, str) else loss
         check_choice(self.loss, "loss", LOSSES)

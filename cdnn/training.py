@@ -81,8 +81,8 @@ class Trainer:
         if not isinstance(net, MLP):
             raise TypeError(f"net must be a cdnn.MLP, got {type(net).__name__}")
         if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer must be a cdnn optimizer (cdnn.SGD, cdnn.Adam, …), "
-                            f"got {type(optimizer).__name__}")
+            raise TypeError(f"optimizer must be a cdnn optimizer (cdnn.SGD, cdnn.Adam, "
+                            f"cdnn.AdamW or cdnn.RMSprop), got {type(optimizer).__name__}")
         self.net, self.optimizer = net, optimizer
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.schedule = schedule

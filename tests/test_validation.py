@@ -108,7 +108,8 @@ def test_trainer_constructor_rejects(kwargs, error, match):
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd", None, cdnn.Adam])
 def test_trainer_names_the_valid_optimizers(optimizer):
-    with pytest.raises(TypeError, match=r"must be a cdnn optimizer \(cdnn.SGD, cdnn.Adam"):
+    with pytest.raises(TypeError, match=r"cdnn optimizer \(cdnn.SGD, cdnn.Adam, "
+                                        r"cdnn.AdamW or cdnn.RMSprop\)"):
         cdnn.Trainer(classifier(), optimizer)
 
 
