@@ -77,13 +77,13 @@ def main():
         ["activation", "init", "‖∂L/∂W₁‖ at init", "‖∂L/∂W₉‖ at init", "W₂/W₈ at init",
          "growth per layer toward the output, at init", "‖∂L/∂W₁‖ trained", "‖∂L/∂W₉‖ trained",
          "W₂/W₈ trained", "test accuracy % (mean ± sd)"], rows)
-    settings = (f"Data: {data_name}. Network 784-{'-'.join([str(WIDTH)] * DEPTH)}-10 "
+    settings = (f"Data: {data_name}. Network {'-'.join(map(str, sizes))} "
                 f"(W₁ feeds the first hidden layer, W₉ the output), SGD(lr={LR}, "
                 f"momentum={MOMENTUM}), batch {BATCH}, {EPOCHS} epochs, seeds {list(SEEDS)}. "
                 f"Gradient norms: on the first {PROBE_ROWS} training rows, geometric mean over "
-                f"the seeds. W₁ (784 × {WIDTH}) and W₉ ({WIDTH} × 10) differ in size from the "
-                f"rest, so the ratios compare W₂ and W₈ (both {WIDTH} × {WIDTH}); the growth per "
-                f"layer is (‖∂L/∂W₈‖ / ‖∂L/∂W₂‖)^(1/{DEPTH - 2}).")
+                f"the seeds. W₁ ({sizes[0]} × {WIDTH}) and W₉ ({WIDTH} × 10) differ in size "
+                f"from the rest, so the ratios compare W₂ and W₈ (both {WIDTH} × {WIDTH}); the "
+                f"growth per layer is (‖∂L/∂W₈‖ / ‖∂L/∂W₂‖)^(1/{DEPTH - 2}).")
     write_report("activations_depth", "Activations and depth", settings, table, started)
 
 

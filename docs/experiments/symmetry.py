@@ -97,10 +97,11 @@ def main():
          f"distinct at tolerance {TOLERANCE:g}, start → end", "mean pairwise distance, start → end",
          "largest gap between units, max \\|W[:, j] − W[:, 0]\\| at end",
          "max \\|W\\| at end", "test accuracy %"], rows)
-    settings = (f"Data: {data_name}. Network 784-{'-'.join(map(str, HIDDEN))}-10, biases zero "
-                f"at the start, Adam(lr={LR}), batch {BATCH}, {EPOCHS} epochs, seed {SEED}. "
+    n_in = X.shape[1]
+    settings = (f"Data: {data_name}. Network {n_in}-{'-'.join(map(str, HIDDEN))}-10, biases "
+                f"zero at the start, Adam(lr={LR}), batch {BATCH}, {EPOCHS} epochs, seed {SEED}. "
                 f"The units are the {HIDDEN[0]} columns of the first hidden layer's weight "
-                f"matrix (784 × {HIDDEN[0]}). Bit for bit: the number of different columns; "
+                f"matrix ({n_in} × {HIDDEN[0]}). Bit for bit: the number of different columns; "
                 f"at tolerance: columns within {TOLERANCE:g} × the RMS column norm of each other "
                 f"count as one unit.")
     write_report("symmetry", "Initialisation and symmetry", settings, table, started)
