@@ -1,15 +1,34 @@
-"""The `cdnn` command: `cdnn train` trains a network and prints its test accuracy.
+"""The `cdnn` command: train, evaluate and run networks from the shell.
 
-With no arguments it trains on the UCI handwritten digits shipped in the package, so it runs
-anywhere in seconds; `--data-dir DIR` trains on the MNIST IDX files found in DIR.
+    cdnn train [--dataset digits|mnist|fashion-mnist] [--data-dir DIR] [--save model.safetensors]
+    cdnn evaluate model.safetensors [--dataset …] [--data-dir DIR]
+    cdnn predict model.safetensors input.npy|input.csv [-o out.npy|out.csv] [--proba]
+    cdnn bench [--quick …]                  (the benchmark suite: cdnn bench --help)
+
+With no data option `train` uses the UCI handwritten digits shipped in the package, so it runs
+anywhere in seconds; `--data-dir DIR` reads MNIST-format IDX files from DIR; `--dataset mnist`
+or `fashion-mnist` without --data-dir downloads them (once) into the cache directory.
+A bad argument or file ends the command with one line on stderr and a non-zero exit status.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from pathlib import Path
+
+import numpy as np
 
 import cdnn
+
+# per data source: name, loader(path or None), default hidden widths, epochs, batch size
+DATASETS = {
+    "digits": ("UCI digits (shipped)", None, [128], 30, 32),
+    "mnist": ("MNIST", cdnn.datasets.load_mnist, [256], 3, 128),
+    "fashion-mnist": ("Fashion-MNIST", cdnn.datasets.load_fashion_mnist, [256], 3, 128),
+}
+OPTIMIZERS = {"sgd": cdnn.SGD, "adam": cdnn.Adam, "adamw": cdnn.AdamW, "rmsprop": cdnn.RMSprop}
+ARRAY_FORMATS = (".npy", ".csv")
 
 
 def _sizes(text: str) -> list[int]:
@@ -22,67 +41,200 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+def _add_data_options(parser: argparse.ArgumentParser):
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default=None,
+                        help="digits (shipped, the default), mnist or fashion-mnist "
+                        "(downloaded to the cache unless --data-dir is given)")
+    parser.add_argument("--data-dir", help="a directory of MNIST-format IDX files (raw or "
+                        ".gz); implies --dataset mnist unless another is named")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cdnn", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train a network and report its test accuracy")
-    train.add_argument("--data-dir", help="a directory of MNIST IDX files (default: the "
-                       "digits dataset shipped with cdnn)")
+    parser.add_argument("--version", action="version", version=f"cdnn {cdnn.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a network and report its test accuracy",
+                                description="Train an MLP classifier and report its test "
+                                "accuracy; --save writes it as a safetensors file.")
+    _add_data_options(train)
     train.add_argument("--hidden", type=_sizes, default=None,
                        help="hidden layer widths, e.g. 256,128 (default: 128 for digits, "
                        "256 for MNIST)")
     train.add_argument("--activation", default="relu", choices=sorted(cdnn.network.ACTIVATIONS))
-    train.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw", "rmsprop"])
+    train.add_argument("--dropout", type=float, default=0.0,
+                       help="dropout rate after each hidden layer (default 0)")
+    train.add_argument("--optimizer", default="sgd", choices=sorted(OPTIMIZERS))
     train.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.05 "
                        "for SGD, 0.001 for the others)")
-    train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    train.add_argument("--momentum", type=float, default=None,
+                       help="momentum of SGD and RMSprop (default 0.9 for SGD, 0 for RMSprop)")
+    train.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
+    train.add_argument("--weight-decay", type=float, default=None,
+                       help="weight decay (default 0; 0.01 for AdamW)")
     train.add_argument("--epochs", type=int, default=None, help="default: 30 for digits, "
                        "3 for MNIST")
     train.add_argument("--batch-size", type=int, default=None, help="default: 32 for digits, "
                        "128 for MNIST")
     train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
+    train.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
+                       help="0 silent, 1 progress bar, 2 one line per epoch")
+    train.add_argument("--save", metavar="PATH", help="write the trained model here "
+                       "(safetensors; read it back with cdnn.load)")
+
+    evaluate = commands.add_parser("evaluate", help="a saved model's loss and accuracy on a "
+                                   "test set", description="Print a saved model's loss and "
+                                   "accuracy on the test split of a dataset.")
+    evaluate.add_argument("model", help="a model file written by `cdnn train --save`")
+    _add_data_options(evaluate)
+
+    predict = commands.add_parser("predict", help="run a saved model on an array of inputs",
+                                  description="Predict one row per input row. INPUT is .npy "
+                                  "or .csv (comma-separated, one sample per line).")
+    predict.add_argument("model", help="a model file written by `cdnn train --save`")
+    predict.add_argument("input", help="the inputs: .npy or .csv, one sample per row")
+    predict.add_argument("-o", "--output", help="where to write the predictions (.npy or "
+                         ".csv); CSV on stdout when omitted")
+    predict.add_argument("--proba", action="store_true",
+                         help="class probabilities instead of class indices")
+
+    commands.add_parser("bench", help="benchmark cdnn against PyTorch, JAX and scikit-learn "
+                        "(cdnn bench --help)", add_help=False)
     return parser
 
 
-def _optimizer(args):
-    if args.optimizer == "sgd":
-        return cdnn.SGD(lr=args.lr or 0.05, momentum=args.momentum)
-    cls = {"adam": cdnn.Adam, "adamw": cdnn.AdamW, "rmsprop": cdnn.RMSprop}[args.optimizer]
-    return cls(lr=args.lr or 1e-3)
+# --- data --------------------------------------------------------------------------------
+
+def _dataset_key(args) -> str:
+    return args.dataset or ("mnist" if args.data_dir else "digits")
+
+
+def _load_dataset(args) -> tuple[str, tuple, tuple]:
+    """The data source the options name: (name, (X, y), (X_test, y_test))."""
+    name, loader, *_ = DATASETS[_dataset_key(args)]
+    if loader is None:
+        if args.data_dir:
+            raise ValueError("--data-dir reads MNIST-format files; the digits dataset is "
+                             "shipped (give --dataset mnist or fashion-mnist with it)")
+        return name, *cdnn.datasets.load_digits()
+    return name, *loader(args.data_dir)
+
+
+def _read_array(path: str) -> np.ndarray:
+    suffix = Path(path).suffix.lower()
+    if suffix not in ARRAY_FORMATS:
+        raise ValueError(f"{path}: unknown input format {suffix or '(none)'!r}; use .npy or .csv")
+    if suffix == ".npy":
+        try:
+            X = np.load(path, allow_pickle=False)
+        except EOFError:
+            raise ValueError(f"{path}: empty or truncated .npy file") from None
+        except ValueError as e:
+            raise ValueError(f"{path}: not a readable .npy array ({e})") from None
+        if not isinstance(X, np.ndarray):
+            raise ValueError(f"{path}: holds an archive, not one array")
+    else:
+        try:
+            X = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64)
+        except ValueError as e:
+            raise ValueError(f"{path}: not a numeric CSV file ({e})") from None
+    return X.reshape(1, -1) if X.ndim == 1 else X
+
+
+def _write_array(array: np.ndarray, path: str | None):
+    fmt = "%d" if array.dtype.kind in "iub" else "%.9g"
+    if path is None:
+        np.savetxt(sys.stdout, array, fmt=fmt, delimiter=",")
+        return
+    suffix = Path(path).suffix.lower()
+    if suffix not in ARRAY_FORMATS:
+        raise ValueError(f"{path}: unknown output format {suffix or '(none)'!r}; use .npy or "
+                         f".csv")
+    if suffix == ".npy":
+        np.save(path, array)
+    else:
+        np.savetxt(path, array, fmt=fmt, delimiter=",")
+
+
+# --- commands ----------------------------------------------------------------------------
+
+def _optimizer(args) -> cdnn.Optimizer:
+    cls = OPTIMIZERS[args.optimizer]
+    kwargs = {"lr": args.lr if args.lr is not None else (0.05 if cls is cdnn.SGD else 1e-3)}
+    if args.weight_decay is not None:
+        kwargs["weight_decay"] = args.weight_decay
+    if cls is cdnn.SGD:
+        kwargs.update(momentum=0.9 if args.momentum is None else args.momentum,
+                      nesterov=args.nesterov)
+    elif args.momentum is not None:
+        if cls is not cdnn.RMSprop:
+            raise ValueError(f"--momentum applies to sgd and rmsprop, not {args.optimizer}")
+        kwargs["momentum"] = args.momentum
+    if args.nesterov and cls is not cdnn.SGD:
+        raise ValueError(f"--nesterov applies to sgd, not {args.optimizer}")
+    return cls(**kwargs)
 
 
 def train(args) -> int:
-    if args.data_dir:
-        (X, y), (X_test, y_test) = cdnn.datasets.load_mnist(args.data_dir)
-        name, hidden, epochs, batch = "MNIST", [256], 3, 128
-    else:
-        (X, y), (X_test, y_test) = cdnn.datasets.load_digits()
-        name, hidden, epochs, batch = "UCI digits (shipped)", [128], 30, 32
+    name, (X, y), (X_test, y_test) = _load_dataset(args)
+    _, _, hidden, epochs, batch = DATASETS[_dataset_key(args)]
     hidden = args.hidden or hidden
     epochs = epochs if args.epochs is None else args.epochs
     batch = args.batch_size or batch
     net = cdnn.MLP([X.shape[1], *hidden, int(y.max()) + 1], activation=args.activation,
-                   dtype=args.dtype, seed=args.seed)
+                   dtype=args.dtype, seed=args.seed, dropout=args.dropout)
+    trainer = cdnn.Trainer(net, _optimizer(args), batch_size=batch)
     print(f"{name}: {len(X)} training and {len(X_test)} test samples; network "
           f"{'-'.join(map(str, net.layer_sizes))} ({net.params.size} parameters)")
-    trainer = cdnn.Trainer(net, _optimizer(args), batch_size=batch)
     start = time.perf_counter()
     trainer.fit(X, y, epochs=epochs, validation_data=(X_test, y_test), verbose=args.verbose)
     seconds = time.perf_counter() - start
     accuracy = net.evaluate(X_test, y_test)["accuracy"]
     print(f"test accuracy {accuracy:.4f} after {epochs} epochs in {seconds:.1f} s")
+    if args.save:
+        net.save(args.save)
+        print(f"saved the model to {args.save}")
+    return 0
+
+
+def evaluate(args) -> int:
+    net = cdnn.load(args.model)
+    name, _, (X_test, y_test) = _load_dataset(args)
+    if X_test.shape[1] != net.n_inputs:
+        raise ValueError(f"the model takes {net.n_inputs} features, {name} has "
+                         f"{X_test.shape[1]}; choose its dataset with --dataset / --data-dir")
+    metrics = net.evaluate(X_test, y_test)
+    print(f"{name} test set, {len(X_test)} samples: " +
+          ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return 0
+
+
+def predict(args) -> int:
+    net = cdnn.load(args.model)
+    X = _read_array(args.input)
+    if X.ndim != 2:
+        raise ValueError(f"{args.input}: expected a 2-D array (one sample per row), got "
+                         f"shape {X.shape}")
+    if X.shape[1] != net.n_inputs:
+        raise ValueError(f"{args.input}: rows have {X.shape[1]} features, the model takes "
+                         f"{net.n_inputs}")
+    _write_array(net.predict_proba(X) if args.proba else net.predict(X), args.output)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:   # the suite parses its own options (and --help)
+        from cdnn import bench
+        return bench.main(argv[1:])
     args = _parser().parse_args(argv)
     try:
-        return {"train": train}[args.command](args)
-    except (ValueError, TypeError, OSError) as e:
-        print(f"cdnn {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return {"train": train, "evaluate": evaluate, "predict": predict}[args.command](args)
+    except (ValueError, TypeError, OSError, ArithmeticError) as e:
+        message = " ".join(str(e).split()) or type(e).__name__   # one line, however long
+        print(f"cdnn {args.command}: error: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
