@@ -87,7 +87,7 @@ MODES = {
         alloc_epochs=4, gemm_repeats=5, fresh_process=False, task_timeout=900,
     ),
     "full": dict(
-        workloads=["S", "M", "L", "D", "P1", "P1s", "PB", "TTA", "ALLOC"],
+        workloads=["S", "M", "D", "P1", "P1s", "PB", "ALLOC", "L", "TTA"],  # longest last
         rows={k: MNIST_TRAIN_ROWS for k in ("S", "M", "L", "D", "TTA", "ALLOC")},
         repeats=5, repeats_slow=3, predict_calls=2000, batch_calls=5, tta_epochs=10,
         alloc_epochs=5, gemm_repeats=9, fresh_process=True, task_timeout=3600,
@@ -595,6 +595,9 @@ def _load1():
         return None
 
 
+PAUSE_S = 0.3  # longer than the usual OpenMP/OpenBLAS spin-wait after a parallel region
+
+
 class Runner:
     """Hands tasks to workers: a fresh process per task, or one long-lived process per contender."""
 
@@ -603,7 +606,7 @@ class Runner:
         self.workers, self.unavailable = {}, {}
 
     def start(self, contenders):
-        """Persistent mode: start every worker up front (imports overlap), all before timing."""
+        """Persistent mode: start every worker (imports, data) before anything is timed."""
         if not self.fresh:
             for name in contenders:
                 self._worker(name)
@@ -628,6 +631,8 @@ class Runner:
             w.close()
             self.workers.pop(name, None)
             return dict(ok=False, skipped=bool(w.ready.get("skipped")), error=err)
+        if not self.fresh and task["kind"] in ("train", "tta"):
+            time.sleep(PAUSE_S)  # let the previous contender's spinning thread pool go idle
         load_before, t0 = _load1(), time.perf_counter()
         result = w.run(dict(task, reset_peak=not self.fresh))
         result.update(task_wall_s=time.perf_counter() - t0, load1_before=load_before,
@@ -652,7 +657,7 @@ def _synthetic_mnist(seed=0):
 
     def make(n):
         y = rng.integers(0, N_CLASSES, n).astype(np.int64)
-        X = 0.35 * protos[y] + 0.65 * rng.random((n, 784), dtype=np.float32)
+        X = 0.25 * protos[y] + 0.75 * rng.random((n, 784), dtype=np.float32)
         return X.astype(np.float32), y
 
     return make(MNIST_TRAIN_ROWS), make(10000)
@@ -794,12 +799,13 @@ def _run_workload(wl, mode, args, runner, present, log):
     return dict(task=task, repeats=repeats, raw=raw)
 
 
-def run_suite(args, log):
+def run_suite(args, log, report, checkpoint=lambda: None):
+    """Run the workloads, filling `report` in place; `checkpoint()` after each workload."""
     mode = MODES["full" if args.full else "quick"]
     workloads = args.workloads or mode["workloads"]
     notes = []
-    report = dict(mode="full" if args.full else "quick", config=mode, fresh=args.fresh, notes=notes,
-                  workloads={})
+    report.update(mode="full" if args.full else "quick", config=mode, fresh=args.fresh,
+                  notes=notes, workloads={}, contenders=[])
 
     present = []
     for name in args.contenders:
@@ -828,6 +834,8 @@ def run_suite(args, log):
             report["worker_info"] = {c: runner.run(c, dict(kind="info")) for c in present}
             for wl in workloads:
                 report["workloads"][wl] = _run_workload(wl, mode, args, runner, present, log)
+                report["contenders"] = [c for c in present if c not in runner.unavailable]
+                checkpoint()
         finally:
             runner.close()
     for name, err in runner.unavailable.items():
@@ -1091,10 +1099,15 @@ def render_markdown(report):
     blas_text = "; ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('num_threads')} threads, "
                           f"{b.get('prefix')})" for b in blas) if isinstance(blas, list) else str(blas)
     v = m["versions"]
-    out = ["# cdnn benchmark results", "",
+    out = ["# cdnn benchmark results", ""]
+    if report.get("partial"):
+        out += ["**Partial: the run was still going (or was stopped) when this was written.**", ""]
+    out += [
            f"- Date: {report['date']}",
            f"- Command: `{report['command']}`",
-           f"- Mode: {report['mode']} ({report['data']})",
+           f"- Mode: {report['mode']}" + (", a fresh process per run" if report["fresh"] else
+                                           ", one long-lived process per contender"),
+           f"- Data: {report['data']}",
            f"- CPU: {m['cpu']}, {m['usable_cores']} usable cores"
            + (f", {m['memory_gib']} GiB RAM" if m.get("memory_gib") else ""),
            f"- Python {m['python']} on {m['platform']}",
@@ -1105,7 +1118,7 @@ def render_markdown(report):
            "contenders alternate within each repeat.", ""]
     for title, header, body in tables(report):
         out += [f"## {title}", "", "| " + " | ".join(header) + " |",
-                "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+                "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]
         out += ["| " + " | ".join(str(c) for c in cells) + " |" for cells in body]
         out.append("")
     out += ["## Notes", ""] + [f"- {line}" for line in note_lines(report)] + [""]
@@ -1169,18 +1182,25 @@ def main(argv=None):
     started = time.perf_counter()
     report = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   command=" ".join(["cdnn bench"] + argv), argv=argv, machine=machine_info())
-    report.update(run_suite(args, log))
-    report["wall_seconds"] = time.perf_counter() - started
-    summarize(report)
+
+    def write(partial):
+        report["partial"] = partial
+        report["wall_seconds"] = time.perf_counter() - started
+        summarize(report)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(_finite(report), f, indent=1, default=_json_default)
+                f.write("\n")
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(render_markdown(report))
+
+    # the files are rewritten after every workload, so a long run that is stopped keeps
+    # what it measured (marked partial)
+    run_suite(args, log, report, checkpoint=lambda: write(partial=True))
+    write(partial=False)
     print(render_text(report))
     print(f"\n(wall time {report['wall_seconds']:.0f} s)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(_finite(report), f, indent=1, default=_json_default)
-            f.write("\n")
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(render_markdown(report))
     return 0
 
 
