@@ -1,7 +1,6 @@
 """The model: a multilayer perceptron whose parameters live in one flat buffer."""
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 from typing import NamedTuple, Sequence
@@ -182,8 +181,12 @@ class MLP:
         # many rows are split across cdnn's threads; a few are not worth waking them for
         threads = min(get_num_threads(), max(1, len(X) // MIN_ROWS_PER_THREAD))
         share = min(math.ceil(len(X) / threads), CHUNK_ROWS)
-        with single_threaded_blas() if threads > 1 else contextlib.nullcontext():
-            self._engine.forward(self.params, X, out, self._workspace(threads * share), threads)
+        workspace = self._workspace(threads * share)
+        if threads == 1:
+            self._engine.forward(self.params, X, out, workspace, 1)
+        else:
+            with single_threaded_blas():
+                self._engine.forward(self.params, X, out, workspace, threads)
         return out
 
     def predict_proba(self, X) -> np.ndarray:

@@ -32,9 +32,12 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+_USABLE_CORES = _usable_cores()     # read once: every predict asks
+
+
 def get_num_threads() -> int:
     """The number of threads cdnn's kernels use."""
-    return _num_threads or _usable_cores()
+    return _num_threads or _USABLE_CORES
 
 
 def set_num_threads(n: int) -> None:

@@ -25,6 +25,7 @@ from cdnn.threads import get_num_threads, single_threaded_blas
 # Kernel calls per epoch: enough for a live progress bar and a prompt Ctrl-C, few enough that
 # Python's share of the time stays negligible.
 CALLS_PER_EPOCH = 20
+MIN_WORK_PER_THREAD = 4_000_000     # FLOPs of a training step per thread
 
 
 class History:
@@ -216,7 +217,10 @@ class _Steps:
         self.train, self.batch, self.clip_norm, self.seed = train, batch, clip_norm, seed
         self.state = opt.state_for(net.params)
         self.config = opt.kernel_config()
-        self.n_threads = min(get_num_threads(), batch)
+        # a thread is worth waking only for a few MFLOP of work per step (6 FLOPs per
+        # parameter and row: forward, and two products backward)
+        work = 6 * net.params.size * batch
+        self.n_threads = max(1, min(get_num_threads(), batch, work // MIN_WORK_PER_THREAD))
         share = math.ceil(batch / self.n_threads)
         self.workspace = np.empty(self.n_threads * share * self.engine.row_width, net.dtype)
         self.label_buffer = np.empty(self.n_threads * share, dtype=np.intc)
