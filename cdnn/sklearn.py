@@ -13,15 +13,14 @@ How scikit-learn's objective maps onto cdnn's. scikit-learn descends, per batch 
 cdnn's losses are means: over rows for softmax, over rows × k outputs for sigmoid and squared
 error (whose ℓ has no ½). So cdnn's gradient is c × scikit-learn's, with c = 1 (softmax),
 1/k (sigmoid) or 2/k (squared error); we pass MLP(l2 = c·alpha/B), divide SGD's learning rate
-by c, multiply Adam's epsilon by c and divide the reported losses by c, which makes the update
-the same as scikit-learn's. B is the nominal batch size (scikit-learn uses each batch's own row
-count or weight sum, so its last, smaller batch is penalised slightly more), times the mean
-sample weight when there are weights. For multi-output regression loss_ is ½·Σ over outputs,
-where scikit-learn reports ½·mean (its gradient is that of the sum).
+by c and multiply Adam's epsilon by c, which makes the update the same as scikit-learn's; the
+reported losses are converted back to scikit-learn's definition. B is the nominal batch size
+(scikit-learn uses each batch's own row count or weight sum, so its last, smaller batch is
+penalised slightly more), times the mean sample weight when there are weights.
 
 Differences that remain: weights start Glorot-uniform and biases at zero (scikit-learn also
-draws the biases); SGD momentum is PyTorch's form (equal to scikit-learn's at a constant rate);
-sparse input is not accepted (densify it).
+draws the biases); Adam adds epsilon after its bias correction (PyTorch's form), a ~1e-4
+relative difference per step; sparse input is not accepted (densify it).
 
 This module is the only part of cdnn that imports scikit-learn (an optional dependency).
 """
@@ -200,6 +199,15 @@ class _BaseMLP(BaseEstimator):
         return {"softmax_cross_entropy": 1.0, "sigmoid_cross_entropy": 1.0 / k,
                 "mean_squared_error": 2.0 / k}[self._net.loss]
 
+    def _sklearn_loss(self, loss: float, c: float, rows: float) -> float:
+        """scikit-learn's loss from cdnn's (data loss + c·P): its data loss is cdnn's ÷ c, but
+        ÷ 2 for squared error (a mean over outputs, though its gradient is that of the sum);
+        the penalty P = alpha/(2·rows)·Σ‖W‖² is taken at the current weights."""
+        penalty = self.alpha / (2 * rows) * sum(float(np.dot(W.ravel(), W.ravel()))
+                                                for W in self.coefs_)
+        d = 0.5 if self._net.loss == "mean_squared_error" else 1 / c
+        return (loss - c * penalty) * d + penalty
+
     def _make_optimizer(self, c: float):
         if self.solver == "sgd":
             return SGD(lr=self._lr / c, momentum=self.momentum,
@@ -236,11 +244,12 @@ class _BaseMLP(BaseEstimator):
                               "It is going to be clipped")
             batch = min(self.batch_size, n)
         mean_weight = 1.0 if weights is None else float(weights.mean()) or 1.0
-        self._with_l2(c * self.alpha / (batch * mean_weight))
+        rows = batch * mean_weight
+        self._with_l2(c * self.alpha / rows)
 
         trainer = Trainer(self._net, self._optimizer, batch_size=batch,
                           seed=int(self._random_state.randint(2**31 - 1)))
-        progress = _SklearnEpochs(self, c, n, validation)
+        progress = _SklearnEpochs(self, c, rows, n, validation)
         self.n_iter_ = 0
         try:
             history = trainer.fit(X, targets, epochs=1 if incremental else self.max_iter,
@@ -273,7 +282,7 @@ class _BaseMLP(BaseEstimator):
             options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol})
         net.params[...] = result.x
         self.n_iter_ = min(int(result.nit), self.max_iter)
-        self.loss_ = float(result.fun)
+        self.loss_ = self._sklearn_loss(float(result.fun) * c, c, total)
         if result.status != 0:
             message = result.message.decode() if isinstance(result.message, bytes) \
                 else result.message
@@ -304,15 +313,16 @@ class _BaseMLP(BaseEstimator):
 class _SklearnEpochs(Callback):
     """scikit-learn's end-of-epoch bookkeeping, run by Trainer.fit between epochs."""
 
-    def __init__(self, est: _BaseMLP, c: float, n_samples: int, validation):
-        self.est, self.c, self.n_samples, self.validation = est, c, n_samples, validation
+    def __init__(self, est: _BaseMLP, c: float, rows: float, n_samples: int, validation):
+        self.est, self.c, self.rows, self.n_samples = est, c, rows, n_samples
+        self.validation = validation
         self.converged = False
 
     def on_epoch_end(self, epoch, logs=None):
         est = self.est
         est.n_iter_ += 1
         est.t_ += self.n_samples
-        est.loss_ = logs["loss"] / self.c
+        est.loss_ = est._sklearn_loss(logs["loss"], self.c, self.rows)
         est.loss_curve_.append(est.loss_)
         if est.verbose:
             print(f"Iteration {est.n_iter_}, loss = {est.loss_:.8f}")
@@ -333,8 +343,14 @@ class _SklearnEpochs(Callback):
                     print(f"{msg} Stopping.")
                 self.converged = True
                 self.trainer.stop_training = True
-        if est.solver == "sgd":
-            self.trainer.optimizer.lr = est._lr / self.c
+        opt, lr = self.trainer.optimizer, est._lr / self.c
+        if est.solver == "sgd" and lr != opt.lr:
+            if opt.state is not None:
+                # scikit-learn's velocity is −lr·(cdnn's momentum buffer) and carries over
+                # unchanged when the rate changes: rescale the buffer to match
+                momentum = opt.state[0]
+                momentum *= opt.lr / lr
+            opt.lr = lr
 
     def _count_no_improvement(self):
         est = self.est
