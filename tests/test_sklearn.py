@@ -1,0 +1,337 @@
+"""cdnn.sklearn: scikit-learn's own estimator checks, its meta-estimators, and agreement with
+scikit-learn's MLPClassifier / MLPRegressor (same updates in float64, same accuracy)."""
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+sklearn = pytest.importorskip("sklearn")
+
+from sklearn.base import clone  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.model_selection import GridSearchCV, cross_val_score  # noqa: E402
+from sklearn.neural_network import MLPClassifier as SkClassifier  # noqa: E402
+from sklearn.neural_network import MLPRegressor as SkRegressor  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+import cdnn  # noqa: E402
+from cdnn.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+# Checks that compare two float32 computations at a tolerance below float32's resolution
+# (atol or rtol 1e-7; float32's epsilon is 1.2e-7). The float64 instance passes both.
+FLOAT32_ROUNDING = {
+    "check_sample_weight_equivalence_on_dense_data":
+        "float32: the weighted and the repeated fit agree to ~1e-6 relative, the check "
+        "demands 1e-7",
+    "check_methods_subset_invariance":
+        "float32: a row's output can differ in its last bit with the number of rows that "
+        "share a GEMM (and a thread's share of them); the check demands atol 1e-7",
+}
+
+
+def _expected_failures(estimator):
+    return FLOAT32_ROUNDING if estimator.dtype == "float32" else {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These fits are tiny: splitting each step across threads costs more than it saves, and
+    on a loaded machine the thread barriers dominate. Threading has its own tests."""
+    with cdnn.limit_threads(1):
+        yield
+
+
+# scikit-learn's own test suite runs its MLPs with max_iter=100 too
+@parametrize_with_checks([MLPClassifier(max_iter=100), MLPRegressor(max_iter=100),
+                          MLPClassifier(solver="lbfgs", dtype="float64", max_iter=100)],
+                         expected_failed_checks=_expected_failures)
+def test_scikit_learn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return cdnn.datasets.load_digits()
+
+
+def test_import_cdnn_does_not_import_sklearn():
+    code = "import sys, cdnn; print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# --- the same updates as scikit-learn ---------------------------------------------------------
+
+RNG = np.random.default_rng(0)
+X_SMALL = RNG.normal(size=(40, 5))
+TARGETS = {
+    "multiclass": (SkClassifier, MLPClassifier, np.arange(40) % 3),
+    "binary": (SkClassifier, MLPClassifier, np.array(["no", "yes"])[np.arange(40) % 2]),
+    "multilabel": (SkClassifier, MLPClassifier, (RNG.random((40, 3)) > 0.5).astype(int)),
+    "regression": (SkRegressor, MLPRegressor, RNG.normal(size=40)),
+    "multi-output": (SkRegressor, MLPRegressor, RNG.normal(size=(40, 2))),
+}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("learning_rate, nesterov", [("constant", True), ("invscaling", False)])
+def test_sgd_updates_match_scikit_learn(target, learning_rate, nesterov):
+    """From the same weights, three full-batch SGD epochs (momentum, L2, the learning-rate
+    schedule) give scikit-learn's weights: the loss, penalty and rate mapping is exact."""
+    sk_cls, cd_cls, y = TARGETS[target]
+    params = dict(hidden_layer_sizes=(7,), activation="tanh", solver="sgd", alpha=0.3,
+                  batch_size=40, shuffle=False, learning_rate_init=0.1,
+                  learning_rate=learning_rate, momentum=0.5, nesterovs_momentum=nesterov,
+                  max_iter=1, warm_start=True, random_state=0)
+    sk = sk_cls(**params).fit(X_SMALL, y)
+    ours = cd_cls(dtype="float64", **params).fit(X_SMALL, y)
+    sk.coefs_ = [W.copy() for W in ours.coefs_]
+    sk.intercepts_ = [b.copy() for b in ours.intercepts_]
+    for est in (sk, ours):
+        est.set_params(max_iter=3).fit(X_SMALL, y)
+    for a, b in zip(sk.coefs_ + sk.intercepts_, ours.coefs_ + ours.intercepts_):
+        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
+    # loss_ is scikit-learn's quantity (for several outputs the penalty is taken at the
+    # epoch's end, so it is close rather than equal)
+    assert ours.loss_ == pytest.approx(sk.loss_, rel=1e-12 if target != "multi-output" else 1e-3)
+    assert ours.n_iter_ == sk.n_iter_ == 3 and ours.t_ == sk.t_
+
+
+def test_digits_accuracy_comparable_to_scikit_learn(digits):
+    (X, y), (X_test, y_test) = digits
+    params = dict(hidden_layer_sizes=(64,), max_iter=60, random_state=0)
+    ours = MLPClassifier(**params).fit(X, y).score(X_test, y_test)
+    theirs = SkClassifier(**params).fit(X, y).score(X_test, y_test)
+    assert ours > 0.93
+    assert abs(ours - theirs) < 0.03
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam", "lbfgs"])
+def test_each_solver_learns_digits(digits, solver):
+    (X, y), (X_test, y_test) = digits
+    est = MLPClassifier(hidden_layer_sizes=(32,), solver=solver, learning_rate_init=0.01,
+                        max_iter=40, random_state=0).fit(X, y)
+    assert est.score(X_test, y_test) > 0.9
+    assert est.n_iter_ <= 40 and np.isfinite(est.loss_)
+
+
+# --- scikit-learn machinery -------------------------------------------------------------------
+
+def test_pipeline_grid_search_and_cross_validation(digits):
+    (X, y), _ = digits
+    X, y = X[:600], y[:600]
+    pipe = make_pipeline(StandardScaler(), MLPClassifier(learning_rate_init=0.01,
+                                                         max_iter=20, random_state=0))
+    search = GridSearchCV(pipe, {"mlpclassifier__hidden_layer_sizes": [(8,), (32,)]}, cv=3)
+    search.fit(X, y)
+    assert search.best_params_["mlpclassifier__hidden_layer_sizes"] in [(8,), (32,)]
+    assert search.best_score_ > 0.8
+    scores = cross_val_score(MLPClassifier(learning_rate_init=0.01, max_iter=20,
+                                           random_state=0), X, y, cv=3)
+    assert scores.shape == (3,) and scores.min() > 0.8
+
+
+def test_clone_and_pickle_round_trip(digits):
+    (X, y), (X_test, _) = digits
+    est = MLPClassifier(hidden_layer_sizes=(16,), max_iter=5, random_state=0).fit(X, y)
+    fresh = clone(est)
+    assert fresh.get_params() == est.get_params() and not hasattr(fresh, "coefs_")
+    copy = pickle.loads(pickle.dumps(est))
+    np.testing.assert_array_equal(copy.predict_proba(X_test), est.predict_proba(X_test))
+    np.testing.assert_array_equal(copy.predict(X_test), est.predict(X_test))
+    # the copy's coefs_ are its network's weights again, so training it moves them
+    before = copy.coefs_[0].copy()
+    copy.partial_fit(X, y)
+    assert not np.array_equal(copy.coefs_[0], before)
+    assert np.shares_memory(copy.coefs_[0], copy._net.params)
+
+
+# --- targets ----------------------------------------------------------------------------------
+
+def test_arbitrary_labels(digits):
+    (X, y), (X_test, y_test) = digits
+    names = np.array([f"digit-{d}" for d in range(10)])
+    est = MLPClassifier(hidden_layer_sizes=(32,), max_iter=30, random_state=0)
+    est.fit(X, names[y])
+    assert list(est.classes_) == sorted(names)
+    assert est.predict(X_test).dtype == names.dtype
+    assert est.score(X_test, names[y_test]) > 0.9
+    sparse_ints = est.fit(X, y * 7 + 3).predict(X_test)     # non-contiguous integers
+    assert set(sparse_ints) <= set(range(3, 70, 7)) and est.out_activation_ == "softmax"
+
+
+def test_binary_uses_one_logistic_output(digits):
+    (X, y), (X_test, y_test) = digits
+    est = MLPClassifier(hidden_layer_sizes=(16,), max_iter=30, random_state=0)
+    est.fit(X, y % 2 == 0)
+    assert est.n_outputs_ == 1 and est.out_activation_ == "logistic"
+    proba = est.predict_proba(X_test)
+    assert proba.shape == (len(X_test), 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-6)
+    np.testing.assert_allclose(est.predict_log_proba(X_test), np.log(proba))
+    assert est.score(X_test, y_test % 2 == 0) > 0.85
+
+
+def test_multilabel_classification(digits):
+    (X, y), (X_test, y_test) = digits
+    labels = lambda d: np.column_stack([d % 2 == 0, d >= 5, d % 3 == 0]).astype(int)  # noqa
+    est = MLPClassifier(hidden_layer_sizes=(32,), max_iter=40, random_state=0)
+    est.fit(X, labels(y))
+    assert est.out_activation_ == "logistic" and est.n_outputs_ == 3
+    pred, proba = est.predict(X_test), est.predict_proba(X_test)
+    assert pred.shape == proba.shape == (len(X_test), 3)
+    assert ((proba >= 0) & (proba <= 1)).all()
+    assert (pred == labels(y_test)).mean() > 0.9      # per-label accuracy
+    assert est.score(X_test, labels(y_test)) > 0.75   # every label of a row right
+
+
+def test_multi_output_regression():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(400, 4))
+    Y = np.column_stack([X @ [1.0, -2.0, 0.5, 0.0], np.sin(X[:, 0]) + X[:, 1]])
+    est = MLPRegressor(hidden_layer_sizes=(32,), learning_rate_init=0.01, max_iter=150,
+                       random_state=0).fit(X[:300], Y[:300])
+    pred = est.predict(X[300:])
+    assert pred.shape == (100, 2) and pred.dtype == np.float64
+    assert est.score(X[300:], Y[300:]) > 0.9
+    assert est.n_outputs_ == 2 and est.out_activation_ == "identity"
+
+
+# --- fitting options --------------------------------------------------------------------------
+
+def test_partial_fit(digits):
+    (X, y), (X_test, y_test) = digits
+    est = MLPClassifier(hidden_layer_sizes=(32,), learning_rate_init=0.01, random_state=0)
+    with pytest.raises(ValueError, match="classes must be passed"):
+        est.partial_fit(X[:100], y[:100])
+    est.partial_fit(X[:100], y[:100], classes=np.arange(10))
+    losses = [est.loss_]
+    for _ in range(10):
+        est.partial_fit(X, y)
+        losses.append(est.loss_)
+    assert losses[-1] < losses[0] / 2
+    assert est.n_iter_ == 1 and est.t_ == 100 + 10 * len(X)
+    assert est.score(X_test, y_test) > 0.9
+    with pytest.raises(ValueError, match="classes not in"):
+        est.partial_fit(X[:5], np.full(5, 11))
+    with pytest.raises(ValueError, match="4 features"):
+        est.partial_fit(X[:5, :4], y[:5])
+    assert not hasattr(MLPClassifier(solver="lbfgs"), "partial_fit")
+
+
+def test_early_stopping_keeps_the_best_epoch(digits):
+    (X, y), _ = digits
+    est = MLPClassifier(hidden_layer_sizes=(32,), early_stopping=True, n_iter_no_change=3,
+                        learning_rate_init=0.01, max_iter=200, random_state=0).fit(X, y)
+    assert est.n_iter_ < 200 and len(est.validation_scores_) == est.n_iter_
+    assert est.best_validation_score_ == max(est.validation_scores_)
+    assert est.best_loss_ is None
+    # the final weights are the best epoch's: re-scoring the held-out rows reproduces it
+    from sklearn.model_selection import train_test_split
+    _, X_val, _, y_val = train_test_split(X, y, test_size=0.1, stratify=y,
+                                          random_state=_rng_after_init(0))
+    assert est.score(X_val, y_val) == pytest.approx(est.best_validation_score_)
+
+
+def _rng_after_init(seed):
+    """The RandomState the estimator splits with: its seed, after drawing the init seed."""
+    rng = np.random.RandomState(seed)
+    rng.randint(2**31 - 1)
+    return rng
+
+
+def test_tol_stops_training_and_max_iter_warns(digits):
+    (X, y), _ = digits
+    stopped = MLPClassifier(hidden_layer_sizes=(16,), tol=0.5, n_iter_no_change=2,
+                            max_iter=100, random_state=0).fit(X, y)
+    assert stopped.n_iter_ < 100 and len(stopped.loss_curve_) == stopped.n_iter_
+    assert stopped.best_loss_ == min(stopped.loss_curve_)
+    with pytest.warns(ConvergenceWarning, match="Maximum iterations"):
+        MLPClassifier(hidden_layer_sizes=(8,), max_iter=2, random_state=0).fit(X, y)
+
+
+def test_adaptive_learning_rate_divides_by_five(digits):
+    (X, y), _ = digits
+    est = MLPClassifier(hidden_layer_sizes=(8,), solver="sgd", learning_rate="adaptive",
+                        tol=10.0, n_iter_no_change=1, max_iter=6, random_state=0).fit(X, y)
+    # every epoch fails to improve by tol: the rate drops 5x every second epoch
+    assert est._lr == pytest.approx(0.001 / 5 ** 2)
+    assert est._optimizer.lr == pytest.approx(est._lr)  # c = 1 for softmax
+
+
+def test_sample_weight_zero_rows_are_ignored():
+    rng = np.random.default_rng(2)
+    X, y = rng.normal(size=(60, 3)), np.arange(60) % 3
+    w = (np.arange(60) < 40).astype(float)
+    kw = dict(solver="lbfgs", dtype="float64", hidden_layer_sizes=(5,), random_state=0)
+    weighted = MLPClassifier(**kw).fit(X, y, sample_weight=w)
+    trimmed = MLPClassifier(**kw).fit(X[:40], y[:40])
+    np.testing.assert_allclose(weighted.predict_proba(X), trimmed.predict_proba(X),
+                               rtol=1e-6, atol=1e-8)
+    with pytest.raises(ValueError, match="all zero"):
+        MLPClassifier().fit(X, y, sample_weight=np.zeros(60))
+
+
+def test_fitted_attributes_and_dtype(digits):
+    (X, y), _ = digits
+    est = MLPClassifier(hidden_layer_sizes=(16, 8), activation="logistic", max_iter=3,
+                        batch_size=64, random_state=0).fit(X, y)
+    assert est.n_layers_ == 4 and est.n_features_in_ == 64 and est.n_outputs_ == 10
+    assert [W.shape for W in est.coefs_] == [(64, 16), (16, 8), (8, 10)]
+    assert [b.shape for b in est.intercepts_] == [(16,), (8,), (10,)]
+    assert est.coefs_[0].dtype == np.float32 and est._net.activations == ("sigmoid",) * 2
+    assert est.t_ == 3 * len(X) and len(est.loss_curve_) == 3
+    assert est.validation_scores_ is None and est.best_validation_score_ is None
+    est64 = MLPClassifier(hidden_layer_sizes=(4,), max_iter=2, dtype="float64").fit(X, y)
+    assert est64.coefs_[0].dtype == np.float64
+
+
+def test_verbose_prints_each_iteration(digits, capsys):
+    (X, y), _ = digits
+    MLPClassifier(hidden_layer_sizes=(4,), max_iter=2, verbose=True).fit(X, y)
+    out = capsys.readouterr().out
+    assert "Iteration 1, loss = " in out and "Iteration 2, loss = " in out
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"solver": "newton"}, "solver"),
+    ({"activation": "swish"}, "activation"),
+    ({"hidden_layer_sizes": (10, 0)}, "hidden_layer_sizes"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"learning_rate": "cyclic"}, "learning_rate"),
+    ({"momentum": 1.5}, "momentum"),
+    ({"validation_fraction": 1.0}, "validation_fraction"),
+    ({"dtype": "float16"}, "dtype"),
+])
+def test_bad_parameters_fail_at_fit(params, message):
+    est = MLPClassifier(**params)     # scikit-learn's rule: __init__ stores, fit validates
+    with pytest.raises(ValueError, match=message):
+        est.fit(np.zeros((4, 2)), [0, 1, 0, 1])
+
+
+def test_regressor_rejects_poisson_loss():
+    with pytest.raises(ValueError, match="poisson"):
+        MLPRegressor(loss="poisson").fit(np.zeros((4, 2)), np.zeros(4))
+
+
+def test_early_stopping_with_partial_fit_is_refused():
+    with pytest.raises(ValueError, match="early_stopping"):
+        MLPRegressor(early_stopping=True).partial_fit(np.zeros((20, 2)), np.zeros(20))
+
+
+def test_warm_start_continues_from_the_fitted_weights(digits):
+    (X, y), _ = digits
+    est = MLPClassifier(hidden_layer_sizes=(16,), max_iter=5, warm_start=True,
+                        random_state=0).fit(X, y)
+    first = est.loss_
+    net = est._net
+    est.fit(X, y)
+    assert est._net is net and est.loss_ < first
+    with pytest.raises(ValueError, match="same classes"):
+        est.fit(X[y < 5], y[y < 5])
