@@ -140,6 +140,12 @@ class MLP:
 
     # --- inputs ---------------------------------------------------------------------------
 
+    def _plan(self, rows: int, chunk: int = CHUNK_ROWS) -> tuple[int, np.ndarray]:
+        """cdnn threads for a kernel call over `rows` rows (a few rows are not worth waking a
+        thread for), and this thread's workspace for them: a share of chunk rows each."""
+        threads = min(get_num_threads(), max(1, rows // MIN_ROWS_PER_THREAD))
+        return threads, self._workspace(threads * min(math.ceil(rows / threads), chunk))
+
     def _workspace(self, rows: int) -> np.ndarray:
         """This thread's workspace, grown to hold `rows` rows."""
         ws = getattr(self._local, "workspace", None)
@@ -178,11 +184,8 @@ class MLP:
         """The output layer's values (logits for the cross-entropy losses), shape (n, n_outputs)."""
         X = self._check_X(X)
         out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
-        # many rows are split across cdnn's threads; a few are not worth waking them for
-        threads = min(get_num_threads(), max(1, len(X) // MIN_ROWS_PER_THREAD))
-        share = min(math.ceil(len(X) / threads), CHUNK_ROWS)
-        workspace = self._workspace(threads * share)
-        if threads == 1:
+        threads, workspace = self._plan(len(X))
+        if len(X) == 1:     # one row: gemv, with the BLAS as it is; nothing to share out
             self._engine.forward(self.params, X, out, workspace, 1)
         else:
             with single_threaded_blas():
@@ -217,8 +220,9 @@ class MLP:
         return self._evaluate(self._prepare(X, y, sample_weight))
 
     def _evaluate(self, batch: Batch) -> dict:
-        loss, correct = self._engine.evaluate(self.params, *batch,
-                                              self._workspace(min(len(batch.X), CHUNK_ROWS)))
+        threads, workspace = self._plan(len(batch.X))
+        with single_threaded_blas():
+            loss, correct = self._engine.evaluate(self.params, *batch, workspace, threads)
         metrics = {"loss": loss}
         if self.loss != "mean_squared_error":
             total = len(batch.X) if batch.weights is None else float(batch.weights.sum())
@@ -231,10 +235,11 @@ class MLP:
         """The mean loss over the rows of X (plus the L2 penalty) and its gradient with respect
         to params, in params' layout; dropout is off."""
         batch = self._prepare(X, y, sample_weight)
-        grad = np.empty_like(self.params)
-        loss = self._engine.loss_and_grad(self.params, *batch, grad,
-                                          self._workspace(min(len(batch.X), 4 * CHUNK_ROWS)))
-        return loss, grad
+        threads, workspace = self._plan(len(batch.X))
+        grads = np.empty((threads, self.params.size), dtype=self.dtype)
+        with single_threaded_blas():
+            loss = self._engine.loss_and_grad(self.params, *batch, grads, workspace)
+        return loss, grads[0] if threads == 1 else grads[0].copy()
 
 
 def Dense(units: int, activation: str = "identity", dropout: float = 0.0) -> dict:

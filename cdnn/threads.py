@@ -68,7 +68,22 @@ class limit_threads:
 
 _blas_lock = threading.Lock()
 _blas_users = 0
-_blas_limit = None
+_blas_saved: list = []
+_kernel_blas: list | None = None
+
+
+def _kernel_blas_controllers() -> list:
+    """threadpoolctl's controllers of the BLAS the kernels call: scipy's own when its wheel
+    ships one (numpy's, beside it, is left alone), else every BLAS. Found once: a controller
+    sets a thread count in a microsecond, where threadpool_limits rescans every library."""
+    global _kernel_blas
+    if _kernel_blas is None:
+        import scipy.linalg.cython_blas  # noqa: F401  (loaded, so that it is found)
+        from threadpoolctl import ThreadpoolController
+        blas = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+        _kernel_blas = [lib for lib in blas if "scipy" in os.path.basename(
+            os.path.dirname(lib.filepath))] or blas
+    return _kernel_blas
 
 
 class single_threaded_blas:
@@ -76,10 +91,12 @@ class single_threaded_blas:
     threads: the first to enter sets the limit, the last to leave restores it)."""
 
     def __enter__(self):
-        global _blas_users, _blas_limit
+        global _blas_users, _blas_saved
         with _blas_lock:
             if _blas_users == 0:
-                _blas_limit = threadpool_limits(limits=1, user_api="blas")
+                _blas_saved = [(lib, lib.get_num_threads()) for lib in _kernel_blas_controllers()]
+                for lib, _ in _blas_saved:
+                    lib.set_num_threads(1)
             _blas_users += 1
 
     def __exit__(self, *exc):
@@ -87,4 +104,5 @@ class single_threaded_blas:
         with _blas_lock:
             _blas_users -= 1
             if _blas_users == 0:
-                _blas_limit.restore_original_limits()
+                for lib, n in _blas_saved:
+                    lib.set_num_threads(n)

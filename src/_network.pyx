@@ -149,66 +149,62 @@ cdef class Network:
 
     def loss_and_grad(self, const floating[::1] params, const floating[:, ::1] X,
                       const int[::1] labels, const floating[:, ::1] targets,
-                      const floating[::1] weights, floating[::1] grad,
+                      const floating[::1] weights, floating[:, ::1] grads,
                       floating[::1] workspace):
-        """grad := dL/dparams of the mean loss over all rows of X; returns the loss. Rows are
-        taken in chunks of the workspace's capacity, their gradients summed."""
-        cdef Layout* L = &self.layout
-        cdef Py_ssize_t cap = _capacity(L, params.shape[0], workspace.shape[0])
-        cdef Py_ssize_t n = X.shape[0], start = 0, rows, k = L.sizes[L.n_layers]
-        _check_targets(L, n, X, labels, targets, weights)
-        if grad.shape[0] != params.shape[0]:
-            raise ValueError("grad has the wrong size")
-        cdef floating* ws = &workspace[0]
-        cdef const int* lab = &labels[0] if labels is not None else NULL
-        cdef const floating* tgt = &targets[0, 0] if targets is not None else NULL
-        cdef const floating* w = &weights[0] if weights is not None else NULL
-        cdef floating scale = _loss_scale(L, w, NULL, n)
-        cdef double loss = 0
-        cdef const floating* out
+        """grads[0] := dL/dparams of the mean loss over all rows of X (plus the L2 penalty);
+        returns the loss. Each of n_threads = len(grads) threads takes a contiguous share of
+        the rows, in chunks of its part of the workspace, into its own row of grads; the rows
+        are then summed in a fixed order."""
+        cdef int n_threads = grads.shape[0]
+        if grads.shape[1] != params.shape[0]:
+            raise ValueError("grads has the wrong size")
+        cdef double loss = self._over_rows(params, X, labels, targets, weights, workspace,
+                                           n_threads, &grads[0, 0])[0]
         with nogil:
-            while start < n:
-                rows = min(cap, n - start)
-                out = forward(L, &params[0], &X[start, 0], ws, cap, rows, False, 0, 0, 0)
-                loss += loss_forward_backward(
-                    L.loss, out, lab + start if lab != NULL else NULL,
-                    tgt + start * k if tgt != NULL else NULL, w + start if w != NULL else NULL,
-                    scale, ws + cap * L.d0_col, rows, k)
-                backward(L, &params[0], &grad[0], &X[start, 0], ws, cap, rows, start > 0,
-                         False, 0, 0, 0)
-                start += rows
-            loss += l2_penalty(L, &params[0], &grad[0])
+            sum_gradients(&grads[0, 0], n_threads, self.layout.n_params, False)
+            loss += l2_penalty(&self.layout, &params[0], &grads[0, 0])
         return loss
 
     def evaluate(self, const floating[::1] params, const floating[:, ::1] X,
                  const int[::1] labels, const floating[:, ::1] targets,
-                 const floating[::1] weights, floating[::1] workspace):
+                 const floating[::1] weights, floating[::1] workspace, int n_threads=1):
         """Returns (the mean loss, Σ w over correct predictions) over all rows of X; dropout is
-        off, the L2 penalty is not included."""
+        off, the L2 penalty is not included. Rows are shared between threads as in forward."""
+        return self._over_rows(params, X, labels, targets, weights, workspace, n_threads, NULL)
+
+    cdef tuple _over_rows(self, const floating[::1] params, const floating[:, ::1] X,
+                          const int[::1] labels, const floating[:, ::1] targets,
+                          const floating[::1] weights, floating[::1] workspace, int n_threads,
+                          floating* grads):
+        """(loss, correct) over all rows of X and, when grads is not NULL, each thread's
+        gradient in grads[thread]"""
         cdef Layout* L = &self.layout
-        cdef Py_ssize_t cap = _capacity(L, params.shape[0], workspace.shape[0])
-        cdef Py_ssize_t n = X.shape[0], start = 0, rows, k = L.sizes[L.n_layers]
+        if not 1 <= n_threads <= MAX_THREADS:
+            raise ValueError(f"n_threads must be in 1..{MAX_THREADS}")
+        cdef Py_ssize_t cap = _capacity(L, params.shape[0], workspace.shape[0] // n_threads)
+        cdef Py_ssize_t n = X.shape[0]
         _check_targets(L, n, X, labels, targets, weights)
-        cdef floating* ws = &workspace[0]
-        cdef const int* lab = &labels[0] if labels is not None else NULL
-        cdef const floating* tgt = &targets[0, 0] if targets is not None else NULL
+        cdef Rows data
+        data.X = &X[0, 0]
+        data.labels = &labels[0] if labels is not None else NULL
+        data.targets = &targets[0, 0] if targets is not None else NULL
         cdef const floating* w = &weights[0] if weights is not None else NULL
+        data.weights = w
         cdef floating scale = _loss_scale(L, w, NULL, n)
+        cdef double part_loss[MAX_THREADS]
+        cdef double part_correct[MAX_THREADS]
         cdef double loss = 0, correct = 0
-        cdef const floating* out
+        cdef int tid
         with nogil:
-            while start < n:
-                rows = min(cap, n - start)
-                out = forward(L, &params[0], &X[start, 0], ws, cap, rows, False, 0, 0, 0)
-                loss += loss_forward_backward(
-                    L.loss, out, lab + start if lab != NULL else NULL,
-                    tgt + start * k if tgt != NULL else NULL, w + start if w != NULL else NULL,
-                    scale, ws + cap * L.d0_col, rows, k)
-                correct += count_correct(
-                    L.loss, out, lab + start if lab != NULL else NULL,
-                    tgt + start * k if tgt != NULL else NULL, w + start if w != NULL else NULL,
-                    rows, k)
-                start += rows
+            with parallel(num_threads=n_threads):
+                tid = threadid()
+                rows_pass(L, &params[0], &data, n * tid // n_threads, n * (tid + 1) // n_threads,
+                          &workspace[0] + tid * cap * L.row_width, cap, scale,
+                          grads + tid * L.n_params if grads != NULL else NULL,
+                          &part_loss[tid], &part_correct[tid])
+            for tid in range(n_threads):    # fixed order: deterministic
+                loss += part_loss[tid]
+                correct += part_correct[tid]
         return loss, correct
 
     def train(self, floating[::1] params, floating[:, ::1] grads, floating[::1] state1,
@@ -375,6 +371,39 @@ cdef void batch_rows(const Layout* L, const floating* params, floating* grad, co
         backward(L, params, grad, x, ws, cap, rows, False, True, seed, step, first)
     if add_l2:
         loss[0] += l2_penalty(L, params, grad)
+
+
+cdef void rows_pass(const Layout* L, const floating* params, const Rows* data,
+                    Py_ssize_t first, Py_ssize_t last, floating* ws, Py_ssize_t cap,
+                    floating scale, floating* grad, double* loss, double* correct) noexcept nogil:
+    """The rows first..last of the data, in chunks of cap rows, without dropout: forward and
+    loss (loss and correct := their share); with grad, also backward, summing the chunks'
+    gradients into grad (zero when there are no rows)."""
+    cdef Py_ssize_t start = first, rows, k = L.sizes[L.n_layers], n0 = L.sizes[0]
+    cdef const floating* X = <const floating*>data.X
+    cdef const floating* targets = <const floating*>data.targets
+    cdef const floating* weights = <const floating*>data.weights
+    cdef const int* labels
+    cdef const floating* t
+    cdef const floating* w
+    cdef const floating* out
+    loss[0] = 0
+    correct[0] = 0
+    if grad != NULL and last <= first:
+        memset(grad, 0, L.n_params * sizeof(floating))
+    while start < last:
+        rows = min(cap, last - start)
+        labels = data.labels + start if data.labels != NULL else NULL
+        t = targets + start * k if targets != NULL else NULL
+        w = weights + start if weights != NULL else NULL
+        out = forward(L, params, X + start * n0, ws, cap, rows, False, 0, 0, 0)
+        loss[0] += loss_forward_backward(L.loss, out, labels, t, w, scale, ws + cap * L.d0_col,
+                                         rows, k)
+        correct[0] += count_correct(L.loss, out, labels, t, w, rows, k)
+        if grad != NULL:
+            backward(L, params, grad, X + start * n0, ws, cap, rows, start > first, False, 0, 0,
+                     0)
+        start += rows
 
 
 cdef double sum_gradients(floating* grads, int n_threads, Py_ssize_t n,
