@@ -126,12 +126,15 @@ def _read_array(path: str) -> np.ndarray:
     if suffix not in ARRAY_FORMATS:
         raise ValueError(f"{path}: unknown input format {suffix or '(none)'!r}; use .npy or .csv")
     if suffix == ".npy":
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise ValueError(f"{path}: not a .npy file (no NumPy header)")
         try:
             X = np.load(path, allow_pickle=False)
         except EOFError:
-            raise ValueError(f"{path}: empty or truncated .npy file") from None
+            raise ValueError(f"{path}: truncated .npy file") from None
         except ValueError as e:
-            raise ValueError(f"{path}: not a readable .npy array ({e})") from None
+            raise ValueError(f"{path}: not a readable .npy array of numbers ({e})") from None
         if not isinstance(X, np.ndarray):
             raise ValueError(f"{path}: holds an archive, not one array")
     else:
@@ -177,6 +180,9 @@ def _optimizer(args) -> cdnn.Optimizer:
 
 
 def train(args) -> int:
+    if args.save and not Path(args.save).resolve().parent.is_dir():
+        # fail before training, not after
+        raise FileNotFoundError(f"--save {args.save}: no directory {Path(args.save).parent}")
     name, (X, y), (X_test, y_test) = _load_dataset(args)
     _, _, hidden, epochs, batch = DATASETS[_dataset_key(args)]
     hidden = args.hidden or hidden
@@ -231,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"train": train, "evaluate": evaluate, "predict": predict}[args.command](args)
+    except ImportError as e:    # an optional dependency (safetensors for model files)
+        print(f"cdnn {args.command}: error: {e}; install it with pip install {e.name}",
+              file=sys.stderr)
+        return 1
     except (ValueError, TypeError, OSError, ArithmeticError) as e:
         message = " ".join(str(e).split()) or type(e).__name__   # one line, however long
         print(f"cdnn {args.command}: error: {message}", file=sys.stderr)
