@@ -11,7 +11,7 @@ cores this process may use.
 
 Results are bit-identical for a given seed and thread count; with another thread count the
 batch is split differently and gradients are summed in another grouping, so results agree to
-rounding only (see docs/RELIABILITY.md).
+rounding only (see the README's Reliability section).
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ forward and backward on its rows with single-threaded GEMMs, its own part of the
 its own gradient buffer; the buffers are then summed in a fixed order and the optimizer update
 runs in parallel over slices of the parameters. Small GEMMs do not scale across BLAS threads,
 whole half-batches do; and the fixed order keeps results deterministic for a given thread count.
-The caller limits the BLAS to one thread while n_threads > 1, so the two pools never compete.
+The caller holds the BLAS at one thread during these calls, so the two pools never compete.
 
 The Python layer validates every argument; the checks here only guard memory safety.
 """
@@ -35,7 +35,8 @@ from losses cimport (SOFTMAX_CROSS_ENTROPY, SIGMOID_CROSS_ENTROPY, MEAN_SQUARED_
                      loss_forward_backward, count_correct, softmax)
 from optim cimport OptimizerConfig, make_config, optimizer_update, sum_of_squares
 
-DEF MAX_THREADS = 64
+cdef enum:
+    MAX_THREADS = 64     # bounds the per-thread partial sums kept on the stack
 
 ACTIVATIONS = {"identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU,
                "sigmoid": SIGMOID, "tanh": TANH, "gelu": GELU}
@@ -129,6 +130,8 @@ cdef class Network:
         of n_threads threads takes a contiguous share of the rows, in chunks of its part of the
         workspace."""
         cdef Layout* L = &self.layout
+        if not 1 <= n_threads <= MAX_THREADS:
+            raise ValueError(f"n_threads must be in 1..{MAX_THREADS}")
         cdef Py_ssize_t cap = _capacity(L, params.shape[0], workspace.shape[0] // n_threads)
         cdef Py_ssize_t n = X.shape[0], k = L.sizes[L.n_layers], start, stop, rows
         cdef int tid
