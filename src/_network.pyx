@@ -187,13 +187,8 @@ cdef class Network:
         cdef Py_ssize_t cap = _capacity(L, params.shape[0], workspace.shape[0] // n_threads)
         cdef Py_ssize_t n = X.shape[0]
         _check_targets(L, n, X, labels, targets, weights)
-        cdef Rows data
-        data.X = &X[0, 0]
-        data.labels = &labels[0] if labels is not None else NULL
-        data.targets = &targets[0, 0] if targets is not None else NULL
-        cdef const floating* w = &weights[0] if weights is not None else NULL
-        data.weights = w
-        cdef floating scale = _loss_scale(L, w, NULL, n)
+        cdef Rows data = _rows(X, labels, targets, weights)
+        cdef floating scale = _loss_scale(L, <const floating*>data.weights, NULL, n)
         cdef double part_loss[MAX_THREADS]
         cdef double part_correct[MAX_THREADS]
         cdef double loss = 0, correct = 0
@@ -250,12 +245,8 @@ cdef class Network:
                 <= n_steps * <Py_ssize_t>batch_size):
             raise ValueError("order and lrs disagree on the number of steps")
         cdef OptimizerConfig opt = make_config(optimizer)
-        cdef Rows data
-        data.X = &X[0, 0]
-        data.labels = &labels[0] if labels is not None else NULL
-        data.targets = &targets[0, 0] if targets is not None else NULL
-        cdef const floating* w = &weights[0] if weights is not None else NULL
-        data.weights = w
+        cdef Rows data = _rows(X, labels, targets, weights)
+        cdef const floating* w = <const floating*>data.weights
         cdef double part_loss[MAX_THREADS]
         cdef double part_correct[MAX_THREADS]
         cdef int part_bad[MAX_THREADS]
@@ -334,6 +325,16 @@ cdef struct Rows:
     const int* labels           # (n,)
     const void* targets         # (n, n_L)
     const void* weights         # (n,)
+
+
+cdef Rows _rows(const floating[:, ::1] X, const int[::1] labels,
+               const floating[:, ::1] targets, const floating[::1] weights):
+    cdef Rows data
+    data.X = &X[0, 0]
+    data.labels = &labels[0] if labels is not None else NULL
+    data.targets = &targets[0, 0] if targets is not None else NULL
+    data.weights = &weights[0] if weights is not None else NULL
+    return data
 
 
 cdef void batch_rows(const Layout* L, const floating* params, floating* grad, const Rows* data,
