@@ -22,7 +22,7 @@ directives = {
     "embedsignature": True,
 }
 compile_args = ["-O0", "-g"] if DEBUG else ["-O3"]
-link_args = []
+link_args = [] if DEBUG else ["-s"]     # release: no symbol tables (halves the wheel)
 # OpenMP splits a training step's batch across threads (src/_network.pyx). Without it (e.g.
 # Apple clang) Cython's parallel blocks run serially: correct, one core.
 if sys.platform.startswith("linux"):
