@@ -72,7 +72,8 @@ def as_float_array(a, name: str, dtype, ndim: int) -> np.ndarray:
         raise ValueError(f"{name} is empty (shape {a.shape})")
     with np.errstate(over="ignore"):   # an overflow is reported below, as an error
         original, a = a, np.ascontiguousarray(a, dtype=dtype)
-    if not np.isfinite(a).all():
+    # min and max see NaN and ±inf without a boolean temporary the size of X
+    if not (np.isfinite(a.min()) and np.isfinite(a.max())):
         where = tuple(np.argwhere(~np.isfinite(a))[0])
         if np.isfinite(original[where]):   # finite before the conversion: it overflowed
             raise ValueError(f"{name} holds {original[where]:g} at {_where(where)}, too large "
