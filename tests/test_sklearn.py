@@ -60,9 +60,11 @@ def digits():
     return cdnn.datasets.load_digits()
 
 
-def test_import_cdnn_does_not_import_sklearn():
+def test_import_cdnn_does_not_import_sklearn(tmp_path):
     code = "import sys, cdnn; print('sklearn' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # run outside the repository, whose uncompiled cdnn/ would shadow the installed package
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tmp_path)
     assert out.stdout.strip() == "False"
 
 
