@@ -278,16 +278,23 @@ cdef class Network:
                 if not isfinite(loss):
                     done = s
                     break
-                # a non-finite gradient needs no pass of its own: the update it makes is caught
-                norm = sqrt(sum_gradients(&grads[0, 0], n_threads, n_params, clip_norm > 0))
-                if clip_norm > 0 and not isfinite(norm):
-                    done = s
-                    break
-                gscale = <floating>(clip_norm / (norm + 1e-6)) if 0 < clip_norm < norm else 1
+                # A non-finite gradient needs no pass of its own: the update it makes is caught.
+                # Clipping needs the whole gradient's norm first; without it each thread sums
+                # its slice of the threads' gradients and updates that slice in one region.
+                gscale = 1
+                if clip_norm > 0:
+                    norm = sqrt(sum_gradients(&grads[0, 0], n_threads, n_params, True))
+                    if not isfinite(norm):
+                        done = s
+                        break
+                    if norm > clip_norm:
+                        gscale = <floating>(clip_norm / (norm + 1e-6))
                 with parallel(num_threads=n_threads):
                     tid = threadid()
                     first = n_params * tid // n_threads
                     last = n_params * (tid + 1) // n_threads
+                    if clip_norm == 0:
+                        sum_slice(&grads[0, 0], n_threads, n_params, first, last)
                     part_bad[tid] = optimizer_update(
                         &opt, <floating>lrs[s], step0 + s + 1, &params[first], &grads[0, first],
                         &state1[first], &state2[first], last - first, gscale)
@@ -410,6 +417,16 @@ cdef void rows_pass(const Layout* L, const floating* params, const Rows* data,
         start += rows
 
 
+cdef void sum_slice(floating* grads, int n_threads, Py_ssize_t n, Py_ssize_t first,
+                    Py_ssize_t last) noexcept nogil:
+    """grads[0][first:last] += grads[t][first:last] for t = 1, 2, … in that order (rows of n)"""
+    cdef Py_ssize_t i
+    cdef int t
+    for t in range(1, n_threads):
+        for i in range(first, last):
+            grads[i] = grads[i] + grads[t * n + i]
+
+
 cdef double sum_gradients(floating* grads, int n_threads, Py_ssize_t n,
                           bint norm) noexcept nogil:
     """grads[0] := Σ_t grads[t] (rows of n), in a fixed order, in parallel over slices;
@@ -424,9 +441,7 @@ cdef double sum_gradients(floating* grads, int n_threads, Py_ssize_t n,
         tid = threadid()
         first = n * tid // n_threads
         last = n * (tid + 1) // n_threads
-        for t in range(1, n_threads):
-            for i in range(first, last):
-                grads[i] = grads[i] + grads[t * n + i]
+        sum_slice(grads, n_threads, n, first, last)
         part[tid] = sum_of_squares(grads + first, last - first) if norm else 0
     for t in range(n_threads):
         total += part[t]
