@@ -70,10 +70,13 @@ def as_float_array(a, name: str, dtype, ndim: int) -> np.ndarray:
         raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}{hint}")
     if a.size == 0:
         raise ValueError(f"{name} is empty (shape {a.shape})")
-    with np.errstate(over="ignore"):   # an overflow is reported below, as an error
-        original, a = a, np.ascontiguousarray(a, dtype=dtype)
-    # min and max see NaN and ±inf without a boolean temporary the size of X
-    if not (np.isfinite(a.min()) and np.isfinite(a.max())):
+    original = a
+    if a.dtype != dtype or not a.flags.c_contiguous:
+        with np.errstate(over="ignore"):   # an overflow is reported below, as an error
+            a = np.ascontiguousarray(a, dtype=dtype)
+    # One reduction and no temporary the size of X: the sum is finite unless a value is NaN or
+    # ±inf, or the sum itself overflowed, which the exact check tells apart.
+    if not math.isfinite(a.sum()) and not np.isfinite(a).all():
         where = tuple(np.argwhere(~np.isfinite(a))[0])
         if np.isfinite(original[where]):   # finite before the conversion: it overflowed
             raise ValueError(f"{name} holds {original[where]:g} at {_where(where)}, too large "
