@@ -115,9 +115,14 @@ cdef inline void _activation_backward(floating* d, floating* dbias,
                                       Py_ssize_t rows, Py_ssize_t cols,
                                       int kind, floating slope) noexcept nogil:
     cdef Py_ssize_t i, j
-    cdef floating g
+    cdef floating* dr
+    cdef const floating* ar
+    cdef const floating* zr
     for i in range(rows):
+        dr = d + i * cols
+        ar = a + i * cols
+        zr = z + i * cols
         for j in range(cols):
-            g = d[i * cols + j] * derivative(a[i * cols + j], z[i * cols + j], kind, slope)
-            d[i * cols + j] = g
-            dbias[j] += g
+            dr[j] = dr[j] * derivative(ar[j], zr[j], kind, slope)
+        for j in range(cols):   # a loop of its own, so both vectorise
+            dbias[j] += dr[j]

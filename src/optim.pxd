@@ -39,15 +39,17 @@ cdef inline int sgd_update(const OptimizerConfig* c, floating lr, floating* p, c
                             floating* buf, Py_ssize_t n, floating gscale) noexcept nogil:
     """g += wd·p; buf = μ·buf + g; g = g + μ·buf (Nesterov) or buf; p −= lr·g"""
     cdef Py_ssize_t i
-    cdef floating gi, mu = c.momentum, wd = c.weight_decay
+    cdef floating gi, pi, mu = c.momentum, wd = c.weight_decay
+    cdef bint nesterov = c.nesterov
     cdef int bad = 0
     for i in range(n):
         gi = g[i] * gscale + wd * p[i]
         if mu != 0:
             buf[i] = mu * buf[i] + gi
-            gi = gi + mu * buf[i] if c.nesterov else buf[i]
-        p[i] -= lr * gi
-        bad |= p[i] - p[i] != 0
+            gi = gi + mu * buf[i] if nesterov else buf[i]
+        pi = p[i] - lr * gi
+        p[i] = pi
+        bad |= pi - pi != 0
     return bad
 
 
@@ -59,18 +61,21 @@ cdef inline int adam_update(const OptimizerConfig* c, floating lr, long step, fl
     cdef floating gi, b1 = c.beta1, b2 = c.beta2, eps = c.eps, wd = c.weight_decay
     cdef floating step_size = lr / (1 - c.beta1 ** step)
     cdef floating bc2_sqrt = fsqrt(<floating>(1 - c.beta2 ** step))
-    cdef floating shrink = 1 - lr * wd
+    cdef floating shrink = 1 - lr * wd, pi
+    cdef bint decoupled = c.decoupled
     cdef int bad = 0
     for i in range(n):
         gi = g[i] * gscale
-        if c.decoupled:
-            p[i] *= shrink
+        pi = p[i]
+        if decoupled:
+            pi = pi * shrink
         else:
-            gi = gi + wd * p[i]
+            gi = gi + wd * pi
         m[i] += (gi - m[i]) * (1 - b1)
         v[i] = b2 * v[i] + (1 - b2) * gi * gi
-        p[i] -= step_size * (m[i] / (fsqrt(v[i]) / bc2_sqrt + eps))
-        bad |= p[i] - p[i] != 0
+        pi = pi - step_size * (m[i] / (fsqrt(v[i]) / bc2_sqrt + eps))
+        p[i] = pi
+        bad |= pi - pi != 0
     return bad
 
 
@@ -79,7 +84,8 @@ cdef inline int rmsprop_update(const OptimizerConfig* c, floating lr, floating* 
                                 floating gscale) noexcept nogil:
     """g += wd·p; sq = α·sq + (1−α)·g²; buf = μ·buf + g/(√sq + ε); p −= lr·buf"""
     cdef Py_ssize_t i
-    cdef floating gi, step, alpha = c.alpha, eps = c.eps, mu = c.momentum, wd = c.weight_decay
+    cdef floating gi, pi, step, alpha = c.alpha, eps = c.eps, mu = c.momentum
+    cdef floating wd = c.weight_decay
     cdef int bad = 0
     for i in range(n):
         gi = g[i] * gscale + wd * p[i]
@@ -88,8 +94,9 @@ cdef inline int rmsprop_update(const OptimizerConfig* c, floating lr, floating* 
         if mu > 0:
             buf[i] = mu * buf[i] + step
             step = buf[i]
-        p[i] -= lr * step
-        bad |= p[i] - p[i] != 0
+        pi = p[i] - lr * step
+        p[i] = pi
+        bad |= pi - pi != 0
     return bad
 
 
