@@ -206,8 +206,8 @@ class Trainer:
 class _Steps:
     """The buffers of one fit and the kernel calls that run its training steps.
 
-    Each thread takes a share of every batch, with its own rows of the workspace and its own
-    gradient buffer. Before each run of steps the parameters and optimizer state are copied, so
+    The threads share every batch (the workspace holds one batch; see src/_network.pyx). Before
+    each run of steps the parameters and optimizer state are copied, so
     that when an update turns a parameter non-finite they can be restored and the good steps
     replayed (the kernel detects the fault only after writing the update)."""
 
@@ -221,10 +221,9 @@ class _Steps:
         # parameter and row: forward, and two products backward)
         work = 6 * net.params.size * batch
         self.n_threads = max(1, min(get_num_threads(), batch, work // MIN_WORK_PER_THREAD))
-        share = math.ceil(batch / self.n_threads)
-        self.workspace = np.empty(self.n_threads * share * self.engine.row_width, net.dtype)
-        self.label_buffer = np.empty(self.n_threads * share, dtype=np.intc)
-        self.grads = np.empty((self.n_threads, net.params.size), dtype=net.dtype)
+        self.workspace = np.empty(batch * self.engine.row_width, net.dtype)
+        self.label_buffer = np.empty(batch, dtype=np.intc)
+        self.grad = np.empty_like(net.params)
         self.saved = [np.empty_like(a) for a in (net.params, *self.state)]
 
     def threads(self):
@@ -248,9 +247,9 @@ class _Steps:
 
     def _call(self, lrs, order, losses, corrects):
         return self.engine.train(
-            self.params, self.grads, *self.state, self.config, self.opt.steps, lrs, *self.train,
+            self.params, self.grad, *self.state, self.config, self.opt.steps, lrs, *self.train,
             order, self.batch, losses, corrects, self.workspace, self.label_buffer,
-            self.clip_norm, self.seed)
+            self.n_threads, self.clip_norm, self.seed)
 
 
 def _what_diverged(loss: float) -> str:

@@ -5,8 +5,9 @@ from cython cimport floating
 from libc.stdint cimport uint64_t
 
 from blas cimport gemm
-from activations cimport bias_activation_forward, activation_backward
-from dense cimport dense_forward, dense_backward
+from activations cimport bias_activation_forward, activation_backward, bias_gradient
+from dense cimport (dense_forward, dense_backward_delta, dense_backward_params,
+                   dense_backward_input)
 from dropout cimport dropout_forward, dropout_backward
 from losses cimport loss_forward_backward
 from optim cimport OptimizerConfig, make_config, optimizer_update
@@ -42,16 +43,24 @@ def bias_activation(floating[:, ::1] z, floating[:, ::1] a, const floating[::1] 
                                 kind, slope)
 
 
-def activation_grad(floating[:, ::1] d, floating[::1] dbias, const floating[:, ::1] a,
-                    const floating[:, ::1] z, str activation, floating slope=0.01,
-                    bint accumulate=False):
-    """d := d · f'(z); dbias (+)= Σ_rows d"""
-    _require(a.shape[0] == z.shape[0] == d.shape[0]
-             and a.shape[1] == z.shape[1] == d.shape[1] == dbias.shape[0], "shapes")
+def activation_grad(floating[:, ::1] d, const floating[:, ::1] a, const floating[:, ::1] z,
+                    str activation, floating slope=0.01):
+    """d := d · f'(z)"""
+    _require(a.shape[0] == z.shape[0] == d.shape[0] and a.shape[1] == z.shape[1] == d.shape[1],
+             "shapes")
     cdef int kind = ACTIVATIONS[activation]
     with nogil:
-        activation_backward(&d[0, 0], &dbias[0], &a[0, 0], &z[0, 0], d.shape[0], d.shape[1],
-                            kind, slope, accumulate)
+        activation_backward(&d[0, 0], &a[0, 0], &z[0, 0], d.shape[0], d.shape[1], kind, slope)
+
+
+def bias_grad(floating[::1] dbias, const floating[:, ::1] d, Py_ssize_t first=0,
+              Py_ssize_t last=-1, bint accumulate=False):
+    """dbias[first:last] (+)= column sums of d[:, first:last] (last=-1: to the end)"""
+    if last == -1:
+        last = d.shape[1]
+    _require(dbias.shape[0] == d.shape[1] and 0 <= first <= last <= d.shape[1], "shapes")
+    with nogil:
+        bias_gradient(&dbias[0], &d[0, 0], d.shape[0], d.shape[1], first, last, accumulate)
 
 
 def dense(floating[:, ::1] z, floating[:, ::1] a, const floating[:, ::1] inp,
@@ -68,19 +77,28 @@ def dense(floating[:, ::1] z, floating[:, ::1] a, const floating[:, ::1] inp,
 def dense_grad(floating[:, ::1] dW, floating[::1] db, floating[:, ::1] d,
                const floating[:, ::1] inp, const floating[:, ::1] W, const floating[:, ::1] a,
                const floating[:, ::1] z, str activation, floating[:, ::1] dinp=None,
-               floating slope=0.01, bint accumulate=False):
-    """dz := d·f'(z) (into d); db (+)= Σ dz; dW (+)= inpᵀ @ dz; dinp := dz @ Wᵀ (if given).
+               floating slope=0.01, bint accumulate=False, tuple w_range=None,
+               tuple b_range=None):
+    """dz := d·f'(z) (into d); db (+)= Σ dz; dW (+)= inpᵀ @ dz; dinp := dz @ Wᵀ (if given);
+    only the rows w_range = (first, last) of dW and the entries b_range of db, when given.
     (dinp comes last, unlike in the kernel, so that the dtype is read from an array, not None.)"""
     cdef int rows = inp.shape[0], n_in = W.shape[0], n_out = W.shape[1]
+    cdef int w_first, w_last, b_first, b_last
+    w_first, w_last = w_range if w_range is not None else (0, n_in)
+    b_first, b_last = b_range if b_range is not None else (0, n_out)
     _require(inp.shape[1] == n_in and dW.shape[0] == n_in and dW.shape[1] == n_out
              and db.shape[0] == n_out and d.shape[0] == a.shape[0] == z.shape[0] == rows
              and d.shape[1] == a.shape[1] == z.shape[1] == n_out
+             and 0 <= w_first <= w_last <= n_in and 0 <= b_first <= b_last <= n_out
              and (dinp is None or (dinp.shape[0] == rows and dinp.shape[1] == n_in)), "shapes")
-    cdef floating* dinp_ptr = &dinp[0, 0] if dinp is not None else NULL
     cdef int kind = ACTIVATIONS[activation]
+    cdef floating* dinp_ptr = &dinp[0, 0] if dinp is not None else NULL
     with nogil:
-        dense_backward(dinp_ptr, &dW[0, 0], &db[0], &d[0, 0], &inp[0, 0], &W[0, 0], &a[0, 0],
-                       &z[0, 0], rows, n_in, n_out, kind, slope, accumulate)
+        dense_backward_delta(&d[0, 0], &a[0, 0], &z[0, 0], rows, n_out, kind, slope)
+        dense_backward_params(&dW[0, 0], &db[0], &d[0, 0], &inp[0, 0], rows, n_in, n_out,
+                              w_first, w_last, b_first, b_last, accumulate)
+        if dinp_ptr != NULL:
+            dense_backward_input(dinp_ptr, &d[0, 0], &W[0, 0], rows, n_in, n_out)
 
 
 def loss(str name, const floating[:, ::1] outputs, const int[::1] labels,

@@ -10,12 +10,17 @@ output a, its pre-activation z (GELU only, else z is a), its dropped-out output 
 else o is a); two deltas of the widest layer, ping-ponged by the backward pass; the gathered
 dense targets (n_L); the gathered sample weights (1).
 
-Threads: a training step splits its batch across n_threads OpenMP threads, each running
-forward and backward on its rows with single-threaded GEMMs, its own part of the workspace and
-its own gradient buffer; the buffers are then summed in a fixed order and the optimizer update
-runs in parallel over slices of the parameters. Small GEMMs do not scale across BLAS threads,
-whole half-batches do; and the fixed order keeps results deterministic for a given thread count.
+Threads: a training step is shared by n_threads OpenMP threads over one workspace. Each thread
+runs forward, the loss and the backward pass to dL/dz on its own rows of the batch, with
+single-threaded GEMMs; at each layer they wait for each other, and each then computes its own
+rows of dW and entries of db from every row of the batch, and updates those same parameters.
+Small GEMMs do not scale across BLAS threads, whole shares of a batch do; no thread keeps a
+gradient of its own, so there is no sum of gradients to make, and every parameter's gradient
+is one product over the whole batch, in an order that does not depend on the thread count.
 The caller holds the BLAS at one thread during these calls, so the two pools never compete.
+
+Workspace rows: a buffer of width w holds row r of the batch at r × w from its start; threads
+sharing a batch write only their own rows. forward and the chunked passes use row 0 onwards.
 
 The Python layer validates every argument; the checks here only guard memory safety.
 """
@@ -29,7 +34,8 @@ from libc.string cimport memcpy, memset
 
 from activations cimport (IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH, GELU,
                           keeps_preactivation, activate)
-from dense cimport dense_forward, dense_backward
+from dense cimport (dense_forward, dense_backward_delta, dense_backward_params,
+                   dense_backward_input)
 from dropout cimport dropout_forward, dropout_backward
 from losses cimport (SOFTMAX_CROSS_ENTROPY, SIGMOID_CROSS_ENTROPY, MEAN_SQUARED_ERROR,
                      loss_forward_backward, count_correct, softmax)
@@ -37,6 +43,29 @@ from optim cimport OptimizerConfig, make_config, optimizer_update, sum_of_square
 
 cdef enum:
     MAX_THREADS = 64     # bounds the per-thread partial sums kept on the stack
+
+cdef extern from *:
+    # Cython's parallel blocks have no barrier statement, nor the size of the team: OpenMP may
+    # grant fewer threads than asked (OMP_THREAD_LIMIT, a region inside another), so every
+    # region splits its work by the threads it has. An orphaned barrier binds to the enclosing
+    # region. Built without OpenMP, a region is one thread and the barrier does nothing.
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #endif
+    static void thread_barrier(void) {
+    #pragma omp barrier
+    }
+    static int team_size(void) {
+    #ifdef _OPENMP
+        return omp_get_num_threads();
+    #else
+        return 1;
+    #endif
+    }
+    """
+    void thread_barrier() noexcept nogil
+    int team_size() noexcept nogil
 
 ACTIVATIONS = {"identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU,
                "sigmoid": SIGMOID, "tanh": TANH, "gelu": GELU}
@@ -134,13 +163,14 @@ cdef class Network:
             raise ValueError(f"n_threads must be in 1..{MAX_THREADS}")
         cdef Py_ssize_t cap = _capacity(L, params.shape[0], workspace.shape[0] // n_threads)
         cdef Py_ssize_t n = X.shape[0], k = L.sizes[L.n_layers], start, stop, rows
-        cdef int tid
+        cdef int tid, team
         if X.shape[1] != L.sizes[0] or out.shape[0] != n or out.shape[1] != k:
             raise ValueError("X or out has the wrong shape")
         with nogil, parallel(num_threads=n_threads):
             tid = threadid()
-            start = n * tid // n_threads
-            stop = n * (tid + 1) // n_threads
+            team = team_size()
+            start = n * tid // team
+            stop = n * (tid + 1) // team
             while start < stop:
                 rows = min(cap, stop - start)
                 memcpy(&out[start, 0],
@@ -158,13 +188,13 @@ cdef class Network:
         returns the loss. Each of n_threads = len(grads) threads takes a contiguous share of
         the rows, in chunks of its part of the workspace, into its own row of grads; the rows
         are then summed in a fixed order."""
-        cdef int n_threads = grads.shape[0]
+        cdef int n_threads = grads.shape[0], team
         if grads.shape[1] != params.shape[0]:
             raise ValueError("grads has the wrong size")
         cdef double loss = self._over_rows(params, X, labels, targets, weights, workspace,
-                                           n_threads, &grads[0, 0])[0]
+                                           n_threads, &grads[0, 0], &team)[0]
         with nogil:
-            sum_gradients(&grads[0, 0], n_threads, self.layout.n_params, False)
+            sum_gradients(&grads[0, 0], team, self.layout.n_params)
             loss += l2_penalty(&self.layout, &params[0], &grads[0, 0])
         return loss
 
@@ -173,14 +203,15 @@ cdef class Network:
                  const floating[::1] weights, floating[::1] workspace, int n_threads=1):
         """Returns (the mean loss, Σ w over correct predictions) over all rows of X; dropout is
         off, the L2 penalty is not included. Rows are shared between threads as in forward."""
-        return self._over_rows(params, X, labels, targets, weights, workspace, n_threads, NULL)
+        return self._over_rows(params, X, labels, targets, weights, workspace, n_threads, NULL,
+                               NULL)
 
     cdef tuple _over_rows(self, const floating[::1] params, const floating[:, ::1] X,
                           const int[::1] labels, const floating[:, ::1] targets,
                           const floating[::1] weights, floating[::1] workspace, int n_threads,
-                          floating* grads):
+                          floating* grads, int* used):
         """(loss, correct) over all rows of X and, when grads is not NULL, each thread's
-        gradient in grads[thread]"""
+        gradient in grads[thread]; used (if not NULL) := the number of threads that ran"""
         cdef Layout* L = &self.layout
         if not 1 <= n_threads <= MAX_THREADS:
             raise ValueError(f"n_threads must be in 1..{MAX_THREADS}")
@@ -192,41 +223,47 @@ cdef class Network:
         cdef double part_loss[MAX_THREADS]
         cdef double part_correct[MAX_THREADS]
         cdef double loss = 0, correct = 0
-        cdef int tid
+        cdef int tid, team, ran[1]
         with nogil:
             with parallel(num_threads=n_threads):
                 tid = threadid()
-                rows_pass(L, &params[0], &data, n * tid // n_threads, n * (tid + 1) // n_threads,
+                team = team_size()
+                if tid == 0:
+                    ran[0] = team
+                rows_pass(L, &params[0], &data, n * tid // team, n * (tid + 1) // team,
                           &workspace[0] + tid * cap * L.row_width, cap, scale,
                           grads + tid * L.n_params if grads != NULL else NULL,
                           &part_loss[tid], &part_correct[tid])
-            for tid in range(n_threads):    # fixed order: deterministic
+            for tid in range(ran[0]):       # fixed order: deterministic
                 loss += part_loss[tid]
                 correct += part_correct[tid]
+        if used != NULL:
+            used[0] = ran[0]
         return loss, correct
 
-    def train(self, floating[::1] params, floating[:, ::1] grads, floating[::1] state1,
+    def train(self, floating[::1] params, floating[::1] grad, floating[::1] state1,
               floating[::1] state2, dict optimizer, long step0, const double[::1] lrs,
               const floating[:, ::1] X, const int[::1] labels, const floating[:, ::1] targets,
               const floating[::1] weights, const Py_ssize_t[::1] order, int batch_size,
               double[::1] losses, double[::1] corrects, floating[::1] workspace,
-              int[::1] label_buffer, double clip_norm=0, uint64_t seed=0):
+              int[::1] label_buffer, int n_threads=1, double clip_norm=0, uint64_t seed=0):
         """Run len(lrs) training steps in one nogil call. Step s takes the rows
         order[s·batch_size : (s+1)·batch_size] of X and its targets, runs forward, loss and
         backward, and updates params (and the optimizer state) with learning rate lrs[s] and
         optimizer step number step0 + s + 1. losses[s] receives the step's mean loss, corrects[s]
         the (weighted) count of its correct predictions.
 
-        grads has a row per thread (n_threads = len(grads)); afterwards grads[0] holds the last
-        step's gradient. The workspace and label_buffer are split evenly between the threads.
+        n_threads threads share every step (see the module's docstring); afterwards grad holds
+        the last step's gradient. The workspace and label_buffer hold a whole batch.
 
         Stops at the first step whose loss or gradient is not finite, before updating, or whose
         update made a parameter non-finite. Returns (steps completed, whether params hold that
         failed update — the caller then restores them from a copy and replays the steps)."""
         cdef Layout* L = &self.layout
-        cdef int n_threads = grads.shape[0], tid
-        cdef Py_ssize_t cap = _capacity(L, params.shape[0], workspace.shape[0] // max(n_threads, 1))
-        cdef Py_ssize_t n_steps = lrs.shape[0], n = X.shape[0], s, i, rows, start, first, last
+        cdef int tid, team, ran[1]
+        cdef Py_ssize_t cap = _capacity(L, params.shape[0], workspace.shape[0])
+        cdef Py_ssize_t n_steps = lrs.shape[0], n = X.shape[0], s, i, rows, start, first, count
+        cdef int part
         cdef Py_ssize_t n_params = L.n_params
         for i in range(order.shape[0]):
             if not 0 <= order[i] < n:
@@ -234,11 +271,10 @@ cdef class Network:
         _check_targets(L, n, X, labels, targets, weights, order)
         if not 1 <= n_threads <= MAX_THREADS:
             raise ValueError(f"n_threads must be in 1..{MAX_THREADS}")
-        if (grads.shape[1] != n_params or state1.shape[0] != n_params
+        if (grad.shape[0] != n_params or state1.shape[0] != n_params
                 or state2.shape[0] != n_params):
-            raise ValueError("grads or optimizer state has the wrong size")
-        if (batch_size < 1 or (batch_size + n_threads - 1) // n_threads > cap
-                or label_buffer.shape[0] < n_threads * cap):
+            raise ValueError("grad or optimizer state has the wrong size")
+        if batch_size < 1 or batch_size > cap or label_buffer.shape[0] < batch_size:
             raise ValueError("batch_size exceeds the workspace")
         if (losses.shape[0] < n_steps or corrects.shape[0] < n_steps
                 or not (n_steps - 1) * <Py_ssize_t>batch_size < order.shape[0]
@@ -249,6 +285,7 @@ cdef class Network:
         cdef const floating* w = <const floating*>data.weights
         cdef double part_loss[MAX_THREADS]
         cdef double part_correct[MAX_THREADS]
+        cdef double part_norm[MAX_THREADS]
         cdef int part_bad[MAX_THREADS]
         cdef double loss, correct, norm
         cdef int bad
@@ -262,15 +299,15 @@ cdef class Network:
                 scale = _loss_scale(L, w, &order[start], rows)
                 with parallel(num_threads=n_threads):
                     tid = threadid()
-                    first = rows * tid // n_threads
-                    last = rows * (tid + 1) // n_threads
-                    batch_rows(L, &params[0], &grads[tid, 0], &data, &order[start], first, last,
-                               &workspace[0] + tid * cap * L.row_width, cap,
-                               &label_buffer[0] + tid * cap, scale, seed, step0 + s, tid == 0,
+                    team = team_size()
+                    if tid == 0:
+                        ran[0] = team
+                    batch_rows(L, &params[0], &grad[0], &data, &order[start], rows, tid, team,
+                               &workspace[0], cap, &label_buffer[0], scale, seed, step0 + s,
                                &part_loss[tid], &part_correct[tid])
                 loss = 0
                 correct = 0
-                for i in range(n_threads):      # fixed order: deterministic
+                for i in range(ran[0]):         # fixed order: deterministic
                     loss += part_loss[i]
                     correct += part_correct[i]
                 losses[s] = loss
@@ -279,11 +316,23 @@ cdef class Network:
                     done = s
                     break
                 # A non-finite gradient needs no pass of its own: the update it makes is caught.
-                # Clipping needs the whole gradient's norm first; without it each thread sums
-                # its slice of the threads' gradients and updates that slice in one region.
+                # Clipping needs the whole gradient's norm first. Each thread reads and updates
+                # the parameters whose gradient it computed.
                 gscale = 1
                 if clip_norm > 0:
-                    norm = sqrt(sum_gradients(&grads[0, 0], n_threads, n_params, True))
+                    with parallel(num_threads=n_threads):
+                        tid = threadid()
+                        team = team_size()
+                        if tid == 0:
+                            ran[0] = team
+                        part_norm[tid] = 0
+                        for part in range(2 * L.n_layers):
+                            count = own_params(L, part, tid, team, &first)
+                            part_norm[tid] = part_norm[tid] + sum_of_squares(&grad[first], count)
+                    norm = 0
+                    for i in range(ran[0]):
+                        norm += part_norm[i]
+                    norm = sqrt(norm)
                     if not isfinite(norm):
                         done = s
                         break
@@ -291,15 +340,17 @@ cdef class Network:
                         gscale = <floating>(clip_norm / (norm + 1e-6))
                 with parallel(num_threads=n_threads):
                     tid = threadid()
-                    first = n_params * tid // n_threads
-                    last = n_params * (tid + 1) // n_threads
-                    if clip_norm == 0:
-                        sum_slice(&grads[0, 0], n_threads, n_params, first, last)
-                    part_bad[tid] = optimizer_update(
-                        &opt, <floating>lrs[s], step0 + s + 1, &params[first], &grads[0, first],
-                        &state1[first], &state2[first], last - first, gscale)
+                    team = team_size()
+                    if tid == 0:
+                        ran[0] = team
+                    part_bad[tid] = 0
+                    for part in range(2 * L.n_layers):
+                        count = own_params(L, part, tid, team, &first)
+                        part_bad[tid] = part_bad[tid] | optimizer_update(
+                            &opt, <floating>lrs[s], step0 + s + 1, &params[first], &grad[first],
+                            &state1[first], &state2[first], count, gscale)
                 bad = 0
-                for i in range(n_threads):
+                for i in range(ran[0]):
                     bad |= part_bad[i]
                 if bad:
                     done = s
@@ -345,13 +396,15 @@ cdef Rows _rows(const floating[:, ::1] X, const int[::1] labels,
 
 
 cdef void batch_rows(const Layout* L, const floating* params, floating* grad, const Rows* data,
-                     const Py_ssize_t* idx, Py_ssize_t first, Py_ssize_t last, floating* ws,
-                     Py_ssize_t cap, int* lab, floating scale, uint64_t seed, uint64_t step,
-                     bint add_l2, double* loss, double* correct) noexcept nogil:
-    """One thread's share of a training step: gather the rows idx[first:last] of the data into
-    the workspace, run forward, loss and backward; grad := their gradient (scaled to the whole
-    batch's mean), plus the L2 term when add_l2; loss and correct := their share."""
-    cdef Py_ssize_t i, rows = last - first, n0 = L.sizes[0], k = L.sizes[L.n_layers]
+                     const Py_ssize_t* idx, Py_ssize_t rows, int tid, int n_threads,
+                     floating* ws, Py_ssize_t cap, int* lab, floating scale, uint64_t seed,
+                     uint64_t step, double* loss, double* correct) noexcept nogil:
+    """Thread tid's part of a training step shared by n_threads threads (every one of them calls
+    this): gather its rows of the batch (the rows idx[:rows] of the data) into the workspace, run
+    forward, loss and backward; grad := its share of the batch's gradient (of the mean loss, plus
+    the L2 term); loss and correct := its rows' share."""
+    cdef Py_ssize_t i, first, n0 = L.sizes[0], k = L.sizes[L.n_layers]
+    cdef Py_ssize_t own = share(rows, tid, n_threads, &first)
     cdef const floating* X = <const floating*>data.X
     cdef const floating* targets = <const floating*>data.targets
     cdef const floating* weights = <const floating*>data.weights
@@ -361,27 +414,25 @@ cdef void batch_rows(const Layout* L, const floating* params, floating* grad, co
     cdef const floating* out
     loss[0] = 0
     correct[0] = 0
-    if rows <= 0:
-        memset(grad, 0, L.n_params * sizeof(floating))
-    else:
-        for i in range(rows):
-            memcpy(x + i * n0, X + idx[first + i] * n0, n0 * sizeof(floating))
-            if data.labels != NULL:
-                lab[i] = data.labels[idx[first + i]]
-            if targets != NULL:
-                memcpy(t + i * k, targets + idx[first + i] * k, k * sizeof(floating))
-            if weights != NULL:
-                sw[i] = weights[idx[first + i]]
-        out = forward(L, params, x, ws, cap, rows, True, seed, step, first)
+    for i in range(first, first + own):
+        memcpy(x + i * n0, X + idx[i] * n0, n0 * sizeof(floating))
+        if data.labels != NULL:
+            lab[i] = data.labels[idx[i]]
+        if targets != NULL:
+            memcpy(t + i * k, targets + idx[i] * k, k * sizeof(floating))
+        if weights != NULL:
+            sw[i] = weights[idx[i]]
+    if own > 0:
+        out = forward(L, params, x + first * n0, ws, cap, own, True, seed, step, first)
         loss[0] = loss_forward_backward(
-            L.loss, out, lab if data.labels != NULL else NULL, t if targets != NULL else NULL,
-            sw if weights != NULL else NULL, scale, ws + cap * L.d0_col, rows, k)
+            L.loss, out, lab + first if data.labels != NULL else NULL,
+            t + first * k if targets != NULL else NULL, sw + first if weights != NULL else NULL,
+            scale, ws + cap * L.d0_col + first * k, own, k)
         correct[0] = count_correct(
-            L.loss, out, lab if data.labels != NULL else NULL, t if targets != NULL else NULL,
-            sw if weights != NULL else NULL, rows, k)
-        backward(L, params, grad, x, ws, cap, rows, False, True, seed, step, first)
-    if add_l2:
-        loss[0] += l2_penalty(L, params, grad)
+            L.loss, out, lab + first if data.labels != NULL else NULL,
+            t + first * k if targets != NULL else NULL, sw + first if weights != NULL else NULL,
+            own, k)
+    backward(L, params, grad, x, ws, cap, rows, tid, n_threads, False, True, seed, step, loss)
 
 
 cdef void rows_pass(const Layout* L, const floating* params, const Rows* data,
@@ -412,79 +463,109 @@ cdef void rows_pass(const Layout* L, const floating* params, const Rows* data,
                                          rows, k)
         correct[0] += count_correct(L.loss, out, labels, t, w, rows, k)
         if grad != NULL:
-            backward(L, params, grad, X + start * n0, ws, cap, rows, start > first, False, 0, 0,
-                     0)
+            backward(L, params, grad, X + start * n0, ws, cap, rows, 0, 1, start > first, False,
+                     0, 0, NULL)
         start += rows
 
 
-cdef void sum_slice(floating* grads, int n_threads, Py_ssize_t n, Py_ssize_t first,
-                    Py_ssize_t last) noexcept nogil:
-    """grads[0][first:last] += grads[t][first:last] for t = 1, 2, … in that order (rows of n)"""
-    cdef Py_ssize_t i
-    cdef int t
-    for t in range(1, n_threads):
-        for i in range(first, last):
-            grads[i] = grads[i] + grads[t * n + i]
-
-
-cdef double sum_gradients(floating* grads, int n_threads, Py_ssize_t n,
-                          bint norm) noexcept nogil:
-    """grads[0] := Σ_t grads[t] (rows of n), in a fixed order, in parallel over slices;
-    return ‖grads[0]‖² (non-finite if any element is) when norm is set, else 0"""
-    cdef double part[MAX_THREADS]
-    cdef double total = 0
-    cdef Py_ssize_t i, first, last
+cdef void sum_gradients(floating* grads, int n_threads, Py_ssize_t n) noexcept nogil:
+    """grads[0] := Σ_t grads[t] (rows of n), in a fixed order, in parallel over slices"""
+    cdef Py_ssize_t i, first, count
     cdef int tid, t
-    if n_threads == 1:
-        return sum_of_squares(grads, n) if norm else 0
-    with parallel(num_threads=n_threads):
-        tid = threadid()
-        first = n * tid // n_threads
-        last = n * (tid + 1) // n_threads
-        sum_slice(grads, n_threads, n, first, last)
-        part[tid] = sum_of_squares(grads + first, last - first) if norm else 0
-    for t in range(n_threads):
-        total += part[t]
-    return total
+    if n_threads > 1:
+        with parallel(num_threads=n_threads):
+            tid = threadid()
+            count = share(n, tid, team_size(), &first)
+            for t in range(1, n_threads):
+                for i in range(first, first + count):
+                    grads[i] = grads[i] + grads[t * n + i]
+
+
+cdef inline Py_ssize_t share(Py_ssize_t n, int tid, int n_threads,
+                             Py_ssize_t* first) noexcept nogil:
+    """Thread tid's part of range(n), split evenly between n_threads: sets first, returns the
+    part's length"""
+    first[0] = n * tid // n_threads
+    return n * (tid + 1) // n_threads - first[0]
+
+
+cdef inline Py_ssize_t own_params(const Layout* L, int part, int tid, int n_threads,
+                                  Py_ssize_t* start) noexcept nogil:
+    """Thread tid's share, as backward splits them, of part 2l (layer l's weights: rows of W)
+    or part 2l + 1 (its bias) of the parameters: sets start, returns the count"""
+    cdef int l = part // 2
+    cdef Py_ssize_t first, count, n_out = L.sizes[l + 1]
+    if part % 2 == 0:
+        count = share(L.sizes[l], tid, n_threads, &first)
+        start[0] = L.w_off[l] + first * n_out
+        return count * n_out
+    count = share(n_out, tid, n_threads, &first)
+    start[0] = L.b_off[l] + first
+    return count
 
 
 cdef const floating* forward(const Layout* L, const floating* params, const floating* x,
                              floating* ws, Py_ssize_t cap, Py_ssize_t rows, bint training,
                              uint64_t seed, uint64_t step, Py_ssize_t row0) noexcept nogil:
     """Run every layer on rows of x (rows × n_0), which are the rows row0, row0 + 1, … of the
-    batch (for dropout's masks); return the output layer's a (rows × n_L)"""
+    batch (where they go in the workspace, and for dropout's masks); return the output layer's
+    a (rows × n_L)"""
     cdef const floating* inp = x
     cdef floating* a
+    cdef Py_ssize_t n_out
     cdef int l
     for l in range(L.n_layers):
-        a = ws + cap * L.a_col[l]
-        dense_forward(ws + cap * L.z_col[l], a, inp, params + L.w_off[l], params + L.b_off[l],
-                      <int>rows, L.sizes[l], L.sizes[l + 1], L.kinds[l], <floating>L.slope)
+        n_out = L.sizes[l + 1]
+        a = ws + cap * L.a_col[l] + row0 * n_out
+        dense_forward(ws + cap * L.z_col[l] + row0 * n_out, a, inp, params + L.w_off[l],
+                      params + L.b_off[l], <int>rows, L.sizes[l], <int>n_out, L.kinds[l],
+                      <floating>L.slope)
         inp = a
         if training and L.dropout[l] > 0:
-            dropout_forward(ws + cap * L.o_col[l], a, rows, L.sizes[l + 1], row0, L.dropout[l],
-                            seed + <uint64_t>l, step)
-            inp = ws + cap * L.o_col[l]
+            dropout_forward(ws + cap * L.o_col[l] + row0 * n_out, a, rows, n_out, row0,
+                            L.dropout[l], seed + <uint64_t>l, step)
+            inp = ws + cap * L.o_col[l] + row0 * n_out
     return inp
 
 
 cdef void backward(const Layout* L, const floating* params, floating* grad, const floating* x,
-                   floating* ws, Py_ssize_t cap, Py_ssize_t rows, bint accumulate,
-                   bint training, uint64_t seed, uint64_t step, Py_ssize_t row0) noexcept nogil:
-    """With dL/d(output) in the d0 buffer, write (or add, when accumulate) dL/dparams to grad"""
+                   floating* ws, Py_ssize_t cap, Py_ssize_t rows, int tid, int n_threads,
+                   bint accumulate, bint training, uint64_t seed, uint64_t step,
+                   double* penalty) noexcept nogil:
+    """With dL/d(output) of the rows of x (rows × n_0) in the d0 buffer, write (or add, when
+    accumulate) dL/dparams to grad. n_threads threads run this together (every one of them
+    calls it), each on its own rows of the deltas (share) and its own parameters (own_params).
+    With penalty, also add the L2 term to those parameters' gradient and its loss to penalty."""
     cdef floating* d = ws + cap * L.d0_col
     cdef floating* d_below = ws + cap * L.d1_col
     cdef floating* swap
+    cdef const floating* inp
+    cdef Py_ssize_t first, own = share(rows, tid, n_threads, &first), w_first, w_own, b_first
+    cdef Py_ssize_t b_own, n_in, n_out
     cdef int l
     for l in range(L.n_layers - 1, -1, -1):
+        n_in = L.sizes[l]
+        n_out = L.sizes[l + 1]
         if training and L.dropout[l] > 0:   # d is dL/do; make it dL/da
-            dropout_backward(d, rows, L.sizes[l + 1], row0, L.dropout[l], seed + <uint64_t>l,
-                             step)
-        dense_backward(d_below if l > 0 else NULL, grad + L.w_off[l], grad + L.b_off[l], d,
-                       x if l == 0 else ws + cap * (L.o_col[l - 1] if training else L.a_col[l - 1]),
-                       params + L.w_off[l], ws + cap * L.a_col[l], ws + cap * L.z_col[l],
-                       <int>rows, L.sizes[l], L.sizes[l + 1], L.kinds[l], <floating>L.slope,
-                       accumulate)
+            dropout_backward(d + first * n_out, own, n_out, first, L.dropout[l],
+                             seed + <uint64_t>l, step)
+        dense_backward_delta(d + first * n_out, ws + cap * L.a_col[l] + first * n_out,
+                             ws + cap * L.z_col[l] + first * n_out, <int>own, <int>n_out,
+                             L.kinds[l], <floating>L.slope)
+        if n_threads > 1:
+            thread_barrier()    # every row's dL/dz is in d
+        inp = x if l == 0 else ws + cap * (L.o_col[l - 1] if training else L.a_col[l - 1])
+        w_own = share(n_in, tid, n_threads, &w_first)
+        b_own = share(n_out, tid, n_threads, &b_first)
+        dense_backward_params(grad + L.w_off[l], grad + L.b_off[l], d, inp, <int>rows,
+                              <int>n_in, <int>n_out, <int>w_first, <int>(w_first + w_own),
+                              <int>b_first, <int>(b_first + b_own), accumulate)
+        if penalty != NULL and L.l2 > 0:
+            penalty[0] += l2_term(L.l2, params + L.w_off[l] + w_first * n_out,
+                                  grad + L.w_off[l] + w_first * n_out, w_own * n_out)
+        if l > 0:
+            dense_backward_input(d_below + first * n_in, d + first * n_out, params + L.w_off[l],
+                                 <int>own, <int>n_in, <int>n_out)
         swap = d
         d = d_below
         d_below = swap
@@ -492,17 +573,24 @@ cdef void backward(const Layout* L, const floating* params, floating* grad, cons
 
 cdef double l2_penalty(const Layout* L, const floating* params, floating* grad) noexcept nogil:
     """grad += l2·W for every weight matrix; return l2/2 · Σ‖W‖² (biases are not penalised)"""
-    if L.l2 == 0:
-        return 0
+    cdef double total = 0
+    cdef int l
+    if L.l2 > 0:
+        for l in range(L.n_layers):
+            total += l2_term(L.l2, params + L.w_off[l], grad + L.w_off[l],
+                             L.b_off[l] - L.w_off[l])
+    return total
+
+
+cdef inline double l2_term(double l2, const floating* W, floating* dW,
+                           Py_ssize_t n) noexcept nogil:
+    """dW += l2·W; return l2/2 · ‖W‖² (n elements)"""
     cdef double total = 0
     cdef Py_ssize_t i
-    cdef int l
-    cdef floating l2 = <floating>L.l2
-    for l in range(L.n_layers):
-        for i in range(L.w_off[l], L.b_off[l]):
-            total += <double>params[i] * params[i]
-            grad[i] += l2 * params[i]
-    return 0.5 * L.l2 * total
+    for i in range(n):
+        total += <double>W[i] * W[i]
+        dW[i] += <floating>l2 * W[i]
+    return 0.5 * l2 * total
 
 
 cdef floating _loss_scale(const Layout* L, const floating* weights, const Py_ssize_t* idx,

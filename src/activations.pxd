@@ -86,43 +86,44 @@ cdef inline void _bias_activation(floating* z, floating* a, const floating* bias
             a[i * cols + j] = activate(v, kind, slope)
 
 
-# d (upstream gradient dL/da, becomes dL/dz), a, z are (rows, cols); dbias is (cols,).
-cdef inline void activation_backward(floating* d, floating* dbias,
-                                     const floating* a, const floating* z,
+# d (upstream gradient dL/da, becomes dL/dz), a, z are (rows, cols).
+cdef inline void activation_backward(floating* d, const floating* a, const floating* z,
                                      Py_ssize_t rows, Py_ssize_t cols,
-                                     int kind, floating slope, bint accumulate) noexcept nogil:
-    """d := d · f'(z); dbias (+)= column sums of d — one pass over d"""
-    cdef Py_ssize_t j
-    if not accumulate:
-        for j in range(cols):
-            dbias[j] = 0
+                                     int kind, floating slope) noexcept nogil:
+    """d := d · f'(z)"""
     if kind == RELU:    # kind as a constant, as in bias_activation_forward
-        _activation_backward(d, dbias, a, z, rows, cols, RELU, slope)
+        _activation_backward(d, a, z, rows * cols, RELU, slope)
     elif kind == LEAKY_RELU:
-        _activation_backward(d, dbias, a, z, rows, cols, LEAKY_RELU, slope)
+        _activation_backward(d, a, z, rows * cols, LEAKY_RELU, slope)
     elif kind == SIGMOID:
-        _activation_backward(d, dbias, a, z, rows, cols, SIGMOID, slope)
+        _activation_backward(d, a, z, rows * cols, SIGMOID, slope)
     elif kind == TANH:
-        _activation_backward(d, dbias, a, z, rows, cols, TANH, slope)
+        _activation_backward(d, a, z, rows * cols, TANH, slope)
     elif kind == GELU:
-        _activation_backward(d, dbias, a, z, rows, cols, GELU, slope)
+        _activation_backward(d, a, z, rows * cols, GELU, slope)
     else:
-        _activation_backward(d, dbias, a, z, rows, cols, IDENTITY, slope)
+        _activation_backward(d, a, z, rows * cols, IDENTITY, slope)
 
 
-cdef inline void _activation_backward(floating* d, floating* dbias,
-                                      const floating* a, const floating* z,
-                                      Py_ssize_t rows, Py_ssize_t cols,
-                                      int kind, floating slope) noexcept nogil:
+cdef inline void _activation_backward(floating* d, const floating* a, const floating* z,
+                                      Py_ssize_t n, int kind, floating slope) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        d[i] = d[i] * derivative(a[i], z[i], kind, slope)
+
+
+# d is dL/dz (rows, cols); dbias is (cols,). Threads that share a batch each take a range of
+# the columns, over every row.
+cdef inline void bias_gradient(floating* dbias, const floating* d, Py_ssize_t rows,
+                               Py_ssize_t cols, Py_ssize_t first, Py_ssize_t last,
+                               bint accumulate) noexcept nogil:
+    """dbias[first:last] (+)= column sums of d[:, first:last]"""
     cdef Py_ssize_t i, j
-    cdef floating* dr
-    cdef const floating* ar
-    cdef const floating* zr
+    cdef const floating* row
+    if not accumulate:
+        for j in range(first, last):
+            dbias[j] = 0
     for i in range(rows):
-        dr = d + i * cols
-        ar = a + i * cols
-        zr = z + i * cols
-        for j in range(cols):
-            dr[j] = dr[j] * derivative(ar[j], zr[j], kind, slope)
-        for j in range(cols):   # a loop of its own, so both vectorise
-            dbias[j] += dr[j]
+        row = d + i * cols
+        for j in range(first, last):
+            dbias[j] += row[j]

@@ -1,9 +1,15 @@
 # A dense layer, a = f(inp @ W + b): its forward and backward pass.
 # inp is (rows, n_in), W is (n_in, n_out), b is (n_out,), z and a are (rows, n_out).
+#
+# The backward pass has three parts, so that threads sharing a batch can split it: each thread
+# turns its own rows of d into dL/dz (dense_backward_delta) and propagates them to the layer
+# below (dense_backward_input); the parameter gradient needs every row's dL/dz, so each thread
+# computes its own rows of dW and columns of db from all of them (dense_backward_params).
+# One thread alone takes every row and the whole ranges.
 
 from cython cimport floating
 from blas cimport gemm
-from activations cimport bias_activation_forward, activation_backward
+from activations cimport bias_activation_forward, activation_backward, bias_gradient
 
 
 cdef inline void dense_forward(floating* z, floating* a, const floating* inp,
@@ -15,17 +21,31 @@ cdef inline void dense_forward(floating* z, floating* a, const floating* inp,
     bias_activation_forward(z, a, b, rows, n_out, kind, slope)
 
 
-# d is dL/da on entry and dL/dz on exit (rows, n_out); dinp is (rows, n_in), or NULL when the
-# input gradient is not wanted (the first layer); dW (n_in, n_out) and db (n_out,) are written,
-# or added to when accumulate is set (gradients summed over chunks of rows).
-cdef inline void dense_backward(floating* dinp, floating* dW, floating* db, floating* d,
-                                const floating* inp, const floating* W,
-                                const floating* a, const floating* z,
-                                int rows, int n_in, int n_out,
-                                int kind, floating slope, bint accumulate) noexcept nogil:
-    """dz := d·f'(z); db (+)= Σ_rows dz; dW (+)= inpᵀ @ dz; dinp := dz @ Wᵀ"""
-    activation_backward(d, db, a, z, rows, n_out, kind, slope, accumulate)
-    gemm(True, False, n_in, n_out, rows, 1, inp, n_in, d, n_out,
-         1 if accumulate else 0, dW, n_out)
-    if dinp != NULL:
+# d is dL/da on entry and dL/dz on exit (rows, n_out)
+cdef inline void dense_backward_delta(floating* d, const floating* a, const floating* z,
+                                      int rows, int n_out, int kind,
+                                      floating slope) noexcept nogil:
+    """d := d·f'(z)"""
+    activation_backward(d, a, z, rows, n_out, kind, slope)
+
+
+# d is dL/dz (rows, n_out); dW (n_in, n_out) and db (n_out,) are written in the rows
+# w_first:w_last of dW and the entries b_first:b_last of db, or added to when accumulate is set
+# (gradients summed over chunks of rows)
+cdef inline void dense_backward_params(floating* dW, floating* db, const floating* d,
+                                       const floating* inp, int rows, int n_in, int n_out,
+                                       int w_first, int w_last, int b_first, int b_last,
+                                       bint accumulate) noexcept nogil:
+    """dW[w_first:w_last] (+)= inp[:, w_first:w_last]ᵀ @ d; db[b_first:b_last] (+)= Σ_rows d"""
+    if w_last > w_first:
+        gemm(True, False, w_last - w_first, n_out, rows, 1, inp + w_first, n_in, d, n_out,
+             1 if accumulate else 0, dW + <Py_ssize_t>w_first * n_out, n_out)
+    bias_gradient(db, d, rows, n_out, b_first, b_last, accumulate)
+
+
+# d is dL/dz (rows, n_out); dinp is (rows, n_in)
+cdef inline void dense_backward_input(floating* dinp, const floating* d, const floating* W,
+                                      int rows, int n_in, int n_out) noexcept nogil:
+    """dinp := d @ Wᵀ"""
+    if rows > 0:
         gemm(False, True, rows, n_in, n_out, 1, d, n_out, W, n_out, 0, dinp, n_in)

@@ -51,19 +51,30 @@ def test_bias_activation(rng, dtype, activation, rows, cols):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-@pytest.mark.parametrize("accumulate", [False, True])
-def test_activation_grad(rng, dtype, activation, accumulate):
+def test_activation_grad(rng, dtype, activation):
     rows, cols = 9, 13
     z = (rng.normal(size=(rows, cols)) * 3).astype(dtype)
     a = ref.activate(z.astype(float), activation).astype(dtype)
     upstream = rng.normal(size=(rows, cols))
     d = upstream.astype(dtype)
-    db0 = rng.normal(size=cols)
-    db = db0.astype(dtype)
-    _kernels.activation_grad(d, db, a, z, activation, accumulate=accumulate)
-    dz = upstream.astype(dtype) * ref.derivative(z.astype(float), activation)
-    close(d, dz, dtype)
-    close(db, dz.sum(axis=0) + (db0.astype(dtype) if accumulate else 0), dtype, scale=rows)
+    _kernels.activation_grad(d, a, z, activation)
+    close(d, upstream.astype(dtype) * ref.derivative(z.astype(float), activation), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("first,last", [(0, 13), (0, 6), (6, 13), (4, 4)])
+def test_bias_grad_writes_only_its_columns(rng, dtype, accumulate, first, last):
+    d = rng.normal(size=(9, 13)).astype(dtype)
+    db0 = rng.normal(size=13).astype(dtype)
+    db = db0.copy()
+    _kernels.bias_grad(db, d, first, last, accumulate=accumulate)
+    expected = db0.astype(float)
+    expected[first:last] = d[:, first:last].astype(float).sum(axis=0) + (
+        db0[first:last] if accumulate else 0)
+    close(db, expected, dtype, scale=9)
+    np.testing.assert_array_equal(np.delete(db, np.s_[first:last]),
+                                  np.delete(db0, np.s_[first:last]))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -85,6 +96,30 @@ def test_dense_forward_and_backward(rng, dtype, rows, n_in, n_out, activation):
     close(db, dz.sum(axis=0), dtype, scale=rows * n_in)
     close(dW, X.T.astype(float) @ dz, dtype, scale=rows * n_in)
     close(dinp, dz @ W.T.astype(float), dtype, scale=rows * n_in)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_threads", [2, 3, 8])
+def test_dense_backward_shares_make_up_the_whole_gradient(rng, dtype, n_threads):
+    """Threads that share a batch each write their own rows of dW and entries of db (as the
+    engine splits them); together they write every entry once, equal to the whole product."""
+    rows, n_in, n_out = 7, 5, 6
+    X, W = rng.normal(size=(rows, n_in)).astype(dtype), rng.normal(size=(n_in, n_out)).astype(dtype)
+    a = z = rng.normal(size=(rows, n_out)).astype(dtype)
+    upstream = rng.normal(size=(rows, n_out)).astype(dtype)
+    dW, db = np.full((n_in, n_out), np.nan, dtype), np.full(n_out, np.nan, dtype)
+    for t in range(n_threads):
+        w = (n_in * t // n_threads, n_in * (t + 1) // n_threads)
+        b = (n_out * t // n_threads, n_out * (t + 1) // n_threads)
+        before_W, before_b = dW.copy(), db.copy()
+        _kernels.dense_grad(dW, db, upstream.copy(), X, W, a, z, "identity", w_range=w,
+                            b_range=b)
+        np.testing.assert_array_equal(np.delete(dW, np.s_[w[0]:w[1]], axis=0),
+                                      np.delete(before_W, np.s_[w[0]:w[1]], axis=0))
+        np.testing.assert_array_equal(np.delete(db, np.s_[b[0]:b[1]]),
+                                      np.delete(before_b, np.s_[b[0]:b[1]]))
+    close(dW, X.T.astype(float) @ upstream, dtype, scale=rows)
+    close(db, upstream.sum(axis=0), dtype, scale=rows)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

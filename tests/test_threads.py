@@ -1,5 +1,8 @@
 """Thread control and thread safety: the BLAS pool size is settable, kernels release the GIL,
 concurrent training equals serial training, and one model serves predictions to many threads."""
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -177,3 +180,59 @@ def test_one_model_predicts_from_many_threads():
             t.join()
     for (p, c), (p2, c2) in zip(expected, results):
         assert np.array_equal(p, p2) and np.array_equal(c, c2)
+
+
+# --- threads sharing a batch --------------------------------------------------------------------
+
+@pytest.mark.parametrize("threads", [2, 3, 5])
+@pytest.mark.parametrize("optimizer", [lambda: cdnn.SGD(0.1, momentum=0.9),
+                                       lambda: cdnn.Adam(0.01)], ids=["sgd", "adam"])
+def test_threads_sharing_each_batch_train_the_model_one_thread_trains(monkeypatch, threads,
+                                                                      optimizer):
+    """The threads of a step split its rows (forward, loss, dL/dz) and its parameters (their
+    gradient over the whole batch, and their update), waiting for each other at every layer.
+    With everything the split touches (dropout masks, L2, clipping, sample weights, GELU's kept
+    pre-activation) and more threads than some layers have units and the last batch has rows,
+    the result is one thread's, in float64."""
+    monkeypatch.setattr(cdnn.training, "MIN_WORK_PER_THREAD", 1)   # thread even tiny steps
+    rng = np.random.default_rng(4)
+    X, y, w = rng.normal(size=(103, 7)), rng.integers(0, 3, 103), rng.uniform(0.5, 2, 103)
+
+    def fit(n):
+        net = cdnn.MLP([7, 9, 4, 3], activation=["gelu", "relu"], dtype="float64", seed=0,
+                       dropout=[0.2, 0.0], l2=1e-3)
+        trainer = cdnn.Trainer(net, optimizer(), batch_size=20, clip_norm=0.5, seed=1)
+        with limit_threads(n):
+            history = trainer.fit(X, y, sample_weight=w, epochs=3, verbose=0)
+        return net.params, history.history["loss"]
+
+    one, one_losses = fit(1)
+    many, many_losses = fit(threads)
+    assert not np.array_equal(one, cdnn.MLP([7, 9, 4, 3], dtype="float64", seed=0).params)
+    np.testing.assert_allclose(many, one, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(many_losses, one_losses, rtol=1e-9)
+
+
+def test_fewer_threads_than_asked_still_cover_every_row(tmp_path):
+    """OpenMP may grant a region fewer threads than asked (here OMP_THREAD_LIMIT=1 while cdnn
+    asks for 2): the work is split between the threads that run, never left undone."""
+    script = tmp_path / "limited.py"
+    script.write_text(
+        "import numpy as np, cdnn, cdnn.training\n"
+        "cdnn.training.MIN_WORK_PER_THREAD = 1\n"
+        "rng = np.random.default_rng(0)\n"
+        "X, y = rng.normal(size=(3000, 20)), rng.integers(0, 10, 3000)\n"
+        "def run(threads):\n"
+        "    net = cdnn.MLP([20, 64, 10], dtype='float64', seed=0)\n"
+        "    with cdnn.limit_threads(threads):\n"
+        "        out = [net.forward(X), net.loss_and_grad(X, y)[1], net.evaluate(X, y)['loss']]\n"
+        "        cdnn.Trainer(net, cdnn.SGD(0.1), batch_size=100).fit(X, y, verbose=0)\n"
+        "    return out + [net.params]\n"
+        "for a, b in zip(run(1), run(2)):\n"
+        "    np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)\n"
+        "print('same')\n")
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "same"
