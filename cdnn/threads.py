@@ -15,6 +15,8 @@ rounding only (see the README's Reliability section).
 """
 from __future__ import annotations
 
+import ctypes
+import itertools
 import os
 import threading
 
@@ -72,17 +74,36 @@ _blas_saved: list = []
 _kernel_blas: list | None = None
 
 
-def _kernel_blas_controllers() -> list:
-    """threadpoolctl's controllers of the BLAS the kernels call: scipy's own when its wheel
-    ships one (numpy's, beside it, is left alone), else every BLAS. Found once: a controller
-    sets a thread count in a microsecond, where threadpool_limits rescans every library."""
+class _BlasThreads:
+    """Reads and sets one BLAS library's thread count. For OpenBLAS on its own threads, through
+    its C functions directly: a call of ~0.1 µs (a one-row predict holds the BLAS), from any
+    Python thread (threadpoolctl lets only one Python thread change OpenBLAS's count). Any
+    other library through threadpoolctl's controller."""
+
+    def __init__(self, lib):
+        self.get, self.set = lib.get_num_threads, lib.set_num_threads
+        if lib.internal_api == "openblas" and getattr(lib, "threading_layer", "") == "pthreads":
+            dll = ctypes.CDLL(lib.filepath)     # already loaded: the same library
+            for prefix, suffix in itertools.product(("", "scipy_"), ("", "64_", "_64")):
+                get = getattr(dll, f"{prefix}openblas_get_num_threads{suffix}", None)
+                set_ = getattr(dll, f"{prefix}openblas_set_num_threads{suffix}", None)
+                if get is not None and set_ is not None:
+                    self.get, self.set = get, set_
+                    break
+
+
+def _kernel_blas_threads() -> list:
+    """The thread controls of the BLAS the kernels call: scipy's own when its wheel ships one
+    (numpy's, beside it, is left alone), else every BLAS. Found once: threadpool_limits
+    rescans every library at each call (700 µs)."""
     global _kernel_blas
     if _kernel_blas is None:
         import scipy.linalg.cython_blas  # noqa: F401  (loaded, so that it is found)
         from threadpoolctl import ThreadpoolController
         blas = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
-        _kernel_blas = [lib for lib in blas if "scipy" in os.path.basename(
-            os.path.dirname(lib.filepath))] or blas
+        _kernel_blas = [_BlasThreads(lib) for lib in [
+            lib for lib in blas if "scipy" in os.path.basename(os.path.dirname(lib.filepath))]
+            or blas]
     return _kernel_blas
 
 
@@ -94,9 +115,9 @@ class single_threaded_blas:
         global _blas_users, _blas_saved
         with _blas_lock:
             if _blas_users == 0:
-                _blas_saved = [(lib, lib.get_num_threads()) for lib in _kernel_blas_controllers()]
-                for lib, _ in _blas_saved:
-                    lib.set_num_threads(1)
+                _blas_saved = [(blas, blas.get()) for blas in _kernel_blas_threads()]
+                for blas, _ in _blas_saved:
+                    blas.set(1)
             _blas_users += 1
 
     def __exit__(self, *exc):
@@ -104,5 +125,5 @@ class single_threaded_blas:
         with _blas_lock:
             _blas_users -= 1
             if _blas_users == 0:
-                for lib, n in _blas_saved:
-                    lib.set_num_threads(n)
+                for blas, n in _blas_saved:
+                    blas.set(n)

@@ -40,7 +40,7 @@ def bias_activation(floating[:, ::1] z, floating[:, ::1] a, const floating[::1] 
     cdef int kind = ACTIVATIONS[activation]
     with nogil:
         bias_activation_forward(&z[0, 0], &a[0, 0], &bias[0], z.shape[0], z.shape[1],
-                                kind, slope)
+                                z.shape[1], kind, slope)
 
 
 def activation_grad(floating[:, ::1] d, const floating[:, ::1] a, const floating[:, ::1] z,
@@ -64,14 +64,18 @@ def bias_grad(floating[::1] dbias, const floating[:, ::1] d, Py_ssize_t first=0,
 
 
 def dense(floating[:, ::1] z, floating[:, ::1] a, const floating[:, ::1] inp,
-          const floating[:, ::1] W, const floating[::1] b, str activation, floating slope=0.01):
-    """z := inp @ W + b; a := f(z)"""
+          const floating[:, ::1] W, const floating[::1] b, str activation, floating slope=0.01,
+          tuple columns=None):
+    """z := inp @ W + b; a := f(z); only the columns (first, last) of z and a, when given"""
+    cdef int first, last
+    first, last = columns if columns is not None else (0, W.shape[1])
     _require(inp.shape[1] == W.shape[0] and W.shape[1] == b.shape[0] == z.shape[1] == a.shape[1]
-             and z.shape[0] == a.shape[0] == inp.shape[0], "shapes")
+             and z.shape[0] == a.shape[0] == inp.shape[0] and 0 <= first <= last <= W.shape[1],
+             "shapes")
     cdef int kind = ACTIVATIONS[activation]
     with nogil:
         dense_forward(&z[0, 0], &a[0, 0], &inp[0, 0], &W[0, 0], &b[0], inp.shape[0],
-                      W.shape[0], W.shape[1], kind, slope)
+                      W.shape[0], W.shape[1], first, last, kind, slope)
 
 
 def dense_grad(floating[:, ::1] dW, floating[::1] db, floating[:, ::1] d,

@@ -154,30 +154,41 @@ cdef class Network:
         self.row_width = self.layout.row_width
 
     def forward(self, const floating[::1] params, const floating[:, ::1] X,
-                floating[:, ::1] out, floating[::1] workspace, int n_threads=1):
+                floating[:, ::1] out, floating[::1] workspace, int n_threads=1,
+                bint share_units=False):
         """out := the output layer's values (logits) for every row of X; dropout is off. Each
         of n_threads threads takes a contiguous share of the rows, in chunks of its part of the
-        workspace."""
+        workspace; or, with share_units, every row, in chunks of the whole workspace, and a
+        share of every layer's units. For a few rows, a share of the rows leaves threads idle,
+        while a share of the units splits the weights each thread must read."""
         cdef Layout* L = &self.layout
         if not 1 <= n_threads <= MAX_THREADS:
             raise ValueError(f"n_threads must be in 1..{MAX_THREADS}")
-        cdef Py_ssize_t cap = _capacity(L, params.shape[0], workspace.shape[0] // n_threads)
-        cdef Py_ssize_t n = X.shape[0], k = L.sizes[L.n_layers], start, stop, rows
-        cdef int tid, team
+        cdef Py_ssize_t cap = _capacity(L, params.shape[0],
+                                        workspace.shape[0] // (1 if share_units else n_threads))
+        cdef Py_ssize_t n = X.shape[0], k = L.sizes[L.n_layers], start, stop, rows, i
+        cdef Part units
+        cdef const floating* result
+        cdef floating* ws
+        cdef int tid, team, part, parts
         if X.shape[1] != L.sizes[0] or out.shape[0] != n or out.shape[1] != k:
             raise ValueError("X or out has the wrong shape")
         with nogil, parallel(num_threads=n_threads):
             tid = threadid()
             team = team_size()
-            start = n * tid // team
-            stop = n * (tid + 1) // team
+            part = tid if share_units else 0
+            parts = team if share_units else 1
+            start = 0 if share_units else n * tid // team
+            stop = n if share_units else n * (tid + 1) // team
+            ws = &workspace[0] + (0 if share_units else tid * cap * L.row_width)
+            units = share(k, part, parts)
             while start < stop:
                 rows = min(cap, stop - start)
-                memcpy(&out[start, 0],
-                       forward(L, &params[0], &X[start, 0],
-                               &workspace[0] + tid * cap * L.row_width, cap, rows,
-                               False, 0, 0, 0),
-                       rows * k * sizeof(floating))
+                result = forward(L, &params[0], &X[start, 0], ws, cap, rows, False, 0, 0, 0,
+                                 part, parts)
+                for i in range(rows):   # this thread's units of the output
+                    memcpy(&out[start + i, units.first], result + i * k + units.first,
+                           units.count * sizeof(floating))
                 start = start + rows
 
     def loss_and_grad(self, const floating[::1] params, const floating[:, ::1] X,
@@ -262,7 +273,8 @@ cdef class Network:
         cdef Layout* L = &self.layout
         cdef int tid, team, ran[1]
         cdef Py_ssize_t cap = _capacity(L, params.shape[0], workspace.shape[0])
-        cdef Py_ssize_t n_steps = lrs.shape[0], n = X.shape[0], s, i, rows, start, first, count
+        cdef Py_ssize_t n_steps = lrs.shape[0], n = X.shape[0], s, i, rows, start
+        cdef Part mine
         cdef int part
         cdef Py_ssize_t n_params = L.n_params
         for i in range(order.shape[0]):
@@ -327,8 +339,9 @@ cdef class Network:
                             ran[0] = team
                         part_norm[tid] = 0
                         for part in range(2 * L.n_layers):
-                            count = own_params(L, part, tid, team, &first)
-                            part_norm[tid] = part_norm[tid] + sum_of_squares(&grad[first], count)
+                            mine = own_params(L, part, tid, team)
+                            part_norm[tid] = part_norm[tid] + sum_of_squares(&grad[mine.first],
+                                                                             mine.count)
                     norm = 0
                     for i in range(ran[0]):
                         norm += part_norm[i]
@@ -345,10 +358,11 @@ cdef class Network:
                         ran[0] = team
                     part_bad[tid] = 0
                     for part in range(2 * L.n_layers):
-                        count = own_params(L, part, tid, team, &first)
+                        mine = own_params(L, part, tid, team)
                         part_bad[tid] = part_bad[tid] | optimizer_update(
-                            &opt, <floating>lrs[s], step0 + s + 1, &params[first], &grad[first],
-                            &state1[first], &state2[first], count, gscale)
+                            &opt, <floating>lrs[s], step0 + s + 1, &params[mine.first],
+                            &grad[mine.first], &state1[mine.first], &state2[mine.first],
+                            mine.count, gscale)
                 bad = 0
                 for i in range(ran[0]):
                     bad |= part_bad[i]
@@ -403,8 +417,9 @@ cdef void batch_rows(const Layout* L, const floating* params, floating* grad, co
     this): gather its rows of the batch (the rows idx[:rows] of the data) into the workspace, run
     forward, loss and backward; grad := its share of the batch's gradient (of the mean loss, plus
     the L2 term); loss and correct := its rows' share."""
-    cdef Py_ssize_t i, first, n0 = L.sizes[0], k = L.sizes[L.n_layers]
-    cdef Py_ssize_t own = share(rows, tid, n_threads, &first)
+    cdef Py_ssize_t i, n0 = L.sizes[0], k = L.sizes[L.n_layers]
+    cdef Part mine = share(rows, tid, n_threads)
+    cdef Py_ssize_t first = mine.first, own = mine.count
     cdef const floating* X = <const floating*>data.X
     cdef const floating* targets = <const floating*>data.targets
     cdef const floating* weights = <const floating*>data.weights
@@ -423,7 +438,7 @@ cdef void batch_rows(const Layout* L, const floating* params, floating* grad, co
         if weights != NULL:
             sw[i] = weights[idx[i]]
     if own > 0:
-        out = forward(L, params, x + first * n0, ws, cap, own, True, seed, step, first)
+        out = forward(L, params, x + first * n0, ws, cap, own, True, seed, step, first, 0, 1)
         loss[0] = loss_forward_backward(
             L.loss, out, lab + first if data.labels != NULL else NULL,
             t + first * k if targets != NULL else NULL, sw + first if weights != NULL else NULL,
@@ -458,7 +473,7 @@ cdef void rows_pass(const Layout* L, const floating* params, const Rows* data,
         labels = data.labels + start if data.labels != NULL else NULL
         t = targets + start * k if targets != NULL else NULL
         w = weights + start if weights != NULL else NULL
-        out = forward(L, params, X + start * n0, ws, cap, rows, False, 0, 0, 0)
+        out = forward(L, params, X + start * n0, ws, cap, rows, False, 0, 0, 0, 0, 1)
         loss[0] += loss_forward_backward(L.loss, out, labels, t, w, scale, ws + cap * L.d0_col,
                                          rows, k)
         correct[0] += count_correct(L.loss, out, labels, t, w, rows, k)
@@ -470,56 +485,70 @@ cdef void rows_pass(const Layout* L, const floating* params, const Rows* data,
 
 cdef void sum_gradients(floating* grads, int n_threads, Py_ssize_t n) noexcept nogil:
     """grads[0] := Σ_t grads[t] (rows of n), in a fixed order, in parallel over slices"""
-    cdef Py_ssize_t i, first, count
+    cdef Py_ssize_t i
+    cdef Part mine
     cdef int tid, t
     if n_threads > 1:
         with parallel(num_threads=n_threads):
             tid = threadid()
-            count = share(n, tid, team_size(), &first)
+            mine = share(n, tid, team_size())
             for t in range(1, n_threads):
-                for i in range(first, first + count):
+                for i in range(mine.first, mine.first + mine.count):
                     grads[i] = grads[i] + grads[t * n + i]
 
 
-cdef inline Py_ssize_t share(Py_ssize_t n, int tid, int n_threads,
-                             Py_ssize_t* first) noexcept nogil:
-    """Thread tid's part of range(n), split evenly between n_threads: sets first, returns the
-    part's length"""
-    first[0] = n * tid // n_threads
-    return n * (tid + 1) // n_threads - first[0]
+cdef struct Part:
+    Py_ssize_t first, count
 
 
-cdef inline Py_ssize_t own_params(const Layout* L, int part, int tid, int n_threads,
-                                  Py_ssize_t* start) noexcept nogil:
+cdef inline Part share(Py_ssize_t n, int tid, int n_threads) noexcept nogil:
+    """Thread tid's part of range(n), split evenly between n_threads"""
+    # returned, not written through a pointer: Cython makes a variable private to the threads
+    # of a parallel block only where the block assigns it
+    cdef Part p
+    p.first = n * tid // n_threads
+    p.count = n * (tid + 1) // n_threads - p.first
+    return p
+
+
+cdef inline Part own_params(const Layout* L, int part, int tid, int n_threads) noexcept nogil:
     """Thread tid's share, as backward splits them, of part 2l (layer l's weights: rows of W)
-    or part 2l + 1 (its bias) of the parameters: sets start, returns the count"""
+    or part 2l + 1 (its bias) of the parameters, as a range of the parameter layout"""
     cdef int l = part // 2
-    cdef Py_ssize_t first, count, n_out = L.sizes[l + 1]
+    cdef Py_ssize_t n_out = L.sizes[l + 1]
+    cdef Part p
     if part % 2 == 0:
-        count = share(L.sizes[l], tid, n_threads, &first)
-        start[0] = L.w_off[l] + first * n_out
-        return count * n_out
-    count = share(n_out, tid, n_threads, &first)
-    start[0] = L.b_off[l] + first
-    return count
+        p = share(L.sizes[l], tid, n_threads)
+        p.first = L.w_off[l] + p.first * n_out
+        p.count = p.count * n_out
+        return p
+    p = share(n_out, tid, n_threads)
+    p.first = L.b_off[l] + p.first
+    return p
 
 
 cdef const floating* forward(const Layout* L, const floating* params, const floating* x,
                              floating* ws, Py_ssize_t cap, Py_ssize_t rows, bint training,
-                             uint64_t seed, uint64_t step, Py_ssize_t row0) noexcept nogil:
+                             uint64_t seed, uint64_t step, Py_ssize_t row0, int tid,
+                             int n_threads) noexcept nogil:
     """Run every layer on rows of x (rows × n_0), which are the rows row0, row0 + 1, … of the
     batch (where they go in the workspace, and for dropout's masks); return the output layer's
-    a (rows × n_L)"""
+    a (rows × n_L). n_threads threads run this together on the same rows (every one of them
+    calls it), each computing its share of every layer's units; training runs one."""
     cdef const floating* inp = x
     cdef floating* a
     cdef Py_ssize_t n_out
+    cdef Part units
     cdef int l
     for l in range(L.n_layers):
         n_out = L.sizes[l + 1]
         a = ws + cap * L.a_col[l] + row0 * n_out
+        units = share(n_out, tid, n_threads)
         dense_forward(ws + cap * L.z_col[l] + row0 * n_out, a, inp, params + L.w_off[l],
-                      params + L.b_off[l], <int>rows, L.sizes[l], <int>n_out, L.kinds[l],
-                      <floating>L.slope)
+                      params + L.b_off[l], <int>rows, L.sizes[l], <int>n_out, <int>units.first,
+                      <int>(units.first + units.count), L.kinds[l], <floating>L.slope)
+        if n_threads > 1:
+            thread_barrier()    # the layer's every unit is in a
         inp = a
         if training and L.dropout[l] > 0:
             dropout_forward(ws + cap * L.o_col[l] + row0 * n_out, a, rows, n_out, row0,
@@ -540,8 +569,8 @@ cdef void backward(const Layout* L, const floating* params, floating* grad, cons
     cdef floating* d_below = ws + cap * L.d1_col
     cdef floating* swap
     cdef const floating* inp
-    cdef Py_ssize_t first, own = share(rows, tid, n_threads, &first), w_first, w_own, b_first
-    cdef Py_ssize_t b_own, n_in, n_out
+    cdef Part mine = share(rows, tid, n_threads), w, b
+    cdef Py_ssize_t first = mine.first, own = mine.count, n_in, n_out
     cdef int l
     for l in range(L.n_layers - 1, -1, -1):
         n_in = L.sizes[l]
@@ -555,14 +584,14 @@ cdef void backward(const Layout* L, const floating* params, floating* grad, cons
         if n_threads > 1:
             thread_barrier()    # every row's dL/dz is in d
         inp = x if l == 0 else ws + cap * (L.o_col[l - 1] if training else L.a_col[l - 1])
-        w_own = share(n_in, tid, n_threads, &w_first)
-        b_own = share(n_out, tid, n_threads, &b_first)
+        w = share(n_in, tid, n_threads)     # rows of W
+        b = share(n_out, tid, n_threads)
         dense_backward_params(grad + L.w_off[l], grad + L.b_off[l], d, inp, <int>rows,
-                              <int>n_in, <int>n_out, <int>w_first, <int>(w_first + w_own),
-                              <int>b_first, <int>(b_first + b_own), accumulate)
+                              <int>n_in, <int>n_out, <int>w.first, <int>(w.first + w.count),
+                              <int>b.first, <int>(b.first + b.count), accumulate)
         if penalty != NULL and L.l2 > 0:
-            penalty[0] += l2_term(L.l2, params + L.w_off[l] + w_first * n_out,
-                                  grad + L.w_off[l] + w_first * n_out, w_own * n_out)
+            penalty[0] += l2_term(L.l2, params + L.w_off[l] + w.first * n_out,
+                                  grad + L.w_off[l] + w.first * n_out, w.count * n_out)
         if l > 0:
             dense_backward_input(d_below + first * n_in, d + first * n_out, params + L.w_off[l],
                                  <int>own, <int>n_in, <int>n_out)

@@ -51,39 +51,44 @@ cdef inline floating derivative(floating a, floating z, int kind, floating slope
     return 1
 
 
-# z, a are (rows, cols); bias is (cols,). z may equal a (in-place) when the layer keeps no z.
+# z, a are (rows, cols) with rows ld apart; bias is (cols,). z may equal a (in-place) when the
+# layer keeps no z.
 cdef inline void bias_activation_forward(floating* z, floating* a, const floating* bias,
-                                         Py_ssize_t rows, Py_ssize_t cols,
+                                         Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t ld,
                                          int kind, floating slope) noexcept nogil:
     """z := z + bias (kept only for GELU); a := f(z + bias) — one pass after the GEMM"""
     # kind is passed on as a constant, so the compiler specialises the loop for each activation
     # (vectorising the cheap ones) instead of branching on kind for every element
     if kind == RELU:
-        _bias_activation(z, a, bias, rows, cols, RELU, slope)
+        _bias_activation(z, a, bias, rows, cols, ld, RELU, slope)
     elif kind == LEAKY_RELU:
-        _bias_activation(z, a, bias, rows, cols, LEAKY_RELU, slope)
+        _bias_activation(z, a, bias, rows, cols, ld, LEAKY_RELU, slope)
     elif kind == SIGMOID:
-        _bias_activation(z, a, bias, rows, cols, SIGMOID, slope)
+        _bias_activation(z, a, bias, rows, cols, ld, SIGMOID, slope)
     elif kind == TANH:
-        _bias_activation(z, a, bias, rows, cols, TANH, slope)
+        _bias_activation(z, a, bias, rows, cols, ld, TANH, slope)
     elif kind == GELU:
-        _bias_activation(z, a, bias, rows, cols, GELU, slope)
+        _bias_activation(z, a, bias, rows, cols, ld, GELU, slope)
     else:
-        _bias_activation(z, a, bias, rows, cols, IDENTITY, slope)
+        _bias_activation(z, a, bias, rows, cols, ld, IDENTITY, slope)
 
 
 cdef inline void _bias_activation(floating* z, floating* a, const floating* bias,
-                                  Py_ssize_t rows, Py_ssize_t cols,
+                                  Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t ld,
                                   int kind, floating slope) noexcept nogil:
     cdef Py_ssize_t i, j
     cdef floating v
+    cdef floating* zr
+    cdef floating* ar
     cdef bint keep = keeps_preactivation(kind)
     for i in range(rows):
+        zr = z + i * ld
+        ar = a + i * ld
         for j in range(cols):
-            v = z[i * cols + j] + bias[j]
+            v = zr[j] + bias[j]
             if keep:
-                z[i * cols + j] = v
-            a[i * cols + j] = activate(v, kind, slope)
+                zr[j] = v
+            ar[j] = activate(v, kind, slope)
 
 
 # d (upstream gradient dL/da, becomes dL/dz), a, z are (rows, cols).

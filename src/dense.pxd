@@ -12,13 +12,17 @@ from blas cimport gemm
 from activations cimport bias_activation_forward, activation_backward, bias_gradient
 
 
+# Threads that share rows (a single prediction) each take a range of the columns (units).
 cdef inline void dense_forward(floating* z, floating* a, const floating* inp,
                                const floating* W, const floating* b,
-                               int rows, int n_in, int n_out,
+                               int rows, int n_in, int n_out, int first, int last,
                                int kind, floating slope) noexcept nogil:
-    """z := inp @ W + b; a := f(z)"""
-    gemm(False, False, rows, n_out, n_in, 1, inp, n_in, W, n_out, 0, z, n_out)
-    bias_activation_forward(z, a, b, rows, n_out, kind, slope)
+    """z[:, first:last] := inp @ W[:, first:last] + b[first:last]; a[:, first:last] := f(z)"""
+    if last > first:
+        gemm(False, False, rows, last - first, n_in, 1, inp, n_in, W + first, n_out, 0,
+             z + first, n_out)
+        bias_activation_forward(z + first, a + first, b + first, rows, last - first, n_out,
+                                kind, slope)
 
 
 # d is dL/da on entry and dL/dz on exit (rows, n_out)

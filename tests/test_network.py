@@ -112,6 +112,33 @@ def test_predict_shapes_for_each_loss(rng):
         regressor.predict_proba(X)
 
 
+@pytest.mark.parametrize("threads", [2, 3, 5])
+@pytest.mark.parametrize("sizes", [[6, 7, 5, 3], [6, 2], [4, 600, 1]])
+def test_threads_sharing_each_layers_units_compute_every_output(rng, threads, sizes):
+    """With share_units every thread takes every row and a share of each layer's units (some
+    threads none, when a layer has fewer units than threads), in chunks of the workspace."""
+    net = cdnn.MLP(sizes, activation="gelu", dtype="float64", seed=1)
+    X = rng.normal(size=(13, sizes[0]))
+    layers = ref.forward([W.astype(float) for W in net.weights],
+                         [b.astype(float) for b in net.biases], X,
+                         ["gelu"] * (len(sizes) - 2) + ["identity"])
+    for chunk in (13, 4):
+        out = np.full((13, sizes[-1]), np.nan)
+        net._engine.forward(net.params, X, out, np.empty(chunk * net._engine.row_width),
+                            threads, True)
+        np.testing.assert_allclose(out, layers[-1][1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("rows", [1, 20])
+def test_a_few_rows_of_a_large_network_match_numpy(rng, rows):
+    # enough weights × rows that forward shares each layer's units between the threads
+    net = cdnn.MLP([300, 512, 10], dtype="float64", seed=2)
+    X = rng.normal(size=(rows, 300))
+    logits = ref.forward(net.weights, net.biases, X, ["relu", "identity"])[-1][1]
+    with cdnn.limit_threads(2):
+        np.testing.assert_allclose(net.forward(X), logits, rtol=1e-10, atol=1e-12)
+
+
 def test_predict_in_chunks_matches_one_call(rng):
     net = cdnn.MLP([3, 4, 2], dtype="float64", seed=0)
     X = rng.normal(size=(2500, 3))      # more rows than one kernel call takes

@@ -11,7 +11,7 @@ import pytest
 from threadpoolctl import threadpool_info
 
 import cdnn
-from cdnn.threads import get_num_threads, limit_threads, set_num_threads
+from cdnn.threads import get_num_threads, limit_threads, set_num_threads, single_threaded_blas
 
 
 def blas_thread_counts():
@@ -38,6 +38,35 @@ def test_limit_threads_restores_on_exit():
     with limit_threads(1):
         assert get_num_threads() == 1
     assert get_num_threads() == 2
+
+
+def scipy_blas_threads():
+    import scipy.linalg.cython_blas  # noqa: F401  (loaded, so that threadpoolctl sees it)
+    return [i["num_threads"] for i in threadpool_info()
+            if i["user_api"] == "blas" and "scipy" in os.path.basename(os.path.dirname(i["filepath"]))]
+
+
+@pytest.mark.parametrize("in_thread", [False, True], ids=["main thread", "other thread"])
+def test_single_threaded_blas_holds_the_kernels_blas_at_one_and_restores_it(in_thread):
+    set_num_threads(2)
+    before = scipy_blas_threads()
+    inside = []
+
+    def hold():
+        with single_threaded_blas():
+            with single_threaded_blas():    # nested: the outer one restores
+                inside.append(scipy_blas_threads())
+            inside.append(scipy_blas_threads())
+
+    if in_thread:
+        worker = threading.Thread(target=hold)
+        worker.start()
+        worker.join()
+    else:
+        hold()
+    assert before == [2]
+    assert inside == [[1], [1]]
+    assert scipy_blas_threads() == before
 
 
 @pytest.mark.parametrize("bad, error", [(0, ValueError), (-2, ValueError), (1.5, TypeError),
