@@ -10,6 +10,8 @@ import numbers
 
 import numpy as np
 
+from cdnn._network import all_finite
+
 # The kernels hold layer widths and batch sizes in C ints.
 MAX_WIDTH = 2**31 - 1
 
@@ -74,9 +76,7 @@ def as_float_array(a, name: str, dtype, ndim: int) -> np.ndarray:
     if a.dtype != dtype or not a.flags.c_contiguous:
         with np.errstate(over="ignore"):   # an overflow is reported below, as an error
             a = np.ascontiguousarray(a, dtype=dtype)
-    # One reduction and no temporary the size of X: the sum is finite unless a value is NaN or
-    # ±inf, or the sum itself overflowed, which the exact check tells apart.
-    if not math.isfinite(a.sum()) and not np.isfinite(a).all():
+    if not all_finite(a.reshape(-1)):     # one native pass, no temporary the size of a
         where = tuple(np.argwhere(~np.isfinite(a))[0])
         if np.isfinite(original[where]):   # finite before the conversion: it overflowed
             raise ValueError(f"{name} holds {original[where]:g} at {_where(where)}, too large "

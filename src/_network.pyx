@@ -166,30 +166,17 @@ cdef class Network:
             raise ValueError(f"n_threads must be in 1..{MAX_THREADS}")
         cdef Py_ssize_t cap = _capacity(L, params.shape[0],
                                         workspace.shape[0] // (1 if share_units else n_threads))
-        cdef Py_ssize_t n = X.shape[0], k = L.sizes[L.n_layers], start, stop, rows, i
-        cdef Part units
-        cdef const floating* result
-        cdef floating* ws
-        cdef int tid, team, part, parts
+        cdef Py_ssize_t n = X.shape[0], k = L.sizes[L.n_layers]
         if X.shape[1] != L.sizes[0] or out.shape[0] != n or out.shape[1] != k:
             raise ValueError("X or out has the wrong shape")
-        with nogil, parallel(num_threads=n_threads):
-            tid = threadid()
-            team = team_size()
-            part = tid if share_units else 0
-            parts = team if share_units else 1
-            start = 0 if share_units else n * tid // team
-            stop = n if share_units else n * (tid + 1) // team
-            ws = &workspace[0] + (0 if share_units else tid * cap * L.row_width)
-            units = share(k, part, parts)
-            while start < stop:
-                rows = min(cap, stop - start)
-                result = forward(L, &params[0], &X[start, 0], ws, cap, rows, False, 0, 0, 0,
-                                 part, parts)
-                for i in range(rows):   # this thread's units of the output
-                    memcpy(&out[start + i, units.first], result + i * k + units.first,
-                           units.count * sizeof(floating))
-                start = start + rows
+        with nogil:
+            if n_threads == 1:      # no parallel region to open (a one-row predict)
+                forward_part(L, &params[0], &X[0, 0], n, &out[0, 0], &workspace[0], cap, 0, 1,
+                             share_units)
+            else:
+                with parallel(num_threads=n_threads):
+                    forward_part(L, &params[0], &X[0, 0], n, &out[0, 0], &workspace[0], cap,
+                                 threadid(), team_size(), share_units)
 
     def loss_and_grad(self, const floating[::1] params, const floating[:, ::1] X,
                       const int[::1] labels, const floating[:, ::1] targets,
@@ -373,6 +360,17 @@ cdef class Network:
         return done, dirty
 
 
+def all_finite(const floating[::1] a):
+    """Whether no element of a is NaN or ±inf (the input validation's check: one vectorised
+    pass, without numpy's per-call overhead, which dominates for a single row)"""
+    cdef Py_ssize_t i
+    cdef int bad = 0
+    with nogil:
+        for i in range(a.shape[0]):
+            bad |= a[i] - a[i] != 0     # NaN for NaN and ±inf alone
+    return not bad
+
+
 def softmax_rows(floating[:, ::1] z):
     """z := softmax(z), row by row, in place"""
     with nogil:
@@ -407,6 +405,27 @@ cdef Rows _rows(const floating[:, ::1] X, const int[::1] labels,
     data.targets = &targets[0, 0] if targets is not None else NULL
     data.weights = &weights[0] if weights is not None else NULL
     return data
+
+
+cdef void forward_part(const Layout* L, const floating* params, const floating* X, Py_ssize_t n,
+                       floating* out, floating* workspace, Py_ssize_t cap, int tid, int n_threads,
+                       bint share_units) noexcept nogil:
+    """Thread tid's part of Network.forward over the n rows of X into out (n × n_L)"""
+    cdef Py_ssize_t k = L.sizes[L.n_layers], n0 = L.sizes[0], start, stop, rows, i
+    cdef int part = tid if share_units else 0, parts = n_threads if share_units else 1
+    cdef Part mine = share(n, tid, n_threads)
+    cdef Part units = share(k, part, parts)
+    cdef floating* ws = workspace + (0 if share_units else tid * cap * L.row_width)
+    cdef const floating* result
+    start = 0 if share_units else mine.first
+    stop = n if share_units else mine.first + mine.count
+    while start < stop:
+        rows = min(cap, stop - start)
+        result = forward(L, params, X + start * n0, ws, cap, rows, False, 0, 0, 0, part, parts)
+        for i in range(rows):   # this thread's units of the output
+            memcpy(out + (start + i) * k + units.first, result + i * k + units.first,
+                   units.count * sizeof(floating))
+        start += rows
 
 
 cdef void batch_rows(const Layout* L, const floating* params, floating* grad, const Rows* data,
