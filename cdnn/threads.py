@@ -1,17 +1,18 @@
 """The threads cdnn's kernels run on.
 
 A training step (and a large predict) splits its rows across cdnn's own OpenMP threads, each
-calling single-threaded GEMMs from the BLAS that scipy ships (`scipy.linalg.cython_blas`). While
-such a kernel runs, the BLAS is held at one thread so the two pools never oversubscribe the
-cores; small calls (a one-row predict) use one cdnn thread and the BLAS as it is.
+calling single-threaded GEMMs from the BLAS that scipy ships (`scipy.linalg.cython_blas`); a
+predict of a few rows of a large network splits each layer's units instead. While such a kernel
+runs, the BLAS is held at one thread so the two pools never oversubscribe the cores; small calls
+(one row of a small network) use one cdnn thread and the BLAS as it is.
 
 `set_num_threads(n)` sets cdnn's thread count and every BLAS and OpenMP pool of the process
 (through threadpoolctl), so numpy's products follow the same limit. The default is the number of
 cores this process may use.
 
 Results are bit-identical for a given seed and thread count; with another thread count the
-batch is split differently and gradients are summed in another grouping, so results agree to
-rounding only (see the README's Reliability section).
+GEMMs take other shares of the rows or units, so results agree to rounding only (see the
+README's Reliability section).
 """
 from __future__ import annotations
 

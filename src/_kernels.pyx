@@ -142,11 +142,15 @@ def optimizer_step(dict config, double lr, long step, floating[::1] params,
 
 
 def dropout(floating[:, ::1] out, const floating[:, ::1] a, double rate, uint64_t seed,
-            uint64_t step):
-    """out := a · keep / (1 − rate)"""
-    _require(out.shape[0] == a.shape[0] and out.shape[1] == a.shape[1], "shapes")
+            uint64_t step, tuple columns=None):
+    """out := a · keep / (1 − rate); only the columns (first, last) of out, when given"""
+    cdef Py_ssize_t first, last
+    first, last = columns if columns is not None else (0, a.shape[1])
+    _require(out.shape[0] == a.shape[0] and out.shape[1] == a.shape[1]
+             and 0 <= first <= last <= a.shape[1], "shapes")
     with nogil:
-        dropout_forward(&out[0, 0], &a[0, 0], a.shape[0], a.shape[1], 0, rate, seed, step)
+        dropout_forward(&out[0, 0], &a[0, 0], a.shape[0], a.shape[1], first, last, 0, rate,
+                        seed, step)
 
 
 def dropout_grad(floating[:, ::1] d, double rate, uint64_t seed, uint64_t step):

@@ -16,14 +16,19 @@ cdef inline double uniform(uint64_t seed, uint64_t step, uint64_t index) noexcep
     return (x >> 11) * (1.0 / 9007199254740992.0)      # 53 random bits / 2⁵³
 
 
+# Threads that share rows each take a range of the columns (units), first:last.
 cdef inline void dropout_forward(floating* out, const floating* a, Py_ssize_t rows,
-                                 Py_ssize_t cols, Py_ssize_t row0, double rate, uint64_t seed,
+                                 Py_ssize_t cols, Py_ssize_t first, Py_ssize_t last,
+                                 Py_ssize_t row0, double rate, uint64_t seed,
                                  uint64_t step) noexcept nogil:
-    """out := a · keep / (1 − rate), keep ~ Bernoulli(1 − rate)"""
-    cdef Py_ssize_t i, first = row0 * cols
+    """out[:, first:last] := a · keep / (1 − rate), keep ~ Bernoulli(1 − rate)"""
+    cdef Py_ssize_t i, j, row
     cdef floating scale = 1 / (1 - rate)
-    for i in range(rows * cols):
-        out[i] = a[i] * scale if uniform(seed, step, first + i) >= rate else 0
+    for i in range(rows):
+        row = i * cols
+        for j in range(first, last):
+            out[row + j] = (a[row + j] * scale
+                            if uniform(seed, step, (row0 + i) * cols + j) >= rate else 0)
 
 
 cdef inline void dropout_backward(floating* d, Py_ssize_t rows, Py_ssize_t cols,

@@ -237,3 +237,8 @@ def test_dropout_masks_scales_and_repeats(rng, dtype):
     _kernels.dropout(again, a, 0.3, 7, 12)      # another step draws another mask
     assert (again != 0).mean() == pytest.approx(0.7, abs=0.03)
     assert not np.array_equal(again != 0, kept)
+    # threads that share the rows each draw their columns' part of the same mask
+    parts = np.full_like(a, np.nan)
+    for columns in [(0, 17), (17, 17), (17, 50)]:
+        _kernels.dropout(parts, a, 0.3, 7, 11, columns=columns)
+    np.testing.assert_array_equal(parts, out)
