@@ -50,7 +50,8 @@ def activation_grad(floating[:, ::1] d, const floating[:, ::1] a, const floating
              "shapes")
     cdef int kind = ACTIVATIONS[activation]
     with nogil:
-        activation_backward(&d[0, 0], &a[0, 0], &z[0, 0], d.shape[0], d.shape[1], kind, slope)
+        activation_backward(&d[0, 0], &a[0, 0], &z[0, 0], d.shape[0], d.shape[1], d.shape[1],
+                            kind, slope)
 
 
 def bias_grad(floating[::1] dbias, const floating[:, ::1] d, Py_ssize_t first=0,
@@ -84,7 +85,8 @@ def dense_grad(floating[:, ::1] dW, floating[::1] db, floating[:, ::1] d,
                floating slope=0.01, bint accumulate=False, tuple w_range=None,
                tuple b_range=None):
     """dz := d·f'(z) (into d); db (+)= Σ dz; dW (+)= inpᵀ @ dz; dinp := dz @ Wᵀ (if given);
-    only the rows w_range = (first, last) of dW and the entries b_range of db, when given.
+    only the rows w_range = (first, last) of dW and the same columns of dinp, and the entries
+    b_range of db, when given.
     (dinp comes last, unlike in the kernel, so that the dtype is read from an array, not None.)"""
     cdef int rows = inp.shape[0], n_in = W.shape[0], n_out = W.shape[1]
     cdef int w_first, w_last, b_first, b_last
@@ -98,11 +100,12 @@ def dense_grad(floating[:, ::1] dW, floating[::1] db, floating[:, ::1] d,
     cdef int kind = ACTIVATIONS[activation]
     cdef floating* dinp_ptr = &dinp[0, 0] if dinp is not None else NULL
     with nogil:
-        dense_backward_delta(&d[0, 0], &a[0, 0], &z[0, 0], rows, n_out, kind, slope)
+        dense_backward_delta(&d[0, 0], &a[0, 0], &z[0, 0], rows, n_out, 0, n_out, kind, slope)
         dense_backward_params(&dW[0, 0], &db[0], &d[0, 0], &inp[0, 0], rows, n_in, n_out,
                               w_first, w_last, b_first, b_last, accumulate)
         if dinp_ptr != NULL:
-            dense_backward_input(dinp_ptr, &d[0, 0], &W[0, 0], rows, n_in, n_out)
+            dense_backward_input(dinp_ptr, &d[0, 0], &W[0, 0], rows, n_in, n_out, w_first,
+                                 w_last)
 
 
 def loss(str name, const floating[:, ::1] outputs, const int[::1] labels,
@@ -156,4 +159,4 @@ def dropout(floating[:, ::1] out, const floating[:, ::1] a, double rate, uint64_
 def dropout_grad(floating[:, ::1] d, double rate, uint64_t seed, uint64_t step):
     """d := d · keep / (1 − rate), the forward pass's mask"""
     with nogil:
-        dropout_backward(&d[0, 0], d.shape[0], d.shape[1], 0, rate, seed, step)
+        dropout_backward(&d[0, 0], d.shape[0], d.shape[1], 0, d.shape[1], 0, rate, seed, step)

@@ -586,30 +586,37 @@ cdef void backward(const Layout* L, const floating* params, floating* grad, cons
                    floating* ws, Py_ssize_t cap, Py_ssize_t rows, int tid, int n_threads,
                    bint accumulate, bint training, uint64_t seed, uint64_t step,
                    double* penalty) noexcept nogil:
-    """With dL/d(output) of the rows of x (rows × n_0) in the d0 buffer, write (or add, when
+    """With dL/d(output) in the d0 buffer for the rows of x (rows × n_0), write (or add, when
     accumulate) dL/dparams to grad. n_threads threads run this together (every one of them
-    calls it), each on its own rows of the deltas (share) and its own parameters (own_params).
+    calls it), each with its own rows of the output's delta, and for every layer its own units
+    of the delta and its own parameters (own_params); a barrier per layer.
     With penalty, also add the L2 term to those parameters' gradient and its loss to penalty."""
     cdef floating* d = ws + cap * L.d0_col
     cdef floating* d_below = ws + cap * L.d1_col
     cdef floating* swap
     cdef const floating* inp
-    cdef Part mine = share(rows, tid, n_threads), w, b
-    cdef Py_ssize_t first = mine.first, own = mine.count, n_in, n_out
+    cdef Part r = share(rows, tid, n_threads), c, w, b   # this thread's rows and units of d
+    cdef Py_ssize_t n_in, n_out
     cdef int l
     for l in range(L.n_layers - 1, -1, -1):
         n_in = L.sizes[l]
         n_out = L.sizes[l + 1]
+        if l < L.n_layers - 1:      # below the output: every row, this thread's units
+            r = share(rows, 0, 1)
+            c = share(n_out, tid, n_threads)
+        else:                       # the output's delta, from the loss: its rows
+            c = share(n_out, 0, 1)
         if training and L.dropout[l] > 0:   # d is dL/do; make it dL/da
-            dropout_backward(d + first * n_out, own, n_out, first, L.dropout[l],
-                             seed + <uint64_t>l, step)
-        dense_backward_delta(d + first * n_out, ws + cap * L.a_col[l] + first * n_out,
-                             ws + cap * L.z_col[l] + first * n_out, <int>own, <int>n_out,
-                             L.kinds[l], <floating>L.slope)
+            dropout_backward(d + r.first * n_out, r.count, n_out, c.first, c.first + c.count,
+                             r.first, L.dropout[l], seed + <uint64_t>l, step)
+        dense_backward_delta(d + r.first * n_out, ws + cap * L.a_col[l] + r.first * n_out,
+                             ws + cap * L.z_col[l] + r.first * n_out, <int>r.count, <int>n_out,
+                             <int>c.first, <int>(c.first + c.count), L.kinds[l],
+                             <floating>L.slope)
         if n_threads > 1:
-            thread_barrier()    # every row's dL/dz is in d
+            thread_barrier()    # every row's and unit's dL/dz is in d
         inp = x if l == 0 else ws + cap * (L.o_col[l - 1] if training else L.a_col[l - 1])
-        w = share(n_in, tid, n_threads)     # rows of W
+        w = share(n_in, tid, n_threads)     # rows of W, and units of the layer below
         b = share(n_out, tid, n_threads)
         dense_backward_params(grad + L.w_off[l], grad + L.b_off[l], d, inp, <int>rows,
                               <int>n_in, <int>n_out, <int>w.first, <int>(w.first + w.count),
@@ -618,8 +625,8 @@ cdef void backward(const Layout* L, const floating* params, floating* grad, cons
             penalty[0] += l2_term(L.l2, params + L.w_off[l] + w.first * n_out,
                                   grad + L.w_off[l] + w.first * n_out, w.count * n_out)
         if l > 0:
-            dense_backward_input(d_below + first * n_in, d + first * n_out, params + L.w_off[l],
-                                 <int>own, <int>n_in, <int>n_out)
+            dense_backward_input(d_below, d, params + L.w_off[l], <int>rows, <int>n_in,
+                                 <int>n_out, <int>w.first, <int>(w.first + w.count))
         swap = d
         d = d_below
         d_below = swap

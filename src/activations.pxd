@@ -91,30 +91,38 @@ cdef inline void _bias_activation(floating* z, floating* a, const floating* bias
             ar[j] = activate(v, kind, slope)
 
 
-# d (upstream gradient dL/da, becomes dL/dz), a, z are (rows, cols).
+# d (upstream gradient dL/da, becomes dL/dz), a, z are (rows, cols) with rows ld apart.
 cdef inline void activation_backward(floating* d, const floating* a, const floating* z,
-                                     Py_ssize_t rows, Py_ssize_t cols,
+                                     Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t ld,
                                      int kind, floating slope) noexcept nogil:
     """d := d · f'(z)"""
     if kind == RELU:    # kind as a constant, as in bias_activation_forward
-        _activation_backward(d, a, z, rows * cols, RELU, slope)
+        _activation_backward(d, a, z, rows, cols, ld, RELU, slope)
     elif kind == LEAKY_RELU:
-        _activation_backward(d, a, z, rows * cols, LEAKY_RELU, slope)
+        _activation_backward(d, a, z, rows, cols, ld, LEAKY_RELU, slope)
     elif kind == SIGMOID:
-        _activation_backward(d, a, z, rows * cols, SIGMOID, slope)
+        _activation_backward(d, a, z, rows, cols, ld, SIGMOID, slope)
     elif kind == TANH:
-        _activation_backward(d, a, z, rows * cols, TANH, slope)
+        _activation_backward(d, a, z, rows, cols, ld, TANH, slope)
     elif kind == GELU:
-        _activation_backward(d, a, z, rows * cols, GELU, slope)
+        _activation_backward(d, a, z, rows, cols, ld, GELU, slope)
     else:
-        _activation_backward(d, a, z, rows * cols, IDENTITY, slope)
+        _activation_backward(d, a, z, rows, cols, ld, IDENTITY, slope)
 
 
 cdef inline void _activation_backward(floating* d, const floating* a, const floating* z,
-                                      Py_ssize_t n, int kind, floating slope) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
-        d[i] = d[i] * derivative(a[i], z[i], kind, slope)
+                                      Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t ld,
+                                      int kind, floating slope) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef floating* dr
+    cdef const floating* ar
+    cdef const floating* zr
+    for i in range(rows):
+        dr = d + i * ld
+        ar = a + i * ld
+        zr = z + i * ld
+        for j in range(cols):
+            dr[j] = dr[j] * derivative(ar[j], zr[j], kind, slope)
 
 
 # d is dL/dz (rows, cols); dbias is (cols,). Threads that share a batch each take a range of

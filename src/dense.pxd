@@ -2,10 +2,11 @@
 # inp is (rows, n_in), W is (n_in, n_out), b is (n_out,), z and a are (rows, n_out).
 #
 # The backward pass has three parts, so that threads sharing a batch can split it: each thread
-# turns its own rows of d into dL/dz (dense_backward_delta) and propagates them to the layer
-# below (dense_backward_input); the parameter gradient needs every row's dL/dz, so each thread
-# computes its own rows of dW and columns of db from all of them (dense_backward_params).
-# One thread alone takes every row and the whole ranges.
+# turns its part of d into dL/dz (dense_backward_delta: its rows, or its columns of every row);
+# the rest needs every row's and unit's dL/dz, so each thread then computes its own rows of dW
+# and entries of db (dense_backward_params), and the matching columns of the input's gradient
+# (dense_backward_input), which are the part of d the layer below starts from. One thread
+# alone takes every row and the whole ranges.
 
 from cython cimport floating
 from blas cimport gemm
@@ -25,12 +26,13 @@ cdef inline void dense_forward(floating* z, floating* a, const floating* inp,
                                 kind, slope)
 
 
-# d is dL/da on entry and dL/dz on exit (rows, n_out)
+# d is dL/da on entry and dL/dz on exit (rows, n_out), in the columns first:last
 cdef inline void dense_backward_delta(floating* d, const floating* a, const floating* z,
-                                      int rows, int n_out, int kind,
+                                      int rows, int n_out, int first, int last, int kind,
                                       floating slope) noexcept nogil:
-    """d := d·f'(z)"""
-    activation_backward(d, a, z, rows, n_out, kind, slope)
+    """d[:, first:last] := d·f'(z)"""
+    activation_backward(d + first, a + first, z + first, rows, last - first, n_out, kind,
+                        slope)
 
 
 # d is dL/dz (rows, n_out); dW (n_in, n_out) and db (n_out,) are written in the rows
@@ -47,9 +49,11 @@ cdef inline void dense_backward_params(floating* dW, floating* db, const floatin
     bias_gradient(db, d, rows, n_out, b_first, b_last, accumulate)
 
 
-# d is dL/dz (rows, n_out); dinp is (rows, n_in)
+# d is dL/dz (rows, n_out); dinp is (rows, n_in), written in the columns first:last
 cdef inline void dense_backward_input(floating* dinp, const floating* d, const floating* W,
-                                      int rows, int n_in, int n_out) noexcept nogil:
-    """dinp := d @ Wᵀ"""
-    if rows > 0:
-        gemm(False, True, rows, n_in, n_out, 1, d, n_out, W, n_out, 0, dinp, n_in)
+                                      int rows, int n_in, int n_out, int first,
+                                      int last) noexcept nogil:
+    """dinp[:, first:last] := d @ W[first:last]ᵀ"""
+    if rows > 0 and last > first:
+        gemm(False, True, rows, last - first, n_out, 1, d, n_out, W + <Py_ssize_t>first * n_out,
+             n_out, 0, dinp + first, n_in)

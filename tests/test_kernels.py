@@ -101,18 +101,20 @@ def test_dense_forward_and_backward(rng, dtype, rows, n_in, n_out, activation):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n_threads", [2, 3, 8])
 def test_dense_backward_shares_make_up_the_whole_gradient(rng, dtype, n_threads):
-    """Threads that share a batch each write their own rows of dW and entries of db (as the
-    engine splits them); together they write every entry once, equal to the whole product."""
+    """Threads that share a batch each write their own rows of dW, entries of db and columns
+    of dinp (as the engine splits them); together they write every entry once, equal to the
+    whole product."""
     rows, n_in, n_out = 7, 5, 6
     X, W = rng.normal(size=(rows, n_in)).astype(dtype), rng.normal(size=(n_in, n_out)).astype(dtype)
     a = z = rng.normal(size=(rows, n_out)).astype(dtype)
     upstream = rng.normal(size=(rows, n_out)).astype(dtype)
     dW, db = np.full((n_in, n_out), np.nan, dtype), np.full(n_out, np.nan, dtype)
+    dinp = np.full((rows, n_in), np.nan, dtype)
     for t in range(n_threads):
         w = (n_in * t // n_threads, n_in * (t + 1) // n_threads)
         b = (n_out * t // n_threads, n_out * (t + 1) // n_threads)
         before_W, before_b = dW.copy(), db.copy()
-        _kernels.dense_grad(dW, db, upstream.copy(), X, W, a, z, "identity", w_range=w,
+        _kernels.dense_grad(dW, db, upstream.copy(), X, W, a, z, "identity", dinp, w_range=w,
                             b_range=b)
         np.testing.assert_array_equal(np.delete(dW, np.s_[w[0]:w[1]], axis=0),
                                       np.delete(before_W, np.s_[w[0]:w[1]], axis=0))
@@ -120,6 +122,7 @@ def test_dense_backward_shares_make_up_the_whole_gradient(rng, dtype, n_threads)
                                       np.delete(before_b, np.s_[b[0]:b[1]]))
     close(dW, X.T.astype(float) @ upstream, dtype, scale=rows)
     close(db, upstream.sum(axis=0), dtype, scale=rows)
+    close(dinp, upstream.astype(float) @ W.T, dtype, scale=n_out)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
