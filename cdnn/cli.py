@@ -197,7 +197,7 @@ def train(args) -> int:
     trainer.fit(X, y, epochs=epochs, validation_data=(X_test, y_test), verbose=args.verbose)
     seconds = time.perf_counter() - start
     accuracy = net.evaluate(X_test, y_test)["accuracy"]
-    print(f"test accuracy {accuracy:.4f} after {epochs} epochs in {seconds:.1f} s")
+    print(f"test accuracy {accuracy:.4f} after {epochs} epochs in {seconds:.2f} s")
     if args.save:
         net.save(args.save)
         print(f"saved the model to {args.save}")
