@@ -35,10 +35,4 @@ cdef inline void dropout_backward(floating* d, Py_ssize_t rows, Py_ssize_t cols,
                                   Py_ssize_t first, Py_ssize_t last, Py_ssize_t row0,
                                   double rate, uint64_t seed, uint64_t step) noexcept nogil:
     """d[:, first:last] := d · keep / (1 − rate), the same mask as the forward pass"""
-    cdef Py_ssize_t i, j, row
-    cdef floating scale = 1 / (1 - rate)
-    for i in range(rows):
-        row = i * cols
-        for j in range(first, last):
-            d[row + j] = (d[row + j] * scale
-                          if uniform(seed, step, (row0 + i) * cols + j) >= rate else 0)
+    dropout_forward(d, d, rows, cols, first, last, row0, rate, seed, step)
