@@ -226,9 +226,7 @@ cdef class Network:
         with nogil:
             with parallel(num_threads=n_threads):
                 tid = threadid()
-                team = team_size()
-                if tid == 0:
-                    ran[0] = team
+                team = team_of(tid, ran)
                 rows_pass(L, &params[0], &data, n * tid // team, n * (tid + 1) // team,
                           &workspace[0] + tid * cap * L.row_width, cap, scale,
                           grads + tid * L.n_params if grads != NULL else NULL,
@@ -299,9 +297,7 @@ cdef class Network:
                 scale = _loss_scale(L, w, &order[start], rows)
                 with parallel(num_threads=n_threads):
                     tid = threadid()
-                    team = team_size()
-                    if tid == 0:
-                        ran[0] = team
+                    team = team_of(tid, ran)
                     batch_rows(L, &params[0], &grad[0], &data, &order[start], rows, tid, team,
                                &workspace[0], cap, &label_buffer[0], scale, seed, step0 + s,
                                &part_loss[tid], &part_correct[tid])
@@ -322,9 +318,7 @@ cdef class Network:
                 if clip_norm > 0:
                     with parallel(num_threads=n_threads):
                         tid = threadid()
-                        team = team_size()
-                        if tid == 0:
-                            ran[0] = team
+                        team = team_of(tid, ran)
                         part_norm[tid] = 0
                         for part in range(2 * L.n_layers):
                             mine = own_params(L, part, tid, team)
@@ -341,9 +335,7 @@ cdef class Network:
                         gscale = <floating>(clip_norm / (norm + 1e-6))
                 with parallel(num_threads=n_threads):
                     tid = threadid()
-                    team = team_size()
-                    if tid == 0:
-                        ran[0] = team
+                    team = team_of(tid, ran)
                     part_bad[tid] = 0
                     for part in range(2 * L.n_layers):
                         mine = own_params(L, part, tid, team)
@@ -523,6 +515,15 @@ cdef void sum_gradients(floating* grads, int n_threads, Py_ssize_t n) noexcept n
 
 cdef struct Part:
     Py_ssize_t first, count
+
+
+cdef inline int team_of(int tid, int* ran) noexcept nogil:
+    """The size of the current parallel region's team, which thread 0 also records in ran (the
+    partial results to combine after the region are those of ran[0] threads)"""
+    cdef int team = team_size()
+    if tid == 0:
+        ran[0] = team
+    return team
 
 
 cdef inline Part share(Py_ssize_t n, int tid, int n_threads) noexcept nogil:
