@@ -79,7 +79,11 @@ def _read_header(f, path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
     if len(raw) < 4 * ndim:
         raise ValueError(f"{path}: header truncated ({ndim} dimension sizes declared)")
     shape = struct.unpack(f">{ndim}I", raw)
-    return _IDX_DTYPES[code], shape, 4 + 4 * ndim
+    dtype = _IDX_DTYPES[code]
+    if 0 in shape and math.prod(d for d in shape if d) * dtype.itemsize >= 2**62:
+        # empty, yet too large for numpy to shape (it multiplies the non-zero sizes)
+        raise ValueError(f"{path}: header declares shape {shape}, too large for an array")
+    return dtype, shape, 4 + 4 * ndim
 
 
 def _read_raw(f, size: int, path: Path) -> np.ndarray:

@@ -107,3 +107,13 @@ def test_valid_round_trip(workdir, data, gz):
     assert isinstance(out, np.ndarray)
     assert out.tobytes() == np.frombuffer(data, dtype=out.dtype.newbyteorder(">"),
                                           offset=len(data) - out.nbytes).astype(out.dtype).tobytes()
+
+
+@pytest.mark.parametrize("shape", [(2902458371, 3774873606, 6, 0), (4211081217, 12347398, 6422529, 0)])
+def test_empty_shape_too_large_for_numpy(workdir, shape):
+    # found by test_mutated: no data is needed for an empty array, but numpy multiplies the
+    # non-zero sizes to shape it and refuses
+    header = struct.pack(">BBBB", 0, 0, CODES[">f8"], len(shape)) + struct.pack(
+        f">{len(shape)}I", *shape)
+    for blob in (header, gzip.compress(header)):
+        assert isinstance(outcome(workdir, blob), ValueError)
