@@ -312,18 +312,14 @@ cdef class Network:
                     done = s
                     break
                 # A non-finite gradient needs no pass of its own: the update it makes is caught.
-                # Clipping needs the whole gradient's norm first. Each thread reads and updates
-                # the parameters whose gradient it computed.
+                # Clipping needs the whole gradient's norm first (any fixed split of the sum);
+                # the update has each thread update the parameters whose gradient it computed.
                 gscale = 1
                 if clip_norm > 0:
                     with parallel(num_threads=n_threads):
                         tid = threadid()
-                        team = team_of(tid, ran)
-                        part_norm[tid] = 0
-                        for part in range(2 * L.n_layers):
-                            mine = own_params(L, part, tid, team)
-                            part_norm[tid] = part_norm[tid] + sum_of_squares(&grad[mine.first],
-                                                                             mine.count)
+                        mine = share(n_params, tid, team_of(tid, ran))
+                        part_norm[tid] = sum_of_squares(&grad[mine.first], mine.count)
                     norm = 0
                     for i in range(ran[0]):
                         norm += part_norm[i]
