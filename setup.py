@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -33,7 +34,8 @@ if sys.platform.startswith("linux"):
 
 extensions = [
     Extension(f"cdnn.{pyx.stem}", [str(pyx)], extra_compile_args=compile_args,
-              extra_link_args=link_args)
+              extra_link_args=link_args, include_dirs=[np.get_include()],
+              define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
     for pyx in sorted(Path("src").glob("*.pyx"))
 ]
 

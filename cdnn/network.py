@@ -186,6 +186,10 @@ class MLP:
 
     def forward(self, X) -> np.ndarray:
         """The output layer's values (logits for the cross-entropy losses), shape (n, n_outputs)."""
+        if self.params.size < MIN_WORK_TO_SHARE_UNITS or get_num_threads() == 1:
+            out = self._engine.forward_row(self.params, X)  # one ready row: no copy, no plan
+            if out is not None:
+                return out
         X = self._check_X(X)
         out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
         threads, workspace = self._plan(len(X))

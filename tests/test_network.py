@@ -139,6 +139,73 @@ def test_a_few_rows_of_a_large_network_match_numpy(rng, rows):
         np.testing.assert_allclose(net.forward(X), logits, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("sizes, activation", [([6, 2], "relu"), ([6, 7, 5, 3], "gelu"),
+                                               ([9, 600, 4], "tanh")])
+def test_a_ready_row_takes_the_short_path_to_the_same_outputs(rng, dtype, sizes, activation):
+    net = cdnn.MLP(sizes, activation=activation, dtype=dtype, seed=3, dropout=0.5)
+    net.params += rng.normal(scale=0.1, size=net.params.size).astype(dtype)
+    x = rng.normal(size=(1, sizes[0])).astype(dtype)
+    out = net._engine.forward_row(net.params, x)
+    assert out.shape == (1, sizes[-1]) and out.dtype == np.dtype(dtype)
+    general = np.full_like(out, np.nan)
+    net._engine.forward(net.params, x, general, np.empty(net._engine.row_width, dtype))
+    np.testing.assert_array_equal(out, general)      # the same kernels, dropout off
+    logits = ref.forward(net.weights, net.biases, x.astype(float),
+                         [activation] * (len(sizes) - 2) + ["identity"])[-1][1]
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(out, logits, rtol=tol, atol=tol)
+
+
+def _unaligned_row(n, dtype):
+    buf = np.zeros(n * np.dtype(dtype).itemsize + 1, np.uint8)
+    row = buf[1:].view(dtype).reshape(1, n)
+    assert not row.flags.aligned
+    return row
+
+
+ROWS_THE_SHORT_PATH_DECLINES = {
+    "float64 row, float32 net": lambda x: x.astype(np.float64),
+    "two rows": lambda x: np.vstack([x, x]),
+    "strided": lambda x: np.repeat(x, 2, axis=1)[:, ::2],
+    "big-endian": lambda x: x.astype(">f4"),
+    "unaligned": lambda x: _unaligned_row(x.shape[1], np.float32),
+    "subclass": lambda x: x.view(type("Subclass", (np.ndarray,), {})),
+    "list": lambda x: x.tolist(),
+}
+
+
+@pytest.mark.parametrize("case", ROWS_THE_SHORT_PATH_DECLINES)
+def test_rows_that_are_not_ready_take_the_general_path(rng, case):
+    net = cdnn.MLP([5, 4, 3], seed=0)
+    x = rng.normal(size=(1, 5)).astype(np.float32)
+    X = ROWS_THE_SHORT_PATH_DECLINES[case](x)
+    if case == "unaligned":
+        X[...] = x
+    assert net._engine.forward_row(net.params, X) is None
+    expected = net.forward(np.asarray(X, dtype=np.float32))
+    np.testing.assert_allclose(net.forward(X), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad, match", [(np.nan, r"\(nan\) at row 0, column 2"),
+                                        (-np.inf, r"\(-inf\) at row 0, column 2")])
+def test_a_non_finite_row_is_named_not_predicted(bad, match):
+    net = cdnn.MLP([5, 4, 3], seed=0)
+    x = np.ones((1, 5), np.float32)
+    x[0, 2] = bad
+    assert net._engine.forward_row(net.params, x) is None
+    with pytest.raises(ValueError, match=match):
+        net.predict(x)
+
+
+def test_the_short_path_checks_its_parameters():
+    net = cdnn.MLP([5, 4, 3], seed=0)
+    x = np.ones((1, 5), np.float32)
+    for params in (net.params[:-1], net.params[::2], np.vstack([net.params, net.params])):
+        with pytest.raises(ValueError, match="params"):
+            net._engine.forward_row(params, x)
+
+
 def test_predict_in_chunks_matches_one_call(rng):
     net = cdnn.MLP([3, 4, 2], dtype="float64", seed=0)
     X = rng.normal(size=(2500, 3))      # more rows than one kernel call takes

@@ -192,6 +192,7 @@ def test_one_model_predicts_from_many_threads():
     net = cdnn.MLP([30, 64, 64, 5], seed=0)
     # batches of different sizes, so that each thread's workspace is grown while others run
     batches = [rng.normal(size=(int(n), 30)) for n in rng.integers(1, 3000, 24)]
+    batches += [rng.normal(size=(1, 30)).astype(np.float32) for _ in range(16)]  # short path
     with limit_threads(1):
         expected = [(net.predict_proba(X), net.predict(X)) for X in batches]
         results = [None] * len(batches)
