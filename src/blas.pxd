@@ -24,6 +24,14 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
         dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
 
 
+# One row's product is bound by reading B. Where at least half of a is zeros (an image's
+# background, a one-hot or bag-of-words input, a ReLU layer's output) reading only the rows of B
+# that face a's nonzero entries is faster, though each row read costs more than in gemv (1.15-1.5×,
+# widths 128 to 512): MNIST rows through 784-128: 3.5 -> 1.5 µs; half zeros: 3.4 -> 3.0 µs.
+cdef enum:
+    ROWS_PER_PASS = 256     # nonzero entries of a listed at a time, in a buffer on the stack
+
+
 cdef inline void row_times_matrix(bint trans_a, bint trans_b, int n, int k, floating alpha,
                                   const floating* a, int lda, const floating* b, int ldb,
                                   floating beta, floating* c) noexcept nogil:
@@ -31,10 +39,56 @@ cdef inline void row_times_matrix(bint trans_a, bint trans_b, int n, int k, floa
     row-major is Bᵀ column-major, so c = Bᵀ·a is gemv 'N' on it (and 'T' for op(B) = Bᵀ)."""
     cdef char t = b'T' if trans_b else b'N'
     cdef int rows = k if trans_b else n, cols = n if trans_b else k
-    cdef int inc_a = lda if trans_a else 1, inc_c = 1
+    cdef int inc_a = lda if trans_a else 1, inc_c = 1, j
     if beta == 0:   # gemv may scale c by 0 rather than overwrite it: NaN garbage would survive
         memset(c, 0, n * sizeof(floating))
-    if floating is float:
+    if not trans_a and not trans_b and 2 * count_zeros(a, k) >= k:
+        if beta != 0 and beta != 1:
+            for j in range(n):
+                c[j] *= beta
+        nonzero_rows_times_matrix(n, k, alpha, a, b, ldb, c)
+    elif floating is float:
         sgemv(&t, &rows, &cols, &alpha, <float*>b, &ldb, <float*>a, &inc_a, &beta, c, &inc_c)
     else:
         dgemv(&t, &rows, &cols, &alpha, <double*>b, &ldb, <double*>a, &inc_a, &beta, c, &inc_c)
+
+
+cdef inline int count_zeros(const floating* a, int k) noexcept nogil:
+    cdef int i, zeros = 0
+    for i in range(k):
+        zeros += a[i] == 0
+    return zeros
+
+
+cdef inline void nonzero_rows_times_matrix(int n, int k, floating alpha, const floating* a,
+                                           const floating* b, int ldb,
+                                           floating* c) noexcept nogil:
+    """c (1×n) += alpha * a @ B (B k×n row-major), reading only the rows i of B where a[i] != 0,
+    four at a time so that each pass over c serves four of them"""
+    cdef int nonzero[ROWS_PER_PASS]
+    cdef int start = 0, i, count, j
+    cdef const floating* r0
+    cdef const floating* r1
+    cdef const floating* r2
+    cdef const floating* r3
+    cdef floating x0, x1, x2, x3
+    while start < k:
+        count = 0
+        for i in range(start, min(start + ROWS_PER_PASS, k)):
+            nonzero[count] = i      # kept only if a[i] != 0: no branch to mispredict
+            count += a[i] != 0
+        i = 0
+        while i + 4 <= count:
+            r0, x0 = b + <Py_ssize_t>nonzero[i] * ldb, alpha * a[nonzero[i]]
+            r1, x1 = b + <Py_ssize_t>nonzero[i + 1] * ldb, alpha * a[nonzero[i + 1]]
+            r2, x2 = b + <Py_ssize_t>nonzero[i + 2] * ldb, alpha * a[nonzero[i + 2]]
+            r3, x3 = b + <Py_ssize_t>nonzero[i + 3] * ldb, alpha * a[nonzero[i + 3]]
+            for j in range(n):
+                c[j] += x0 * r0[j] + x1 * r1[j] + x2 * r2[j] + x3 * r3[j]
+            i += 4
+        while i < count:
+            r0, x0 = b + <Py_ssize_t>nonzero[i] * ldb, alpha * a[nonzero[i]]
+            for j in range(n):
+                c[j] += x0 * r0[j]
+            i += 1
+        start += ROWS_PER_PASS

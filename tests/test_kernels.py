@@ -29,6 +29,22 @@ def test_matmul(rng, dtype, m, k, n, trans_a, trans_b):
     close(c, expected, dtype, scale=k)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [1, 7, 300, 1100])       # 300, 1100: more than one pass of rows
+@pytest.mark.parametrize("zeros", [0.0, 0.49, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("beta", [0.0, 1.0, 0.5])
+def test_one_row_with_zeros_times_a_matrix(rng, dtype, k, zeros, beta):
+    """From half zeros on, one row's product reads only the rows of B facing nonzero entries"""
+    a = rng.normal(size=(1, k))
+    a[0, rng.permutation(k)[:int(zeros * k)]] = 0
+    b = rng.normal(size=(k, 13))
+    c0 = rng.normal(size=(1, 13))
+    c = (np.full_like(c0, np.nan) if beta == 0 else c0).astype(dtype)  # beta 0: c is garbage
+    expected = 2 * (a.astype(dtype).astype(float) @ b.astype(dtype)) + beta * c0.astype(dtype)
+    _kernels.matmul(a.astype(dtype), b.astype(dtype), c, False, False, 2, beta)
+    close(c, expected, dtype, scale=k)
+
+
 def test_matmul_rejects_mismatched_shapes():
     a, b = np.ones((2, 3)), np.ones((4, 2))
     with pytest.raises(ValueError):
