@@ -10,7 +10,7 @@ import numbers
 
 import numpy as np
 
-from cdnn._network import all_finite
+from cdnn._native import _network
 
 # The kernels hold layer widths and batch sizes in C ints.
 MAX_WIDTH = 2**31 - 1
@@ -76,7 +76,7 @@ def as_float_array(a, name: str, dtype, ndim: int) -> np.ndarray:
     if a.dtype != dtype or not a.flags.c_contiguous:
         with np.errstate(over="ignore"):   # an overflow is reported below, as an error
             a = np.ascontiguousarray(a, dtype=dtype)
-    if not all_finite(a.reshape(-1)):     # one native pass, no temporary the size of a
+    if not _network.all_finite(a.reshape(-1)):    # one native pass, no temporary the size of a
         where = tuple(np.argwhere(~np.isfinite(a))[0])
         if np.isfinite(original[where]):   # finite before the conversion: it overflowed
             raise ValueError(f"{name} holds {original[where]:g} at {_where(where)}, too large "

@@ -7,7 +7,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from cdnn import _network
+from cdnn._native import _network
 from cdnn._validation import (MAX_WIDTH, as_float_array, check_choice, check_labels,
                               check_positive_int, check_real, check_same_length,
                               check_sample_weight, check_X)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cdnn import _kernels
+from cdnn._native import _kernels
 from cdnn._validation import check_real
 
 

@@ -66,9 +66,18 @@ cdef extern from *:
         return 1;
     #endif
     }
+    static int cpu_has_avx2(void) {
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2");   /* and the OS saves its registers */
+    #else
+        return 0;
+    #endif
+    }
     """
     void thread_barrier() noexcept nogil
     int team_size() noexcept nogil
+    bint cpu_has_avx2() noexcept nogil
 
 ACTIVATIONS = {"identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU,
                "sigmoid": SIGMOID, "tanh": TANH, "gelu": GELU}
@@ -382,6 +391,11 @@ cdef class Network:
                     dirty = True
                     break
         return done, dirty
+
+
+def cpu_supports_avx2():
+    """Whether this CPU (and OS) can run the AVX2 build of the kernels"""
+    return cpu_has_avx2()
 
 
 def all_finite(const floating[::1] a):
