@@ -2,19 +2,38 @@
 
 setup.py builds src/_network.pyx and src/_kernels.pyx for any x86-64 CPU (cdnn._network,
 cdnn._kernels) and, on x86-64, again with AVX2 (cdnn._network_avx2, cdnn._kernels_avx2). The two
-compute the same bits; the AVX2 build's element-wise loops are twice as wide. CDNN_KERNELS=portable
-forces the portable build (to compare the two, or on a CPU that misreports its features).
+compute the same bits; the AVX2 build's element-wise loops are twice as wide. The environment
+variable CDNN_KERNELS chooses: "auto" (the default: the fastest this CPU runs), "portable" or
+"avx2" (an error where that build cannot run).
 """
 import os
 
 from cdnn import _kernels, _network
 
-VARIANT = "portable"
-if os.environ.get("CDNN_KERNELS", "") != "portable" and _network.cpu_supports_avx2():
+CHOICES = ("auto", "portable", "avx2")
+
+
+def _avx2_build():
+    """The AVX2 modules, or why this machine cannot run them"""
+    if not _network.cpu_supports_avx2():
+        return "this CPU (or its OS) does not support AVX2"
     try:
-        from cdnn import _kernels_avx2 as _kernels, _network_avx2 as _network  # noqa: F811
+        from cdnn import _kernels_avx2, _network_avx2
+    except ImportError:     # another architecture, or a compiler without -mavx2
+        return "this installation of cdnn has no AVX2 build"
+    return _kernels_avx2, _network_avx2
+
+
+_choice = os.environ.get("CDNN_KERNELS", "") or "auto"
+if _choice not in CHOICES:
+    raise ValueError(f"CDNN_KERNELS={_choice!r}: choose one of {', '.join(CHOICES)}")
+VARIANT = "portable"
+if _choice != "portable":
+    _avx2 = _avx2_build()
+    if isinstance(_avx2, tuple):
+        _kernels, _network = _avx2
         VARIANT = "avx2"
-    except ImportError:     # built without the AVX2 variant (another architecture or compiler)
-        pass
+    elif _choice == "avx2":
+        raise RuntimeError(f"CDNN_KERNELS=avx2, but {_avx2}; unset it or choose 'portable'")
 
 __all__ = ["VARIANT", "_kernels", "_network"]

@@ -68,6 +68,34 @@ def test_the_library_runs_the_fastest_build_this_cpu_can():
     assert _native._kernels.__name__.endswith("_avx2") == (expected == "avx2")
 
 
+def variant_under(kernels):
+    """What CDNN_KERNELS=kernels makes a fresh process import: (exit status, last stderr line
+    or the variant)"""
+    result = subprocess.run(
+        [sys.executable, "-c", "import cdnn._native as n; print(n.VARIANT)"], cwd="/",
+        env=dict(os.environ, CDNN_KERNELS=kernels), capture_output=True, text=True)
+    lines = (result.stdout if result.returncode == 0 else result.stderr).strip().splitlines()
+    return result.returncode, lines[-1]
+
+
+def test_cdnn_kernels_chooses_the_build():
+    fastest = _native.VARIANT
+    assert variant_under("") == (0, fastest)
+    assert variant_under("auto") == (0, fastest)
+    assert variant_under("portable") == (0, "portable")
+    if fastest == "avx2":
+        assert variant_under("avx2") == (0, "avx2")
+    else:
+        status, error = variant_under("avx2")
+        assert status != 0 and "RuntimeError: CDNN_KERNELS=avx2, but this" in error
+
+
+def test_an_unknown_cdnn_kernels_is_named():
+    status, error = variant_under("avx512")
+    assert status != 0
+    assert error == ("ValueError: CDNN_KERNELS='avx512': choose one of auto, portable, avx2")
+
+
 @pytest.mark.skipif(not (HAS_AVX2_BUILD and _network.cpu_supports_avx2()),
                     reason="needs the AVX2 build and a CPU with AVX2")
 def test_both_builds_compute_the_same_bits(tmp_path):
