@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 DEBUG = os.environ.get("CDNN_DEBUG", "0") not in ("", "0")
 
@@ -36,7 +37,7 @@ if sys.platform.startswith("linux"):
 
 # A wheel must run on any x86-64 CPU, so the portable build's loops are 4 floats wide (SSE2).
 # The AVX2 build of the same source runs its element-wise passes (activations, optimizer
-# updates, one row's product) 8 wide: S +25 % samples/s, D +6 %. Neither build contracts a·b + c
+# updates) 8 wide: S +20 % samples/s, D +6-15 %. Neither build contracts a·b + c
 # into an FMA, so both compute the same bits.
 compile_args.append("-ffp-contract=off")
 variants = {"": []}
@@ -50,9 +51,19 @@ def extensions(suffix, flags):
                    extra_link_args=link_args, include_dirs=[np.get_include()],
                    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
          for pyx in sorted(Path("src").glob("*.pyx"))],
-        include_path=["src"], compiler_directives=directives,
+        include_path=["src"], compiler_directives=directives, nthreads=os.cpu_count() or 1,
         # one C file per module and variant
         build_dir=f"build/cython{'-debug' if DEBUG else ''}{suffix}")
 
 
-setup(ext_modules=[ext for suffix, flags in variants.items() for ext in extensions(suffix, flags)])
+class parallel_build_ext(build_ext):
+    """Compiles the modules side by side, one per core (pip cannot pass --parallel)."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if self.parallel is None:
+            self.parallel = os.cpu_count() or 1
+
+
+setup(ext_modules=[ext for suffix, flags in variants.items() for ext in extensions(suffix, flags)],
+      cmdclass={"build_ext": parallel_build_ext})
