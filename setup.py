@@ -51,7 +51,7 @@ def extensions(suffix, flags):
                    extra_link_args=link_args, include_dirs=[np.get_include()],
                    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
          for pyx in sorted(Path("src").glob("*.pyx"))],
-        include_path=["src"], compiler_directives=directives, nthreads=os.cpu_count() or 1,
+        include_path=["src"], compiler_directives=directives,
         # one C file per module and variant
         build_dir=f"build/cython{'-debug' if DEBUG else ''}{suffix}")
 
