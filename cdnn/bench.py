@@ -738,6 +738,9 @@ def machine_info():
                         for p in threadpool_info()]
     except ImportError:
         info["blas"] = "threadpoolctl (or scipy) not installed"
+    from cdnn._native import VARIANT    # the workers inherit CDNN_KERNELS, so the same build
+
+    info["cdnn_kernels"] = VARIANT
     mem = _proc_meminfo_gib()
     if mem:
         info["memory_gib"] = mem
@@ -1126,6 +1129,7 @@ def render_markdown(report):
            f"- Python {m['python']} on {m['platform']}",
            "- Versions: " + ", ".join(f"{k} {v[k]}" for k in v if v[k]),
            f"- BLAS (numpy/scipy, threadpoolctl): {blas_text}",
+           f"- cdnn's kernels: the {m.get('cdnn_kernels', '?')} build",
            "", "Samples/s = rows per epoch / epoch seconds; ratios above 1 favour cdnn for "
            "throughput, below 1 for latency and time-to-accuracy. Medians over the repeats; "
            "contenders alternate within each repeat.", ""]
