@@ -1,14 +1,15 @@
 """The compiled kernels: the AVX2 build where the CPU has AVX2, else the portable one.
 
-setup.py builds src/_network.pyx and src/_kernels.pyx for any x86-64 CPU (cdnn._network,
-cdnn._kernels) and, on x86-64, again with AVX2 (cdnn._network_avx2, cdnn._kernels_avx2). The two
+setup.py builds src/_network.pyx (the engine) and src/_testing.pyx (wrappers only the tests
+call) for any x86-64 CPU (cdnn._network, cdnn._testing) and, on x86-64, again with AVX2
+(cdnn._network_avx2, cdnn._testing_avx2). The two
 compute the same bits; the AVX2 build's element-wise loops are twice as wide. The environment
 variable CDNN_KERNELS chooses: "auto" (the default: the fastest this CPU runs), "portable" or
 "avx2" (an error where that build cannot run).
 """
 import os
 
-from cdnn import _kernels, _network
+from cdnn import _network
 
 CHOICES = ("auto", "portable", "avx2")
 
@@ -18,10 +19,10 @@ def _avx2_build():
     if not _network.cpu_supports_avx2():
         return "this CPU (or its OS) does not support AVX2"
     try:
-        from cdnn import _kernels_avx2, _network_avx2
+        from cdnn import _network_avx2
     except ImportError:     # another architecture, or a compiler without -mavx2
         return "this installation of cdnn has no AVX2 build"
-    return _kernels_avx2, _network_avx2
+    return _network_avx2
 
 
 _choice = os.environ.get("CDNN_KERNELS", "") or "auto"
@@ -30,10 +31,19 @@ if _choice not in CHOICES:
 VARIANT = "portable"
 if _choice != "portable":
     _avx2 = _avx2_build()
-    if isinstance(_avx2, tuple):
-        _kernels, _network = _avx2
+    if not isinstance(_avx2, str):
+        _network = _avx2
         VARIANT = "avx2"
     elif _choice == "avx2":
         raise RuntimeError(f"CDNN_KERNELS=avx2, but {_avx2}; unset it or choose 'portable'")
 
-__all__ = ["VARIANT", "_kernels", "_network"]
+
+
+def testing_kernels():
+    """The test-only kernel wrappers of the build the library runs (imported on demand, so
+    that production never loads them)."""
+    import importlib
+    return importlib.import_module("cdnn._testing" + ("_avx2" if VARIANT == "avx2" else ""))
+
+
+__all__ = ["VARIANT", "_network", "testing_kernels"]

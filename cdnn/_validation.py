@@ -99,9 +99,11 @@ def check_same_length(n: int, other: np.ndarray, name: str):
 
 
 def check_labels(y, n_classes: int) -> np.ndarray:
-    """Integer class indices in [0, n_classes) as C ints; floats are accepted when integral."""
+    """Integer class indices in [0, n_classes) as C ints; floats are accepted when integral.
+    Always a copy, checked after it is taken: the kernels read labels without the GIL, so the
+    caller's array may change under them (another thread) without ever reaching them."""
     _reject_unsupported(y, "y")
-    y = np.asarray(y)
+    y = np.array(y)
     if y.dtype.kind not in "biuf":
         raise TypeError(f"y must hold class indices (integers), got dtype {y.dtype}")
     if y.ndim == 2 and y.shape[1] == 1:

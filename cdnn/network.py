@@ -1,40 +1,19 @@
 """The model: a multilayer perceptron whose parameters live in one flat buffer."""
 from __future__ import annotations
 
-import math
-import threading
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from cdnn._engine import Batch, Engine
 from cdnn._native import _network
-from cdnn._validation import (MAX_WIDTH, as_float_array, check_choice, check_labels,
-                              check_positive_int, check_real, check_same_length,
-                              check_sample_weight, check_X)
+from cdnn._validation import MAX_WIDTH, check_choice, check_positive_int, check_real
 from cdnn.initializers import INITIALIZERS, default_for
-from cdnn.threads import get_num_threads, single_threaded_blas
 
 LOSS_ALIASES = {"mse": "mean_squared_error", "binary_cross_entropy": "sigmoid_cross_entropy"}
 LOSSES = tuple(_network.LOSSES) + tuple(LOSS_ALIASES)
 ACTIVATIONS = tuple(_network.ACTIVATIONS)
 DTYPES = {"float32": np.float32, "float64": np.float64}
-
-# Rows per kernel call when predicting or evaluating: large enough for efficient GEMMs, small
-# enough that the workspace stays a few MB.
-CHUNK_ROWS = 1024
-MIN_ROWS_PER_THREAD = 64
-# Fewer rows than that per thread, and at least this many weights times rows: the threads share
-# every row and split each layer's units instead, so that each reads only its part of the
-# weights (784-512-512-10, one row: 35 -> 26 µs on 2 cores; 784-128-10, one row: no gain).
-MIN_WORK_TO_SHARE_UNITS = 250_000
-
-
-class Batch(NamedTuple):
-    """Validated arrays, ready for the kernels: exactly one of labels and targets is set."""
-    X: np.ndarray
-    labels: np.ndarray | None
-    targets: np.ndarray | None
-    weights: np.ndarray | None
 
 
 class MLP:
@@ -85,11 +64,9 @@ class MLP:
         self.initialize(seed)
 
     def _build(self):
-        self._engine = _network.Network(self.layer_sizes, self.activations + ("identity",),
-                                        self.loss, self.leaky_slope, self.dropout + (0.0,),
-                                        self.l2)
-        self._local = threading.local()   # a workspace per thread: predict is thread-safe
-        self.params = np.zeros(self._engine.n_params, dtype=self.dtype)
+        self.engine = Engine(self.layer_sizes, self.activations + ("identity",), self.loss,
+                             self.leaky_slope, self.dropout + (0.0,), self.l2, self.dtype)
+        self.params = np.zeros(self.engine.n_params, dtype=self.dtype)
         self.weights, self.biases = [], []
         start = 0
         for fan_in, fan_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:]):
@@ -128,7 +105,7 @@ class MLP:
     # pickling (scikit-learn's clone and joblib need it): the engine is rebuilt, not pickled
     def __getstate__(self):
         state = {k: v for k, v in self.__dict__.items()
-                 if k not in ("_engine", "_local", "weights", "biases", "params")}
+                 if k not in ("engine", "weights", "biases", "params")}
         return state | {"params": self.params.copy()}
 
     def __setstate__(self, state):
@@ -142,67 +119,11 @@ class MLP:
         from cdnn.io import save
         save(self, path, optimizer)
 
-    # --- inputs ---------------------------------------------------------------------------
-
-    def _plan(self, rows: int, chunk: int = CHUNK_ROWS) -> tuple[int, np.ndarray]:
-        """cdnn threads for a kernel call over `rows` rows (a few rows are not worth waking a
-        thread for), and this thread's workspace for them: a share of chunk rows each."""
-        threads = min(get_num_threads(), max(1, rows // MIN_ROWS_PER_THREAD))
-        return threads, self._workspace(threads * min(math.ceil(rows / threads), chunk))
-
-    def _workspace(self, rows: int) -> np.ndarray:
-        """This thread's workspace, grown to hold `rows` rows."""
-        ws = getattr(self._local, "workspace", None)
-        if ws is None or ws.size < rows * self._engine.row_width:
-            ws = np.empty(rows * self._engine.row_width, dtype=self.dtype)
-            self._local.workspace = ws
-        return ws
-
-    def _check_X(self, X) -> np.ndarray:
-        return check_X(X, self.dtype, self.n_inputs)
-
-    def _prepare(self, X, y, sample_weight=None) -> Batch:
-        """Validate X, y and sample weights against this network."""
-        X = self._check_X(X)
-        n, k = X.shape[0], self.n_outputs
-        y_array = np.asarray(y) if not hasattr(y, "nnz") else y
-        if self.loss == "softmax_cross_entropy" and not (
-                getattr(y_array, "ndim", 1) == 2 and y_array.shape[1] == k and k > 1):
-            labels, targets = check_labels(y, k), None
-            check_same_length(n, labels, "y")
-        else:
-            labels = None
-            targets = as_float_array(y, "y", self.dtype, 2 if getattr(y_array, "ndim", 1) == 2
-                                     and y_array.shape[1] != 1 else 1)
-            targets = targets.reshape(len(targets), -1)
-            check_same_length(n, targets, "y")
-            if targets.shape[1] != k:
-                raise ValueError(f"y has {targets.shape[1]} columns, the network {k} outputs")
-            if self.loss != "mean_squared_error" and ((targets < 0) | (targets > 1)).any():
-                raise ValueError(f"targets for {self.loss} must lie in [0, 1]")
-        return Batch(X, labels, targets, check_sample_weight(sample_weight, n, self.dtype))
-
     # --- inference -------------------------------------------------------------------------
 
     def forward(self, X) -> np.ndarray:
         """The output layer's values (logits for the cross-entropy losses), shape (n, n_outputs)."""
-        if self.params.size < MIN_WORK_TO_SHARE_UNITS or get_num_threads() == 1:
-            out = self._engine.forward_row(self.params, X)  # one ready row: no copy, no plan
-            if out is not None:
-                return out
-        X = self._check_X(X)
-        out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
-        threads, workspace = self._plan(len(X))
-        if (threads == 1 and get_num_threads() > 1
-                and len(X) * self.params.size >= MIN_WORK_TO_SHARE_UNITS):
-            with single_threaded_blas():
-                self._engine.forward(self.params, X, out, workspace, get_num_threads(), True)
-        elif len(X) == 1:     # one small row: gemv, with the BLAS as it is
-            self._engine.forward(self.params, X, out, workspace, 1)
-        else:
-            with single_threaded_blas():
-                self._engine.forward(self.params, X, out, workspace, threads)
-        return out
+        return self.engine.forward(self.params, X)
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities: softmax of the outputs, or per-output sigmoid."""
@@ -229,12 +150,11 @@ class MLP:
     def evaluate(self, X, y, sample_weight=None) -> dict:
         """{"loss": mean loss, "accuracy": fraction correct (classification only)}; dropout off,
         the L2 penalty not included."""
-        return self._evaluate(self._prepare(X, y, sample_weight))
+        return self.evaluate_batch(self.engine.prepare(X, y, sample_weight))
 
-    def _evaluate(self, batch: Batch) -> dict:
-        threads, workspace = self._plan(len(batch.X))
-        with single_threaded_blas():
-            loss, correct = self._engine.evaluate(self.params, *batch, workspace, threads)
+    def evaluate_batch(self, batch: Batch) -> dict:
+        """evaluate's metrics for rows the engine has already validated (engine.prepare)."""
+        loss, correct = self.engine.evaluate(self.params, batch)
         metrics = {"loss": loss}
         if self.loss != "mean_squared_error":
             total = len(batch.X) if batch.weights is None else float(batch.weights.sum())
@@ -246,12 +166,7 @@ class MLP:
     def loss_and_grad(self, X, y, sample_weight=None) -> tuple[float, np.ndarray]:
         """The mean loss over the rows of X (plus the L2 penalty) and its gradient with respect
         to params, in params' layout; dropout is off."""
-        batch = self._prepare(X, y, sample_weight)
-        threads, workspace = self._plan(len(batch.X))
-        grads = np.empty((threads, self.params.size), dtype=self.dtype)
-        with single_threaded_blas():
-            loss = self._engine.loss_and_grad(self.params, *batch, grads, workspace)
-        return loss, grads[0] if threads == 1 else grads[0].copy()
+        return self.engine.loss_and_grad(self.params, self.engine.prepare(X, y, sample_weight))
 
 
 def Dense(units: int, activation: str = "identity", dropout: float = 0.0) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cdnn._native import _kernels
+from cdnn._native import _network
 from cdnn._validation import check_real
 
 
@@ -41,7 +41,7 @@ class Optimizer:
         if grad.shape != params.shape or grad.dtype != params.dtype:
             raise ValueError("grad must have the shape and dtype of params")
         self.steps += 1
-        _kernels.optimizer_step(self.kernel_config(), self.lr if lr is None else lr,
+        _network.optimizer_step(self.kernel_config(), self.lr if lr is None else lr,
                                 self.steps, params, grad, *self.state_for(params))
 
     def __repr__(self):

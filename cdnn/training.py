@@ -7,7 +7,6 @@ allocated once per fit, so a training step allocates nothing.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import signal
 import sys
@@ -18,14 +17,13 @@ import numpy as np
 
 from cdnn._validation import check_positive_int, check_real
 from cdnn.callbacks import Callback
-from cdnn.network import MLP, Batch
+from cdnn._engine import Batch
+from cdnn.network import MLP
 from cdnn.optim import Optimizer
-from cdnn.threads import get_num_threads, single_threaded_blas
 
 # Kernel calls per epoch: enough for a live progress bar and a prompt Ctrl-C, few enough that
 # Python's share of the time stays negligible.
 CALLS_PER_EPOCH = 20
-MIN_WORK_PER_THREAD = 4_000_000     # FLOPs of a training step per thread
 
 
 class History:
@@ -107,14 +105,14 @@ class Trainer:
         check_real(validation_split, "validation_split", 0, 1, high_open=True)
         if validation_data is not None and validation_split:
             raise ValueError("give validation_data or validation_split, not both")
-        train = net._prepare(X, y, sample_weight)
+        train = net.engine.prepare(X, y, sample_weight)
         if validation_split:
             train, val = _split(train, validation_split)
         elif validation_data is not None:
             if len(validation_data) not in (2, 3):
                 raise ValueError("validation_data must be (X_val, y_val) or "
                                  "(X_val, y_val, sample_weight_val)")
-            val = net._prepare(*validation_data)
+            val = net.engine.prepare(*validation_data)
         else:
             val = None
         if class_weight is not None:   # training rows only, as Keras: validation is unweighted
@@ -125,7 +123,8 @@ class Trainer:
         steps_per_epoch = math.ceil(n / batch)
         run = max(1, math.ceil(steps_per_epoch / CALLS_PER_EPOCH))
         opt = self.optimizer
-        steps = _Steps(net, opt, train, batch, self.clip_norm, self.dropout_seed)
+        steps = net.engine.training_steps(net.params, opt, train, batch, self.clip_norm,
+                                          self.dropout_seed)
         losses, corrects = np.empty(steps_per_epoch), np.empty(steps_per_epoch)
         lrs = np.empty(steps_per_epoch)
         rows = np.full(steps_per_epoch, batch)
@@ -148,30 +147,28 @@ class Trainer:
                     self.rng.shuffle(order)
                 bar = _progress(verbose, steps_per_epoch, epoch, epochs)
                 step = 0
-                with steps.threads():
-                    while step < steps_per_epoch:
-                        count = min(run, steps_per_epoch - step)
-                        lrs[step:step + count] = self._learning_rates(opt, count, steps_per_epoch)
-                        done = steps.run(lrs[step:step + count],
-                                         order[step * batch:min((step + count) * batch, n)],
-                                         losses[step:], corrects[step:])
-                        step += done
-                        if bar is not None:
-                            bar.update(done)
-                        if done < count:
-                            raise FloatingPointError(
-                                f"training diverged at epoch {epoch + 1}, step {step + 1}: "
-                                f"{_what_diverged(losses[step])}; the model keeps its last "
-                                f"finite parameters. Try a lower learning rate (now "
-                                f"{opt.lr:g}), gradient clipping (Trainer(clip_norm=1.0)) or "
-                                f"scaling the inputs.")
-                        if ctrl_c.pressed:
-                            raise KeyboardInterrupt
+                while step < steps_per_epoch:
+                    count = min(run, steps_per_epoch - step)
+                    lrs[step:step + count] = self._learning_rates(opt, count, steps_per_epoch)
+                    done, failure = steps.run(lrs[step:step + count],
+                                              order[step * batch:min((step + count) * batch, n)],
+                                              losses[step:], corrects[step:])
+                    step += done
+                    if bar is not None:
+                        bar.update(done)
+                    if failure is not None:
+                        raise FloatingPointError(
+                            f"training diverged at epoch {epoch + 1}, step {step + 1}: "
+                            f"{failure}; the model keeps its last finite parameters. Try a "
+                            f"lower learning rate (now {opt.lr:g}), gradient clipping "
+                            f"(Trainer(clip_norm=1.0)) or scaling the inputs.")
+                    if ctrl_c.pressed:
+                        raise KeyboardInterrupt
                 logs = {"loss": float(losses @ rows / n)}
                 if net.loss != "mean_squared_error":
                     logs["accuracy"] = float(corrects.sum() / total_weight)
                 if val is not None:
-                    metrics = net._evaluate(val)
+                    metrics = net.evaluate_batch(val)
                     logs.update({f"val_{k}": v for k, v in metrics.items()})
                 logs["lr"] = float(lrs[-1])
                 history.append(epoch, logs)
@@ -201,60 +198,6 @@ class Trainer:
             raise ValueError(f"the schedule must return one finite multiplier ≥ 0 per step "
                              f"({count} here), got {factors!r}")
         return opt.lr * factors
-
-
-class _Steps:
-    """The buffers of one fit and the kernel calls that run its training steps.
-
-    The threads share every batch (the workspace holds one batch; see src/_network.pyx). Before
-    each run of steps the parameters and optimizer state are copied, so
-    that when an update turns a parameter non-finite they can be restored and the good steps
-    replayed (the kernel detects the fault only after writing the update)."""
-
-    def __init__(self, net: MLP, opt: Optimizer, train: Batch, batch: int, clip_norm: float,
-                 seed: int):
-        self.engine, self.params, self.opt = net._engine, net.params, opt
-        self.train, self.batch, self.clip_norm, self.seed = train, batch, clip_norm, seed
-        self.state = opt.state_for(net.params)
-        self.config = opt.kernel_config()
-        # a thread is worth waking only for a few MFLOP of work per step (6 FLOPs per
-        # parameter and row: forward, and two products backward)
-        work = 6 * net.params.size * batch
-        self.n_threads = max(1, min(get_num_threads(), batch, work // MIN_WORK_PER_THREAD))
-        self.workspace = np.empty(batch * self.engine.row_width, net.dtype)
-        self.label_buffer = np.empty(batch, dtype=np.intc)
-        self.grad = np.empty_like(net.params)
-        self.saved = [np.empty_like(a) for a in (net.params, *self.state)]
-
-    def threads(self):
-        """The BLAS held at one thread while cdnn's own threads run the steps."""
-        return single_threaded_blas() if self.n_threads > 1 else contextlib.nullcontext()
-
-    def run(self, lrs, order, losses, corrects) -> int:
-        """Run len(lrs) steps over the rows in order; return how many completed (fewer when
-        training diverged: the parameters are then those after the last completed step)."""
-        live = (self.params, *self.state)
-        for saved, array in zip(self.saved, live):
-            np.copyto(saved, array)
-        done, dirty = self._call(lrs, order, losses, corrects)
-        if dirty:
-            for saved, array in zip(self.saved, live):
-                np.copyto(array, saved)
-            if done:
-                self._call(lrs[:done], order[:done * self.batch], losses, corrects)
-        self.opt.steps += done
-        return done
-
-    def _call(self, lrs, order, losses, corrects):
-        return self.engine.train(
-            self.params, self.grad, *self.state, self.config, self.opt.steps, lrs, *self.train,
-            order, self.batch, losses, corrects, self.workspace, self.label_buffer,
-            self.n_threads, self.clip_norm, self.seed)
-
-
-def _what_diverged(loss: float) -> str:
-    return ("the loss is not finite" if not math.isfinite(loss)
-            else "the gradient or the updated parameters are not finite")
 
 
 class _DeferredInterrupt:

@@ -3,8 +3,11 @@ import numpy as np
 import pytest
 
 import reference as ref
-from cdnn._native import _kernels   # the build the library runs
+from cdnn import _native
+from cdnn._native import _network
 from conftest import DTYPES, RTOL
+
+kernels = _native.testing_kernels()   # the build the library runs
 
 ACTIVATIONS = ["identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu"]
 # (rows, n_in, n_out): one row, one unit, widths that are not multiples of 8
@@ -25,7 +28,7 @@ def test_matmul(rng, dtype, m, k, n, trans_a, trans_b):
     b = rng.normal(size=(n, k) if trans_b else (k, n)).astype(dtype)
     c = rng.normal(size=(m, n)).astype(dtype)
     expected = 2 * ((a.T if trans_a else a) @ (b.T if trans_b else b)) + 0.5 * c
-    _kernels.matmul(a, b, c, trans_a, trans_b, 2, 0.5)
+    kernels.matmul(a, b, c, trans_a, trans_b, 2, 0.5)
     close(c, expected, dtype, scale=k)
 
 
@@ -41,14 +44,14 @@ def test_one_row_with_zeros_times_a_matrix(rng, dtype, k, zeros, beta):
     c0 = rng.normal(size=(1, 13))
     c = (np.full_like(c0, np.nan) if beta == 0 else c0).astype(dtype)  # beta 0: c is garbage
     expected = 2 * (a.astype(dtype).astype(float) @ b.astype(dtype)) + beta * c0.astype(dtype)
-    _kernels.matmul(a.astype(dtype), b.astype(dtype), c, False, False, 2, beta)
+    kernels.matmul(a.astype(dtype), b.astype(dtype), c, False, False, 2, beta)
     close(c, expected, dtype, scale=k)
 
 
 def test_matmul_rejects_mismatched_shapes():
     a, b = np.ones((2, 3)), np.ones((4, 2))
     with pytest.raises(ValueError):
-        _kernels.matmul(a, b, np.empty((2, 2)))
+        kernels.matmul(a, b, np.empty((2, 2)))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -58,7 +61,7 @@ def test_bias_activation(rng, dtype, activation, rows, cols):
     z0 = rng.normal(size=(rows, cols)) * 3
     b = rng.normal(size=cols)
     z, a = z0.astype(dtype), np.empty((rows, cols), dtype)
-    _kernels.bias_activation(z, a, b.astype(dtype), activation)
+    kernels.bias_activation(z, a, b.astype(dtype), activation)
     expected_z = z0.astype(dtype).astype(float) + b.astype(dtype)
     close(a, ref.activate(expected_z, activation), dtype)
     if activation == "gelu":    # only GELU keeps its pre-activation
@@ -73,7 +76,7 @@ def test_activation_grad(rng, dtype, activation):
     a = ref.activate(z.astype(float), activation).astype(dtype)
     upstream = rng.normal(size=(rows, cols))
     d = upstream.astype(dtype)
-    _kernels.activation_grad(d, a, z, activation)
+    kernels.activation_grad(d, a, z, activation)
     close(d, upstream.astype(dtype) * ref.derivative(z.astype(float), activation), dtype)
 
 
@@ -84,7 +87,7 @@ def test_bias_grad_writes_only_its_columns(rng, dtype, accumulate, first, last):
     d = rng.normal(size=(9, 13)).astype(dtype)
     db0 = rng.normal(size=13).astype(dtype)
     db = db0.copy()
-    _kernels.bias_grad(db, d, first, last, accumulate=accumulate)
+    kernels.bias_grad(db, d, first, last, accumulate=accumulate)
     expected = db0.astype(float)
     expected[first:last] = d[:, first:last].astype(float).sum(axis=0) + (
         db0[first:last] if accumulate else 0)
@@ -99,7 +102,7 @@ def test_bias_grad_writes_only_its_columns(rng, dtype, accumulate, first, last):
 def test_dense_forward_and_backward(rng, dtype, rows, n_in, n_out, activation):
     X, W, b = (rng.normal(size=s).astype(dtype) for s in [(rows, n_in), (n_in, n_out), (n_out,)])
     z, a = np.empty((rows, n_out), dtype), np.empty((rows, n_out), dtype)
-    _kernels.dense(z, a, X, W, b, activation)
+    kernels.dense(z, a, X, W, b, activation)
     z_ref = X.astype(float) @ W + b
     close(a, ref.activate(z_ref, activation), dtype, scale=n_in)
 
@@ -107,7 +110,7 @@ def test_dense_forward_and_backward(rng, dtype, rows, n_in, n_out, activation):
     d, dinp = upstream.copy(), np.empty((rows, n_in), dtype)
     dW, db = np.empty((n_in, n_out), dtype), np.empty(n_out, dtype)
     z_kept = z if activation == "gelu" else a
-    _kernels.dense_grad(dW, db, d, X, W, a, z_kept, activation, dinp)
+    kernels.dense_grad(dW, db, d, X, W, a, z_kept, activation, dinp)
     dz = upstream * ref.derivative(z_ref, activation)
     close(db, dz.sum(axis=0), dtype, scale=rows * n_in)
     close(dW, X.T.astype(float) @ dz, dtype, scale=rows * n_in)
@@ -130,7 +133,7 @@ def test_dense_backward_shares_make_up_the_whole_gradient(rng, dtype, n_threads)
         w = (n_in * t // n_threads, n_in * (t + 1) // n_threads)
         b = (n_out * t // n_threads, n_out * (t + 1) // n_threads)
         before_W, before_b = dW.copy(), db.copy()
-        _kernels.dense_grad(dW, db, upstream.copy(), X, W, a, z, "identity", dinp, w_range=w,
+        kernels.dense_grad(dW, db, upstream.copy(), X, W, a, z, "identity", dinp, w_range=w,
                             b_range=b)
         np.testing.assert_array_equal(np.delete(dW, np.s_[w[0]:w[1]], axis=0),
                                       np.delete(before_W, np.s_[w[0]:w[1]], axis=0))
@@ -147,7 +150,7 @@ def test_dense_backward_accumulates_and_skips_input_gradient(rng, dtype):
     a = z = rng.normal(size=(4, 2)).astype(dtype)
     d = rng.normal(size=(4, 2)).astype(dtype)
     dW, db = np.ones((3, 2), dtype), np.ones(2, dtype)
-    _kernels.dense_grad(dW, db, d.copy(), X, W, a, z, "identity", accumulate=True)
+    kernels.dense_grad(dW, db, d.copy(), X, W, a, z, "identity", accumulate=True)
     close(dW, 1 + X.T.astype(float) @ d, dtype, scale=4)
     close(db, 1 + d.sum(axis=0), dtype, scale=4)
 
@@ -177,7 +180,7 @@ def test_losses(rng, dtype, name, rows, k, weighted, dense_targets):
     norm = (weights.sum() if weighted else rows) * (1 if name == "softmax_cross_entropy" else k)
     delta = np.empty_like(z)
     use_labels = labels is not None and not dense_targets
-    loss = _kernels.loss(name, z, labels if use_labels else None,
+    loss = kernels.loss(name, z, labels if use_labels else None,
                          None if use_labels else targets.astype(dtype),
                          weights.astype(dtype) if weighted else None, dtype(1 / norm), delta)
     assert loss == pytest.approx(expected_loss, rel=RTOL[dtype] * 10, abs=RTOL[dtype])
@@ -188,7 +191,7 @@ def test_losses(rng, dtype, name, rows, k, weighted, dense_targets):
 def test_softmax_cross_entropy_is_stable_for_huge_logits(dtype):
     z = np.array([[1e4, -1e4, 0], [-1e4, -1e4, -1e4]], dtype)
     delta = np.empty_like(z)
-    loss = _kernels.loss("softmax_cross_entropy", z, np.array([1, 2], np.intc), None, None,
+    loss = kernels.loss("softmax_cross_entropy", z, np.array([1, 2], np.intc), None, None,
                          dtype(0.5), delta)
     assert np.isfinite(loss) and np.isfinite(delta).all()
     assert loss == pytest.approx((2e4 + np.log(3)) / 2, rel=1e-6)
@@ -197,7 +200,7 @@ def test_softmax_cross_entropy_is_stable_for_huge_logits(dtype):
 def test_loss_rejects_labels_out_of_range():
     z = np.zeros((2, 3))
     with pytest.raises(ValueError):
-        _kernels.loss("softmax_cross_entropy", z, np.array([0, 3], np.intc), None, None, 1.0,
+        kernels.loss("softmax_cross_entropy", z, np.array([0, 3], np.intc), None, None, 1.0,
                       np.empty_like(z))
 
 
@@ -228,7 +231,7 @@ def test_optimizer_update(rng, dtype, config, reference):
     for step in range(1, 4):
         g = rng.normal(size=n)
         p = reference(p, g, *state, lr, step)
-        _kernels.optimizer_step(config, lr, step, p_k, g.astype(dtype), *state_k)
+        _network.optimizer_step(config, lr, step, p_k, g.astype(dtype), *state_k)
         close(p_k, p, dtype)
 
 
@@ -236,7 +239,7 @@ def test_optimizer_update(rng, dtype, config, reference):
 def test_optimizer_gradient_scale(rng, dtype):
     p, g = rng.normal(size=5).astype(dtype), rng.normal(size=5).astype(dtype)
     expected = p - 0.1 * 0.5 * g
-    _kernels.optimizer_step({"kind": "sgd"}, 0.1, 1, p, g, np.zeros_like(p), np.zeros_like(p),
+    _network.optimizer_step({"kind": "sgd"}, 0.1, 1, p, g, np.zeros_like(p), np.zeros_like(p),
                             0.5)
     close(p, expected, dtype)
 
@@ -245,19 +248,19 @@ def test_optimizer_gradient_scale(rng, dtype):
 def test_dropout_masks_scales_and_repeats(rng, dtype):
     a = rng.uniform(1, 2, size=(200, 50)).astype(dtype)
     out = np.empty_like(a)
-    _kernels.dropout(out, a, 0.3, 7, 11)
+    kernels.dropout(out, a, 0.3, 7, 11)
     kept = out != 0
     assert 0.27 < 1 - kept.mean() < 0.33
     close(out[kept], a[kept] / 0.7, dtype)
     d = np.ones_like(a)
-    _kernels.dropout_grad(d, 0.3, 7, 11)        # the same mask, regenerated
+    kernels.dropout_grad(d, 0.3, 7, 11)        # the same mask, regenerated
     np.testing.assert_array_equal(d != 0, kept)
     again = np.empty_like(a)
-    _kernels.dropout(again, a, 0.3, 7, 12)      # another step draws another mask
+    kernels.dropout(again, a, 0.3, 7, 12)      # another step draws another mask
     assert (again != 0).mean() == pytest.approx(0.7, abs=0.03)
     assert not np.array_equal(again != 0, kept)
     # threads that share the rows each draw their columns' part of the same mask
     parts = np.full_like(a, np.nan)
     for columns in [(0, 17), (17, 17), (17, 50)]:
-        _kernels.dropout(parts, a, 0.3, 7, 11, columns=columns)
+        kernels.dropout(parts, a, 0.3, 7, 11, columns=columns)
     np.testing.assert_array_equal(parts, out)

@@ -124,7 +124,7 @@ def test_threads_sharing_each_layers_units_compute_every_output(rng, threads, si
                          ["gelu"] * (len(sizes) - 2) + ["identity"])
     for chunk in (13, 4):
         out = np.full((13, sizes[-1]), np.nan)
-        net._engine.forward(net.params, X, out, np.empty(chunk * net._engine.row_width),
+        net.engine.network.forward(net.params, X, out, np.empty(chunk * net.engine.network.row_width),
                             threads, True)
         np.testing.assert_allclose(out, layers[-1][1], rtol=1e-12, atol=1e-12)
 
@@ -146,10 +146,10 @@ def test_a_ready_row_takes_the_short_path_to_the_same_outputs(rng, dtype, sizes,
     net = cdnn.MLP(sizes, activation=activation, dtype=dtype, seed=3, dropout=0.5)
     net.params += rng.normal(scale=0.1, size=net.params.size).astype(dtype)
     x = rng.normal(size=(1, sizes[0])).astype(dtype)
-    out = net._engine.forward_row(net.params, x)
+    out = net.engine.network.forward_row(net.params, x)
     assert out.shape == (1, sizes[-1]) and out.dtype == np.dtype(dtype)
     general = np.full_like(out, np.nan)
-    net._engine.forward(net.params, x, general, np.empty(net._engine.row_width, dtype))
+    net.engine.network.forward(net.params, x, general, np.empty(net.engine.network.row_width, dtype))
     np.testing.assert_array_equal(out, general)      # the same kernels, dropout off
     logits = ref.forward(net.weights, net.biases, x.astype(float),
                          [activation] * (len(sizes) - 2) + ["identity"])[-1][1]
@@ -182,7 +182,7 @@ def test_rows_that_are_not_ready_take_the_general_path(rng, case):
     X = ROWS_THE_SHORT_PATH_DECLINES[case](x)
     if case == "unaligned":
         X[...] = x
-    assert net._engine.forward_row(net.params, X) is None
+    assert net.engine.network.forward_row(net.params, X) is None
     expected = net.forward(np.asarray(X, dtype=np.float32))
     np.testing.assert_allclose(net.forward(X), expected, rtol=1e-6)
 
@@ -193,7 +193,7 @@ def test_a_non_finite_row_is_named_not_predicted(bad, match):
     net = cdnn.MLP([5, 4, 3], seed=0)
     x = np.ones((1, 5), np.float32)
     x[0, 2] = bad
-    assert net._engine.forward_row(net.params, x) is None
+    assert net.engine.network.forward_row(net.params, x) is None
     with pytest.raises(ValueError, match=match):
         net.predict(x)
 
@@ -203,7 +203,7 @@ def test_the_short_path_checks_its_parameters():
     x = np.ones((1, 5), np.float32)
     for params in (net.params[:-1], net.params[::2], np.vstack([net.params, net.params])):
         with pytest.raises(ValueError, match="params"):
-            net._engine.forward_row(params, x)
+            net.engine.network.forward_row(params, x)
 
 
 def test_predict_in_chunks_matches_one_call(rng):

@@ -224,7 +224,7 @@ def test_threads_sharing_each_batch_train_the_model_one_thread_trains(monkeypatc
     With everything the split touches (dropout masks, L2, clipping, sample weights, GELU's kept
     pre-activation) and more threads than some layers have units and the last batch has rows,
     the result is one thread's, in float64."""
-    monkeypatch.setattr(cdnn.training, "MIN_WORK_PER_THREAD", 1)   # thread even tiny steps
+    monkeypatch.setattr(cdnn._engine, "MIN_FLOPS_PER_THREAD", 1)   # thread even tiny steps
     rng = np.random.default_rng(4)
     X, y, w = rng.normal(size=(103, 7)), rng.integers(0, 3, 103), rng.uniform(0.5, 2, 103)
 
@@ -248,8 +248,8 @@ def test_fewer_threads_than_asked_still_cover_every_row(tmp_path):
     asks for 2): the work is split between the threads that run, never left undone."""
     script = tmp_path / "limited.py"
     script.write_text(
-        "import numpy as np, cdnn, cdnn.training\n"
-        "cdnn.training.MIN_WORK_PER_THREAD = 1\n"
+        "import numpy as np, cdnn, cdnn._engine\n"
+        "cdnn._engine.MIN_FLOPS_PER_THREAD = 1\n"
         "rng = np.random.default_rng(0)\n"
         "X, y = rng.normal(size=(3000, 20)), rng.integers(0, 10, 3000)\n"
         "def run(threads):\n"

@@ -1,5 +1,6 @@
-"""Thin memoryview wrappers around each kernel, so the tests can compare every one of them with
-a plain numpy reference. The network engine (_network.pyx) calls the kernels directly."""
+"""Thin memoryview wrappers around each kernel, for the tests only: each compares a kernel with
+its plain numpy reference (tests/reference.py). Production code calls the kernels through the
+engine (_network.pyx), never through this module."""
 
 from cython cimport floating
 from libc.stdint cimport uint64_t
@@ -10,7 +11,6 @@ from dense cimport (dense_forward, dense_backward_delta, dense_backward_params,
                    dense_backward_input)
 from dropout cimport dropout_forward, dropout_backward
 from losses cimport loss_forward_backward
-from optim cimport OptimizerConfig, make_config, optimizer_update
 
 from cdnn._network import ACTIVATIONS, LOSSES
 
@@ -130,18 +130,6 @@ def loss(str name, const floating[:, ::1] outputs, const int[::1] labels,
             &targets[0, 0] if targets is not None else NULL,
             &weights[0] if weights is not None else NULL, scale, &delta[0, 0], rows, k)
     return result
-
-
-def optimizer_step(dict config, double lr, long step, floating[::1] params,
-                   const floating[::1] grad, floating[::1] state1, floating[::1] state2,
-                   double gscale=1):
-    """One update of params (and the state) by the optimizer the config describes"""
-    cdef Py_ssize_t n = params.shape[0]
-    _require(grad.shape[0] == state1.shape[0] == state2.shape[0] == n, "shapes")
-    cdef OptimizerConfig c = make_config(config)
-    with nogil:
-        optimizer_update(&c, <floating>lr, step, &params[0], &grad[0], &state1[0], &state2[0], n,
-                         <floating>gscale)
 
 
 def dropout(floating[:, ::1] out, const floating[:, ::1] a, double rate, uint64_t seed,

@@ -1,0 +1,207 @@
+"""cdnn's execution layer: a network's compiled engine, its workspaces, the thread plan and the
+BLAS bracketing. MLP, Trainer and the estimators run every kernel through an Engine; nothing
+else calls the compiled modules' network.
+
+The thread plan. cdnn's kernels run on cdnn's own OpenMP team (src/team.pxd) with the BLAS
+held at one thread, so the two pools never oversubscribe the cores. The team follows the work
+in a call: a thread is worth waking only for a few MFLOP of it, so small calls (an L-BFGS
+iteration on a small network, a partial_fit on 50 rows) run on the calling thread alone and
+open no parallel region. That matters beyond the region itself: after a region, libgomp's idle
+workers spin for a while, taking a core from whatever Python does next (scipy's L-BFGS-B over
+loss_and_grad on a 10-100-1 network, 200 rows: 10 ms a call with a team of two on this 2-core
+machine, 0.4 ms alone; `python /work/scratch/lbfgs.py`-style timing, see docs/ARCHITECTURE.md).
+`cdnn.set_num_threads(n)` is the ceiling; a fork child runs on one thread, because libgomp's
+pool does not survive fork.
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+from typing import NamedTuple
+
+import numpy as np
+
+from cdnn._native import _network
+from cdnn._validation import (as_float_array, check_labels, check_same_length,
+                              check_sample_weight, check_X)
+from cdnn.threads import get_num_threads, single_threaded_blas
+
+# FLOPs of a call per thread of its team: below this a second thread costs more (waking it,
+# its barriers, its spinning afterwards) than it saves. 6 FLOPs per parameter and row for a
+# gradient (forward, and two products backward), 2 for a forward pass.
+MIN_FLOPS_PER_THREAD = 4_000_000
+# Rows per kernel call when predicting or evaluating: large enough for efficient GEMMs, small
+# enough that the workspace stays a few MB.
+CHUNK_ROWS = 1024
+# Weights × rows from which a prediction too small to share by rows shares each layer's units
+# instead, each thread reading only its part of the weights (784-512-512-10, one row: 35 -> 26
+# µs on 2 cores; 784-128-10, one row: no gain).
+MIN_WORK_TO_SHARE_UNITS = 250_000
+
+_forked = False
+
+
+def _after_fork_in_child():
+    global _forked
+    _forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def team_for(flops: float) -> int:
+    """The threads worth waking for a call of this many FLOPs, within the user's ceiling."""
+    if _forked:
+        return 1
+    return int(max(1, min(get_num_threads(), flops // MIN_FLOPS_PER_THREAD)))
+
+
+class Batch(NamedTuple):
+    """Validated arrays, ready for the kernels: exactly one of labels and targets is set.
+    labels are always the engine's own copy: the kernels read them without the GIL."""
+    X: np.ndarray
+    labels: np.ndarray | None
+    targets: np.ndarray | None
+    weights: np.ndarray | None
+
+
+class Engine:
+    """Runs one network's kernels: predict, evaluate, gradients and training steps."""
+
+    def __init__(self, layer_sizes, activations, loss: str, slope: float, dropout, l2: float,
+                 dtype: np.dtype):
+        self.network = _network.Network(layer_sizes, activations, loss, slope, dropout, l2)
+        self.n_inputs, self.n_outputs = layer_sizes[0], layer_sizes[-1]
+        self.loss, self.dtype = loss, dtype
+        self.n_params = self.network.n_params
+        self._local = threading.local()   # a workspace per Python thread: predict is thread-safe
+
+    # --- inputs ---------------------------------------------------------------------------
+
+    def check_X(self, X) -> np.ndarray:
+        return check_X(X, self.dtype, self.n_inputs)
+
+    def prepare(self, X, y, sample_weight=None) -> Batch:
+        """Validate X, y and sample weights against the network."""
+        X = self.check_X(X)
+        n, k = X.shape[0], self.n_outputs
+        y_array = np.asarray(y) if not hasattr(y, "nnz") else y
+        if self.loss == "softmax_cross_entropy" and not (
+                getattr(y_array, "ndim", 1) == 2 and y_array.shape[1] == k and k > 1):
+            labels, targets = check_labels(y, k), None
+            check_same_length(n, labels, "y")
+        else:
+            labels = None
+            targets = as_float_array(y, "y", self.dtype, 2 if getattr(y_array, "ndim", 1) == 2
+                                     and y_array.shape[1] != 1 else 1)
+            targets = targets.reshape(len(targets), -1)
+            check_same_length(n, targets, "y")
+            if targets.shape[1] != k:
+                columns = "column" if targets.shape[1] == 1 else "columns"
+                raise ValueError(f"y has {targets.shape[1]} {columns}, the network {k} outputs")
+            if self.loss != "mean_squared_error" and ((targets < 0) | (targets > 1)).any():
+                raise ValueError(f"targets for {self.loss} must lie in [0, 1]")
+        return Batch(X, labels, targets, check_sample_weight(sample_weight, n, self.dtype))
+
+    def _workspace(self, rows: int) -> np.ndarray:
+        """This Python thread's workspace, grown to hold `rows` rows."""
+        ws = getattr(self._local, "workspace", None)
+        if ws is None or ws.size < rows * self.network.row_width:
+            ws = np.empty(rows * self.network.row_width, dtype=self.dtype)
+            self._local.workspace = ws
+        return ws
+
+    def _plan(self, rows: int, flops_per_row: int) -> tuple[int, np.ndarray]:
+        """The team for a call over `rows` rows, and a workspace for it: a share of at most
+        CHUNK_ROWS rows for each thread."""
+        team = min(team_for(rows * flops_per_row * self.n_params), rows)
+        return team, self._workspace(team * min(math.ceil(rows / team), CHUNK_ROWS))
+
+    # --- the calls ------------------------------------------------------------------------
+
+    def forward(self, params: np.ndarray, X) -> np.ndarray:
+        """The output layer's values for the rows of X, shape (n, n_outputs)."""
+        if self.n_params < MIN_WORK_TO_SHARE_UNITS or get_num_threads() == 1 or _forked:
+            out = self.network.forward_row(params, X)   # one ready row: no copy, no plan
+            if out is not None:
+                return out
+        X = self.check_X(X)
+        out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
+        team, workspace = self._plan(len(X), 2)
+        share_units = (team == 1 and team_for(math.inf) > 1
+                       and len(X) * self.n_params >= MIN_WORK_TO_SHARE_UNITS)
+        if share_units:         # a few rows of a large network: every thread, a share of units
+            workspace = self._workspace(min(len(X), CHUNK_ROWS))
+            with single_threaded_blas():
+                self.network.forward(params, X, out, workspace, team_for(math.inf), True)
+        elif len(X) == 1:       # one small row: gemv, with the BLAS as it is
+            self.network.forward(params, X, out, workspace, 1)
+        else:
+            with single_threaded_blas():
+                self.network.forward(params, X, out, workspace, team)
+        return out
+
+    def evaluate(self, params: np.ndarray, batch: Batch) -> tuple[float, float]:
+        """(mean loss, weighted count of correct predictions); dropout off, no L2 term."""
+        team, workspace = self._plan(len(batch.X), 2)
+        with single_threaded_blas():
+            return self.network.evaluate(params, *batch, workspace, team)
+
+    def loss_and_grad(self, params: np.ndarray, batch: Batch) -> tuple[float, np.ndarray]:
+        """The mean loss (plus the L2 penalty) and its gradient in params' layout."""
+        team, workspace = self._plan(len(batch.X), 6)
+        grads = np.empty((team, self.n_params), dtype=self.dtype)
+        with single_threaded_blas():
+            loss = self.network.loss_and_grad(params, *batch, grads, workspace)
+        return loss, grads[0] if team == 1 else grads[0].copy()
+
+    def training_steps(self, params: np.ndarray, optimizer, train: Batch, batch_size: int,
+                       clip_norm: float, seed: int) -> TrainingSteps:
+        """The training steps of one fit over the rows of train (built once per fit)."""
+        return TrainingSteps(self, params, optimizer, train, batch_size, clip_norm, seed)
+
+
+class TrainingSteps:
+    """The buffers of one fit and the native calls that run its training steps.
+
+    The team shares every batch (src/step.pxd). Before each run of steps the parameters and
+    optimizer state are copied, so that when an update turns a parameter non-finite they can be
+    restored and the good steps replayed (the kernel detects the fault only after writing the
+    update)."""
+
+    def __init__(self, engine: Engine, params: np.ndarray, optimizer, train: Batch,
+                 batch_size: int, clip_norm: float, seed: int):
+        self.params, self.optimizer, self.batch_size = params, optimizer, batch_size
+        state = optimizer.state_for(params)
+        self.team = min(batch_size, team_for(6 * engine.n_params * batch_size))
+        self.grad = np.empty_like(params)
+        self.saved = [np.empty_like(a) for a in (params, *state)]
+        self.native = _network.TrainingSteps(
+            engine.network, params, self.grad, *state, optimizer.kernel_config(), *train,
+            np.empty(batch_size * engine.network.row_width, params.dtype),
+            np.empty(batch_size, dtype=np.intc), self.team, clip_norm, seed)
+
+    def run(self, lrs: np.ndarray, order: np.ndarray, losses: np.ndarray,
+            corrects: np.ndarray) -> tuple[int, str | None]:
+        """Run len(lrs) steps over the rows in order; return how many completed and, when a
+        step failed (training diverged), why: the parameters are then those after the last
+        completed step."""
+        live = (self.params, *self.optimizer.state)
+        for saved, array in zip(self.saved, live):
+            np.copyto(saved, array)
+        with single_threaded_blas():
+            done, failure, dirty = self._call(lrs, order, losses, corrects)
+            if dirty:
+                for saved, array in zip(self.saved, live):
+                    np.copyto(array, saved)
+                if done:
+                    self._call(lrs[:done], order[:done * self.batch_size], losses, corrects)
+        self.optimizer.steps += done
+        return done, failure
+
+    def _call(self, lrs, order, losses, corrects):
+        return self.native.run(order, self.batch_size, lrs, self.optimizer.steps, losses,
+                               corrects)
+

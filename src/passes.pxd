@@ -1,0 +1,307 @@
+# The passes of a network over a batch: every layer forward, every layer backward, the loss
+# between them, and the passes over many rows that predict, evaluate and loss_and_grad run.
+#
+# Threads: a pass that takes (tid, team) is shared by a team (team.pxd) and every thread of the
+# team calls it. forward shares each layer's units (so each thread packs only its part of each
+# W); backward shares the output's rows for dL/dz, then every layer's units of dL/dz, its own
+# rows of dW (units of the layer below) and entries of db — each parameter's gradient is one
+# product over the whole batch, so no thread keeps a gradient of its own.
+# GEMMs are single-threaded here: the caller holds the BLAS at one thread.
+
+from cython cimport floating
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
+
+from layout cimport Layout, n_outputs
+from team cimport Part, share, whole, barrier
+from dense cimport (dense_forward, dense_backward_delta, dense_backward_params,
+                   dense_backward_input)
+from dropout cimport dropout_forward, dropout_backward
+from losses cimport loss_forward_backward, count_correct, SOFTMAX_CROSS_ENTROPY
+
+
+# --- the input: the rows the first layer reads ---------------------------------------------
+# A seam with one kind per storage. Only rows_from, gather_rows, input_forward and
+# input_backward read an Input; everything above the first layer sees dense activations.
+# (Sparse CSR rows plug in here as a second kind.)
+
+cdef enum InputKind:
+    DENSE_ROWS = 0          # X (n, n_0), row-major, of the network's dtype
+
+
+cdef struct Input:
+    int kind
+    Py_ssize_t n_cols, itemsize
+    const char* X
+
+
+cdef inline Input rows_from(Input x, Py_ssize_t start) noexcept nogil:
+    """The rows start, start + 1, … of x"""
+    x.X = x.X + start * x.n_cols * x.itemsize
+    return x
+
+
+cdef inline void gather_rows(Input* batch, const Input* data, const Py_ssize_t* idx,
+                             Part mine) noexcept nogil:
+    """batch's rows mine := the data's rows idx[mine] (batch is dense rows in a workspace)"""
+    cdef Py_ssize_t i, width = data.n_cols * data.itemsize
+    for i in range(mine.first, mine.first + mine.count):
+        memcpy(<char*>batch.X + i * width, data.X + idx[i] * width, width)
+
+
+# x is (rows, n_0); z, a are (rows, n_out): the first layer, in the units first:last
+cdef inline void input_forward(floating* z, floating* a, const Input* x, const floating* W,
+                               const floating* b, int rows, int n_out, Part units, int kind,
+                               floating slope) noexcept nogil:
+    """z := x @ W + b; a := f(z)"""
+    dense_forward(z, a, <const floating*>x.X, W, b, rows, <int>x.n_cols, n_out,
+                  <int>units.first, <int>(units.first + units.count), kind, slope)
+
+
+# d is dL/dz (rows, n_out); the first layer needs no dL/dx
+cdef inline void input_backward(floating* dW, floating* db, const floating* d, const Input* x,
+                                int rows, int n_out, Part w, Part b,
+                                bint accumulate) noexcept nogil:
+    """dW[w] (+)= x[:, w]ᵀ @ d; db[b] (+)= Σ_rows d"""
+    dense_backward_params(dW, db, d, <const floating*>x.X, rows, <int>x.n_cols, n_out,
+                          <int>w.first, <int>(w.first + w.count), <int>b.first,
+                          <int>(b.first + b.count), accumulate)
+
+
+# --- the network's passes --------------------------------------------------------------------
+
+cdef inline const floating* forward(const Layout* L, const floating* params, const Input* x,
+                                    floating* ws, Py_ssize_t cap, Py_ssize_t rows,
+                                    bint training, uint64_t seed, uint64_t step, Py_ssize_t row0,
+                                    int tid, int team) noexcept nogil:
+    """Run every layer on the rows of x, which are the rows row0, row0 + 1, … of the batch
+    (where they go in the workspace, and for dropout's masks); return the output layer's a
+    (rows × n_L). Every thread of the team calls this; each computes its share of every
+    layer's units, and waits for the others after each layer."""
+    cdef const floating* inp = NULL
+    cdef floating* a
+    cdef floating* z
+    cdef floating* o
+    cdef Py_ssize_t n_out
+    cdef Part units
+    cdef int l
+    for l in range(L.n_layers):
+        n_out = L.sizes[l + 1]
+        a = ws + cap * L.a_col[l] + row0 * n_out
+        z = ws + cap * L.z_col[l] + row0 * n_out
+        units = share(n_out, tid, team)
+        if l == 0:
+            input_forward(z, a, x, params + L.w_off[0], params + L.b_off[0], <int>rows,
+                          <int>n_out, units, L.kinds[0], <floating>L.slope)
+        else:
+            dense_forward(z, a, inp, params + L.w_off[l], params + L.b_off[l], <int>rows,
+                          L.sizes[l], <int>n_out, <int>units.first,
+                          <int>(units.first + units.count), L.kinds[l], <floating>L.slope)
+        inp = a
+        if training and L.dropout[l] > 0:
+            o = ws + cap * L.o_col[l] + row0 * n_out
+            dropout_forward(o, a, rows, n_out, units.first, units.first + units.count, row0,
+                            L.dropout[l], seed + <uint64_t>l, step)
+            inp = o
+        barrier(team)       # the layer's every unit is in inp
+    return inp
+
+
+cdef inline void backward(const Layout* L, const floating* params, floating* grad,
+                          const Input* x, floating* ws, Py_ssize_t cap, Py_ssize_t rows,
+                          bint accumulate, bint training, uint64_t seed, uint64_t step,
+                          double* penalty, int tid, int team) noexcept nogil:
+    """With dL/d(output) in the d0 buffer for the batch's rows (each thread's share of the rows
+    written by the loss), write (or add, when accumulate) dL/dparams to grad. Every thread of
+    the team calls this; each takes its rows of the output's delta, then for every layer its
+    units of the delta and its own parameters, with a barrier per layer. With penalty, also add
+    the L2 term to those parameters' gradient and its loss to penalty[0]."""
+    cdef floating* d = ws + cap * L.d0_col
+    cdef floating* d_below = ws + cap * L.d1_col
+    cdef floating* swap
+    cdef Part r = share(rows, tid, team), c, w, b   # this thread's rows and units of d
+    cdef Py_ssize_t n_in, n_out
+    cdef int l
+    for l in range(L.n_layers - 1, -1, -1):
+        n_in = L.sizes[l]
+        n_out = L.sizes[l + 1]
+        c = whole(n_out)                # the output's delta: this thread's rows, every unit
+        if l < L.n_layers - 1:          # below it: every row, this thread's units
+            r = whole(rows)
+            c = share(n_out, tid, team)
+        if training and L.dropout[l] > 0:   # d is dL/do; make it dL/da
+            dropout_backward(d + r.first * n_out, r.count, n_out, c.first, c.first + c.count,
+                             r.first, L.dropout[l], seed + <uint64_t>l, step)
+        dense_backward_delta(d + r.first * n_out, ws + cap * L.a_col[l] + r.first * n_out,
+                             ws + cap * L.z_col[l] + r.first * n_out, <int>r.count, <int>n_out,
+                             <int>c.first, <int>(c.first + c.count), L.kinds[l],
+                             <floating>L.slope)
+        barrier(team)       # every row's and unit's dL/dz is in d
+        w = share(n_in, tid, team)      # rows of W, and units of the layer below
+        b = share(n_out, tid, team)
+        layer_backward(L, l, params, grad, d, d_below, x, ws, cap, rows, w, b, accumulate,
+                       training)
+        if penalty != NULL and L.l2 > 0:
+            penalty[0] += l2_term(L.l2, params + L.w_off[l] + w.first * n_out,
+                                  grad + L.w_off[l] + w.first * n_out, w.count * n_out)
+        swap = d
+        d = d_below
+        d_below = swap
+
+
+cdef inline void layer_backward(const Layout* L, int l, const floating* params, floating* grad,
+                                const floating* d, floating* d_below, const Input* x,
+                                floating* ws, Py_ssize_t cap, Py_ssize_t rows, Part w, Part b,
+                                bint accumulate, bint training) noexcept nogil:
+    """Layer l's rows w of dW and entries b of db from its dL/dz (d), and the units w of the
+    layer below's dL/da (d_below); the first layer reads the input and has no layer below"""
+    cdef int n_in = L.sizes[l], n_out = L.sizes[l + 1]
+    cdef const floating* inp
+    if l == 0:
+        input_backward(grad + L.w_off[0], grad + L.b_off[0], d, x, <int>rows, n_out, w, b,
+                       accumulate)
+        return
+    inp = ws + cap * (L.o_col[l - 1] if training else L.a_col[l - 1])
+    dense_backward_params(grad + L.w_off[l], grad + L.b_off[l], d, inp, <int>rows, n_in, n_out,
+                          <int>w.first, <int>(w.first + w.count), <int>b.first,
+                          <int>(b.first + b.count), accumulate)
+    dense_backward_input(d_below, d, params + L.w_off[l], <int>rows, n_in, n_out, <int>w.first,
+                         <int>(w.first + w.count))
+
+
+cdef inline double l2_term(double l2, const floating* W, floating* dW,
+                           Py_ssize_t n) noexcept nogil:
+    """dW += l2·W; return l2/2 · ‖W‖² (n elements)"""
+    cdef double total = 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        total += <double>W[i] * W[i]
+        dW[i] += <floating>l2 * W[i]
+    return 0.5 * l2 * total
+
+
+cdef inline double l2_penalty(const Layout* L, const floating* params,
+                              floating* grad) noexcept nogil:
+    """grad += l2·W for every weight matrix; return l2/2 · Σ‖W‖² (biases are not penalised)"""
+    cdef double total = 0
+    cdef int l
+    if L.l2 > 0:
+        for l in range(L.n_layers):
+            total += l2_term(L.l2, params + L.w_off[l], grad + L.w_off[l],
+                             L.b_off[l] - L.w_off[l])
+    return total
+
+
+# --- the rows of a dataset, as predict, evaluate and loss_and_grad see them --------------------
+
+cdef struct Rows:
+    # one dataset; one of labels and targets is NULL, weights may be
+    Input x                     # (n, n_0)
+    const int* labels           # (n,)
+    const void* targets         # (n, n_L) of the fused type
+    const void* weights         # (n,)
+
+
+cdef inline floating loss_scale(const Layout* L, const floating* weights, const Py_ssize_t* idx,
+                                Py_ssize_t rows) noexcept nogil:
+    """1 / (the loss's normaliser) for the rows idx[:rows] (or the first rows when idx is
+    NULL): Σw (or the row count) × the outputs per row for the element-wise losses; 0 when
+    every weight is 0, so such rows contribute nothing"""
+    cdef double total = rows
+    cdef Py_ssize_t i
+    if weights != NULL:
+        total = 0
+        for i in range(rows):
+            total += weights[idx[i] if idx != NULL else i]
+    if L.loss != SOFTMAX_CROSS_ENTROPY:
+        total *= n_outputs(L)
+    return <floating>(1 / total) if total > 0 else 0
+
+
+cdef inline void rows_pass(const Layout* L, const floating* params, const Rows* data,
+                           Py_ssize_t first, Py_ssize_t last, floating* ws, Py_ssize_t cap,
+                           floating scale, floating* grad, double* loss,
+                           double* correct) noexcept nogil:
+    """The rows first..last of the data, in chunks of cap rows, on one thread, without
+    dropout: forward and loss (loss and correct := their share); with grad, also backward,
+    summing the chunks' gradients into grad (zero when there are no rows)."""
+    cdef Py_ssize_t start = first, rows, k = n_outputs(L)
+    cdef const floating* targets = <const floating*>data.targets
+    cdef const floating* weights = <const floating*>data.weights
+    cdef const int* labels
+    cdef const floating* t
+    cdef const floating* w
+    cdef const floating* out
+    cdef Input x
+    loss[0] = 0
+    correct[0] = 0
+    if grad != NULL and last <= first:
+        memset(grad, 0, L.n_params * sizeof(floating))
+    while start < last:
+        rows = min(cap, last - start)
+        x = rows_from(data.x, start)
+        labels = data.labels + start if data.labels != NULL else NULL
+        t = targets + start * k if targets != NULL else NULL
+        w = weights + start if weights != NULL else NULL
+        out = forward(L, params, &x, ws, cap, rows, False, 0, 0, 0, 0, 1)
+        loss[0] += loss_forward_backward(L.loss, out, labels, t, w, scale, ws + cap * L.d0_col,
+                                         rows, k)
+        correct[0] += count_correct(L.loss, out, labels, t, w, rows, k)
+        if grad != NULL:
+            backward(L, params, grad, &x, ws, cap, rows, start > first, False, 0, 0, NULL, 0, 1)
+        start += rows
+
+
+cdef inline void forward_chunks(const Layout* L, const floating* params, Input x, Py_ssize_t n,
+                                floating* out, floating* workspace, Py_ssize_t cap, int tid,
+                                int team, bint share_units) noexcept nogil:
+    """Thread tid's part of the output layer's values (out, n × n_L) for the n rows of x,
+    in chunks of cap rows: a contiguous share of the rows in its own part of the workspace or,
+    with share_units, every row in the whole workspace and a share of every layer's units (for
+    a few rows, a share of the rows leaves threads idle, while a share of the units splits the
+    weights each thread must read). Every thread of the team calls this."""
+    cdef Py_ssize_t k = n_outputs(L), start, stop, rows, i
+    cdef int part = tid if share_units else 0, parts = team if share_units else 1
+    cdef Part mine = share(n, tid, team) if not share_units else whole(n)
+    cdef Part units = share(k, part, parts)
+    cdef floating* ws = workspace + (0 if share_units else tid * cap * L.row_width)
+    cdef const floating* result
+    cdef Input chunk
+    start = mine.first
+    stop = mine.first + mine.count
+    while start < stop:
+        rows = min(cap, stop - start)
+        chunk = rows_from(x, start)
+        result = forward(L, params, &chunk, ws, cap, rows, False, 0, 0, 0, part, parts)
+        for i in range(rows):   # this thread's units of the output
+            memcpy(out + (start + i) * k + units.first, result + i * k + units.first,
+                   units.count * sizeof(floating))
+        start += rows
+
+
+cdef inline bint finite(const floating* a, Py_ssize_t n) noexcept nogil:
+    """Whether no element of a is NaN or ±inf (one vectorised pass)"""
+    cdef Py_ssize_t i
+    cdef int bad = 0
+    for i in range(n):
+        bad |= a[i] - a[i] != 0     # NaN for NaN and ±inf alone
+    return not bad
+
+
+cdef inline bint forward_one(const Layout* L, const floating* params, const floating* row,
+                             floating* out) noexcept nogil:
+    """out (1 × n_L) := the output layer's values for one row, on this thread, in a workspace of
+    its own (so concurrent predictions need no lock); False, with out untouched, when the row
+    holds a non-finite value or there is no memory"""
+    cdef Input x
+    if not finite(row, L.sizes[0]):
+        return False
+    cdef floating* ws = <floating*>malloc(L.row_width * sizeof(floating))
+    if ws == NULL:
+        return False
+    x.kind, x.n_cols, x.itemsize, x.X = DENSE_ROWS, L.sizes[0], sizeof(floating), <const char*>row
+    memcpy(out, forward(L, params, &x, ws, 1, 1, False, 0, 0, 0, 0, 1),
+           n_outputs(L) * sizeof(floating))
+    free(ws)
+    return True

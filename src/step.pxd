@@ -1,0 +1,215 @@
+# One training step, as its phases, and the run of steps that one native call makes:
+#
+#   gather    the batch's rows by index into the workspace (and their labels, targets, weights)
+#   forward   every layer, each thread its share of the units          (passes.pxd)
+#   loss      loss and output delta, each thread its share of the rows
+#   backward  every layer: dW = aᵀ·δ, db, δ for the layer below        (passes.pxd)
+#   exchange  the gradient summed across processes (data-parallel); nothing in one process
+#   clip      the gradient scaled to a global norm, when asked
+#   update    the optimizer over the flat buffer, each thread its share
+#
+# A Step (built once per fit, in _network.pyx) holds the buffers and settings. Every phase is
+# called by every thread of the team (team.pxd); phases end with a barrier, and what thread 0
+# combines between two barriers (the loss, the norm, the status) every thread then reads.
+# Reductions run in a fixed order, so a step is deterministic for a given team size.
+
+from cython cimport floating
+from libc.math cimport isfinite, sqrt
+from libc.stdint cimport uint64_t
+from libc.string cimport memcpy
+
+from layout cimport Layout, n_outputs
+from team cimport Part, share, barrier
+from passes cimport Input, Rows, gather_rows, forward, backward, loss_scale
+from losses cimport loss_forward_backward, count_correct
+from optim cimport OptimizerConfig, optimizer_update, sum_of_squares
+
+
+# The exchange phase's contract: called by one thread while the others wait, with the full
+# gradient of this process's rows in grad (n parameters of the network's dtype); it sums grad
+# across processes in place and returns 0, or non-zero to stop training. No thread touches the
+# parameters until it returns. NULL: one process, nothing to exchange.
+ctypedef int (*exchange_fn)(void* context, void* grad, Py_ssize_t n) noexcept nogil
+
+cdef enum Status:
+    STEP_OK = 0
+    LOSS_NOT_FINITE = 1         # found before the update: parameters untouched
+    NORM_NOT_FINITE = 2         # the clipped gradient's norm: parameters untouched
+    EXCHANGE_FAILED = 3         # parameters untouched
+    UPDATE_NOT_FINITE = 4       # the parameters hold the failed update
+
+cdef enum:
+    LOSS = 0                    # a thread's partial results, in Step.partial[tid]
+    CORRECT = 1
+    NORM = 2
+    BAD = 3
+    N_PARTIALS = 4
+
+
+cdef struct Step:
+    const Layout* L
+    Rows data                   # the training rows; labels are the engine's private copy
+    Input batch                 # the gathered batch: dense rows at the workspace's start
+    void* params                # the flat buffers, of the network's dtype
+    void* grad
+    void* state1
+    void* state2
+    OptimizerConfig opt
+    void* ws                    # the workspace, cap rows
+    Py_ssize_t cap
+    int* labels                 # the batch's labels (cap,)
+    double clip_norm            # 0: no clipping
+    uint64_t seed               # dropout masks
+    exchange_fn exchange
+    void* exchange_context
+    double* partial             # (threads asked, N_PARTIALS)
+    # written by thread 0 between barriers, read by the team
+    double scale, gscale, loss, correct
+    int status
+
+
+cdef inline void gather(Step* S, const floating* params, const Py_ssize_t* idx,
+                        Py_ssize_t rows, int tid, int team) noexcept nogil:
+    """The batch's rows idx[:rows] into the workspace, each thread its share; thread 0 sets the
+    loss's scale for them"""
+    cdef const Layout* L = S.L
+    cdef Part mine = share(rows, tid, team)
+    cdef Py_ssize_t i, k = n_outputs(L)
+    cdef floating* ws = <floating*>S.ws
+    cdef const floating* targets = <const floating*>S.data.targets
+    cdef const floating* weights = <const floating*>S.data.weights
+    gather_rows(&S.batch, &S.data.x, idx, mine)
+    for i in range(mine.first, mine.first + mine.count):
+        if S.data.labels != NULL:
+            S.labels[i] = S.data.labels[idx[i]]
+        if targets != NULL:
+            memcpy(ws + S.cap * L.t_col + i * k, targets + idx[i] * k, k * sizeof(floating))
+        if weights != NULL:
+            ws[S.cap * L.sw_col + i] = weights[idx[i]]
+    if tid == 0:
+        S.scale = loss_scale(L, weights, idx, rows)
+    barrier(team)
+
+
+cdef inline void loss(Step* S, const floating* out, Py_ssize_t rows, int tid,
+                      int team) noexcept nogil:
+    """Each thread's rows of the output (rows × n_L): their loss and weighted count of correct
+    predictions into its partials, and dL/d(output) into the d0 buffer"""
+    cdef const Layout* L = S.L
+    cdef Part r = share(rows, tid, team)
+    cdef Py_ssize_t k = n_outputs(L), i = r.first
+    cdef floating* ws = <floating*>S.ws
+    cdef const int* lab = S.labels + i if S.data.labels != NULL else NULL
+    cdef const floating* t = ws + S.cap * L.t_col + i * k if S.data.targets != NULL else NULL
+    cdef const floating* w = ws + S.cap * L.sw_col + i if S.data.weights != NULL else NULL
+    cdef double* mine = S.partial + tid * N_PARTIALS
+    mine[LOSS] = 0
+    mine[CORRECT] = 0
+    if r.count > 0:
+        mine[LOSS] = loss_forward_backward(L.loss, out + i * k, lab, t, w, <floating>S.scale,
+                                           ws + S.cap * L.d0_col + i * k, r.count, k)
+        mine[CORRECT] = count_correct(L.loss, out + i * k, lab, t, w, r.count, k)
+
+
+cdef inline void exchange(Step* S, const floating* params, int tid, int team) noexcept nogil:
+    """Thread 0 combines the loss (the L2 penalty included) and the count of correct
+    predictions; when the loss is finite, the gradient is summed across processes"""
+    cdef int i
+    if tid == 0:
+        S.loss = 0
+        S.correct = 0
+        for i in range(team):           # fixed order: deterministic
+            S.loss += S.partial[i * N_PARTIALS + LOSS]
+            S.correct += S.partial[i * N_PARTIALS + CORRECT]
+        S.status = STEP_OK if isfinite(S.loss) else LOSS_NOT_FINITE
+        if S.status == STEP_OK and S.exchange != NULL:
+            if S.exchange(S.exchange_context, S.grad, S.L.n_params) != 0:
+                S.status = EXCHANGE_FAILED
+    barrier(team)
+
+
+cdef inline void clip(Step* S, const floating* params, int tid, int team) noexcept nogil:
+    """gscale := clip_norm / ‖grad‖ when the norm exceeds clip_norm, else 1 (any fixed split of
+    the sum is deterministic)"""
+    cdef Part mine
+    cdef double norm = 0
+    cdef int i
+    if S.clip_norm <= 0:
+        return              # gscale stays 1
+    mine = share(S.L.n_params, tid, team)
+    S.partial[tid * N_PARTIALS + NORM] = sum_of_squares(<floating*>S.grad + mine.first,
+                                                        mine.count)
+    barrier(team)
+    if tid == 0:
+        for i in range(team):
+            norm += S.partial[i * N_PARTIALS + NORM]
+        norm = sqrt(norm)
+        S.gscale = 1
+        if not isfinite(norm):
+            S.status = NORM_NOT_FINITE
+        elif norm > S.clip_norm:
+            S.gscale = S.clip_norm / (norm + 1e-6)
+    barrier(team)
+
+
+cdef inline void update(Step* S, const floating* params, floating lr, long step, int tid,
+                        int team) noexcept nogil:
+    """The optimizer's update of each thread's share of the flat buffer; status :=
+    UPDATE_NOT_FINITE when it made a parameter non-finite"""
+    cdef Part mine = share(S.L.n_params, tid, team)
+    cdef Py_ssize_t i = mine.first
+    cdef int t, bad = 0
+    S.partial[tid * N_PARTIALS + BAD] = optimizer_update(
+        &S.opt, lr, step, <floating*>S.params + i, <floating*>S.grad + i,
+        <floating*>S.state1 + i, <floating*>S.state2 + i, mine.count, <floating>S.gscale)
+    barrier(team)
+    if tid == 0:
+        for t in range(team):
+            bad |= S.partial[t * N_PARTIALS + BAD] != 0
+        if bad:
+            S.status = UPDATE_NOT_FINITE
+    barrier(team)
+
+
+cdef inline int train_step(Step* S, const floating* params, const Py_ssize_t* idx,
+                           Py_ssize_t rows, floating lr, long step, int tid,
+                           int team) noexcept nogil:
+    """One training step on the data's rows idx[:rows] with learning rate lr (the optimizer's
+    step number step, from 1); returns its Status. Every thread of the team calls this."""
+    cdef const Layout* L = S.L
+    cdef const floating* out
+    gather(S, params, idx, rows, tid, team)
+    out = forward(L, params, &S.batch, <floating*>S.ws, S.cap, rows, True, S.seed, step - 1, 0,
+                  tid, team)
+    loss(S, out, rows, tid, team)
+    backward(L, params, <floating*>S.grad, &S.batch, <floating*>S.ws, S.cap, rows, False, True,
+             S.seed, step - 1, S.partial + tid * N_PARTIALS + LOSS, tid, team)
+    barrier(team)       # the whole gradient is in grad
+    exchange(S, params, tid, team)
+    if S.status != STEP_OK:
+        return S.status
+    clip(S, params, tid, team)
+    if S.status != STEP_OK:
+        return S.status
+    update(S, params, lr, step, tid, team)
+    return S.status
+
+
+cdef inline Py_ssize_t train_steps(Step* S, const floating* params, const Py_ssize_t* order,
+                                   Py_ssize_t n_order, Py_ssize_t batch, const double* lrs,
+                                   Py_ssize_t n_steps, long step0, double* losses,
+                                   double* corrects, int tid, int team) noexcept nogil:
+    """Steps s = 0, 1, …, n_steps − 1 on the rows order[s·batch : (s+1)·batch], with learning
+    rates lrs[s] and step numbers step0 + s + 1; losses[s] and corrects[s] := each step's mean
+    loss and weighted count of correct predictions. Returns the steps completed: fewer when one
+    failed (S.status says how). Every thread of the team calls this."""
+    cdef Py_ssize_t s, start
+    for s in range(n_steps):
+        start = s * batch
+        if train_step(S, params, order + start, min(batch, n_order - start), <floating>lrs[s],
+                      step0 + s + 1, tid, team) != STEP_OK:
+            return s
+        if tid == 0:
+            losses[s] = S.loss
+            corrects[s] = S.correct
+    return n_steps
