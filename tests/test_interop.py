@@ -2,13 +2,14 @@
 model predicts, for each activation and dtype; the round trips through ONNX agree to rounding;
 anything unsupported is a clear error naming the part."""
 import re
-import warnings
 
 import numpy as np
 import pytest
 
 import cdnn
 
+# a few iterations are enough to compare predictions
+pytestmark = pytest.mark.filterwarnings("ignore:Stochastic Optimizer:Warning")
 TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
 
 
@@ -17,12 +18,6 @@ def data():
     rng = np.random.default_rng(5)
     X = rng.normal(size=(100, 4))
     return X, X @ rng.normal(size=(4, 3))
-
-
-def fitted(estimator, X, y):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")     # ConvergenceWarning: a few iterations suffice
-        return estimator.fit(X, y)
 
 
 def assert_close(actual, expected, dtype):
@@ -49,15 +44,13 @@ def test_from_sklearn_predicts_as_the_estimator(data, kind, activation, dtype):
     X, scores = data
     X = X.astype(dtype)     # scikit-learn fits float32 coefs_ to float32 input
     if kind == "regression":
-        est = fitted(neural_network.MLPRegressor(
-            hidden_layer_sizes=(6, 5), activation=activation, max_iter=20, random_state=0),
-            X, scores)
+        est = neural_network.MLPRegressor(hidden_layer_sizes=(6, 5), activation=activation,
+                                          max_iter=20, random_state=0).fit(X, scores)
     else:
         y = {"multiclass": scores.argmax(axis=1) * 10, "binary": scores[:, 0] > 0,
              "multilabel": (scores > 0).astype(int)}[kind]
-        est = fitted(neural_network.MLPClassifier(
-            hidden_layer_sizes=(6, 5), activation=activation, max_iter=20, random_state=0),
-            X, y)
+        est = neural_network.MLPClassifier(hidden_layer_sizes=(6, 5), activation=activation,
+                                           max_iter=20, random_state=0).fit(X, y)
     net = cdnn.from_sklearn(est)
     assert net.dtype == dtype and net.layer_sizes == (4, 6, 5, est.n_outputs_)
     if kind == "regression":
@@ -78,8 +71,8 @@ def test_from_sklearn_takes_cdnn_estimators_and_round_trips_through_onnx(data):
     pytest.importorskip("sklearn")
     from cdnn.sklearn import MLPClassifier
     X, scores = data
-    est = fitted(MLPClassifier(hidden_layer_sizes=(7,), activation="gelu", dtype="float64",
-                               max_iter=20, random_state=0), X, scores.argmax(axis=1))
+    est = MLPClassifier(hidden_layer_sizes=(7,), activation="gelu", dtype="float64",
+                        max_iter=20, random_state=0).fit(X, scores.argmax(axis=1))
     net = cdnn.from_sklearn(est)
     assert net.activations == ("gelu",)
     assert_close(net.predict_proba(X), est.predict_proba(X), "float64")
@@ -90,8 +83,7 @@ def test_from_sklearn_takes_cdnn_estimators_and_round_trips_through_onnx(data):
 def test_from_sklearn_copies_the_weights(data):
     neural_network = pytest.importorskip("sklearn.neural_network")
     X, scores = data
-    est = fitted(neural_network.MLPRegressor(hidden_layer_sizes=(3,), max_iter=5), X,
-                 scores[:, 0])
+    est = neural_network.MLPRegressor(hidden_layer_sizes=(3,), max_iter=5).fit(X, scores[:, 0])
     net = cdnn.from_sklearn(est)
     net.weights[0][...] = 0
     assert np.abs(est.coefs_[0]).sum() > 0
@@ -106,8 +98,8 @@ def test_from_sklearn_bad_input(data):
     for wrong in (LogisticRegression(), cdnn.MLP([2, 2]), "MLPClassifier"):
         with pytest.raises(TypeError, match="MLPClassifier or MLPRegressor"):
             cdnn.from_sklearn(wrong)
-    poisson = fitted(neural_network.MLPRegressor(hidden_layer_sizes=(3,), loss="poisson",
-                                                 max_iter=5), X, np.abs(scores[:, 0]))
+    poisson = neural_network.MLPRegressor(hidden_layer_sizes=(3,), loss="poisson",
+                                          max_iter=5).fit(X, np.abs(scores[:, 0]))
     with pytest.raises(ValueError, match="out_activation_ 'exp'"):
         cdnn.from_sklearn(poisson)
 

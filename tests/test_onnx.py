@@ -17,6 +17,8 @@ ort = pytest.importorskip("onnxruntime")
 ACTIVATIONS = ["identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu"]
 LOSSES = ["softmax_cross_entropy", "sigmoid_cross_entropy", "mean_squared_error"]
 DTYPES = ["float32", "float64"]
+# a few iterations are enough to compare predictions
+pytestmark = pytest.mark.filterwarnings("ignore:Stochastic Optimizer:Warning")
 TOLERANCE = {"float32": 1e-5, "float64": 1e-10}
 
 
@@ -131,13 +133,6 @@ def data():
     return X, X @ rng.normal(size=(4, 3))
 
 
-def fitted(estimator, X, y):
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")     # ConvergenceWarning: a few iterations suffice
-        return estimator.fit(X, y)
-
-
 def classification_targets(kind, scores):
     if kind == "multiclass":      # string labels: the label output is a STRING tensor
         return np.array(["ant", "bee", "cat"])[scores.argmax(axis=1)]
@@ -155,11 +150,13 @@ def test_classifier_exports_labels_and_probabilities(data, library, kind, dtype)
     X = X.astype(dtype)
     if library == "cdnn":
         from cdnn.sklearn import MLPClassifier
-        est = MLPClassifier(hidden_layer_sizes=(6,), activation="gelu", dtype=dtype, max_iter=20, random_state=0)
+        est = MLPClassifier(hidden_layer_sizes=(6,), activation="gelu", dtype=dtype,
+                            max_iter=20, random_state=0)
     else:
         from sklearn.neural_network import MLPClassifier
-        est = MLPClassifier(hidden_layer_sizes=(6,), activation="tanh", max_iter=20, random_state=0)
-    est = fitted(est, X, classification_targets(kind, scores))
+        est = MLPClassifier(hidden_layer_sizes=(6,), activation="tanh", max_iter=20,
+                            random_state=0)
+    est.fit(X, classification_targets(kind, scores))
     model = estimator_to_onnx(est) if library == "sklearn" else est.to_onnx()
     assert [o.name for o in model.graph.output] == ["label", "probabilities"]
     label, probabilities = run(model, X)
@@ -174,8 +171,8 @@ def test_regressor_exports_variable(data, n_targets):
     pytest.importorskip("sklearn")
     from cdnn.sklearn import MLPRegressor
     X, scores = data
-    est = fitted(MLPRegressor(hidden_layer_sizes=(5,), max_iter=20, random_state=0), X,
-                 scores[:, 0] if n_targets == 1 else scores)
+    est = MLPRegressor(hidden_layer_sizes=(5,), max_iter=20, random_state=0)
+    est.fit(X, scores[:, 0] if n_targets == 1 else scores)
     model = est.to_onnx()
     (variable,) = run(model, X.astype(np.float32))
     assert model.graph.output[0].name == "variable" and variable.shape == (len(X), n_targets)
