@@ -5,6 +5,7 @@ whole training step in one native call; this package is the thin Python layer ar
 """
 from cdnn.callbacks import (Callback, EarlyStopping, LearningRateScheduler, ModelCheckpoint,
                             ReduceLROnPlateau)
+from cdnn.convert import from_sklearn, from_torch
 from cdnn.network import MLP, Dense, Sequential
 from cdnn.optim import SGD, Adam, AdamW, Optimizer, RMSprop
 from cdnn.threads import get_num_threads, limit_threads, set_num_threads
@@ -23,4 +24,4 @@ __version__ = "0.1.0"
 __all__ = ["MLP", "Dense", "Sequential", "Optimizer", "SGD", "Adam", "AdamW", "RMSprop",
            "Trainer", "History", "Callback", "EarlyStopping", "ModelCheckpoint",
            "LearningRateScheduler", "ReduceLROnPlateau", "datasets", "schedules", "load",
-           "set_num_threads", "get_num_threads", "limit_threads"]
+           "set_num_threads", "get_num_threads", "limit_threads", "from_sklearn", "from_torch"]

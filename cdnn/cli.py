@@ -3,6 +3,7 @@
     cdnn train [--dataset digits|mnist|fashion-mnist] [--data-dir DIR] [--save model.safetensors]
     cdnn evaluate model.safetensors [--dataset …] [--data-dir DIR]
     cdnn predict model.safetensors input.npy|input.csv [-o out.npy|out.csv] [--proba]
+    cdnn export model.safetensors model.onnx   (needs pip install 'cdnn[onnx]')
     cdnn bench [--quick …]                  (the benchmark suite: cdnn bench --help)
 
 With no data option `train` uses the UCI handwritten digits shipped in the package, so it runs
@@ -98,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
                          ".csv); CSV on stdout when omitted")
     predict.add_argument("--proba", action="store_true",
                          help="class probabilities instead of class indices")
+
+    export = commands.add_parser("export", help="convert a saved model to ONNX",
+                                 description="Write a saved model as an ONNX file (opset 17; "
+                                 "its first output is predict_proba's answer, or predict's for "
+                                 "regression). Needs pip install 'cdnn[onnx]'.")
+    export.add_argument("model", help="a model file written by `cdnn train --save`")
+    export.add_argument("output", help="where to write the ONNX model, e.g. model.onnx")
 
     commands.add_parser("bench", help="benchmark cdnn against PyTorch, JAX and scikit-learn "
                         "(cdnn bench --help)", add_help=False)
@@ -229,6 +237,12 @@ def predict(args) -> int:
     return 0
 
 
+def export(args) -> int:
+    cdnn.load(args.model).to_onnx(args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:   # the suite parses its own options (and --help)
@@ -236,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         return bench.main(argv[1:])
     args = _parser().parse_args(argv)
     try:
-        return {"train": train, "evaluate": evaluate, "predict": predict}[args.command](args)
+        return {"train": train, "evaluate": evaluate, "predict": predict,
+                "export": export}[args.command](args)
     except ImportError as e:    # an optional dependency (safetensors for model files)
         print(f"cdnn {args.command}: error: {e}; install it with pip install {e.name}",
               file=sys.stderr)

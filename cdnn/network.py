@@ -168,6 +168,12 @@ class MLP:
         to params, in params' layout; dropout is off."""
         return self.engine.loss_and_grad(self.params, self.engine.prepare(X, y, sample_weight))
 
+    def to_onnx(self, path=None):
+        """This network as an onnx.ModelProto, written to path when one is given (needs
+        pip install 'cdnn[onnx]'; the graph is described in cdnn.onnx)."""
+        from cdnn.onnx import to_onnx
+        return to_onnx(self, path)
+
 
 def Dense(units: int, activation: str = "identity", dropout: float = 0.0) -> dict:
     """One layer for Sequential: its width, activation and dropout rate on its output."""

@@ -45,6 +45,7 @@ from cdnn._validation import (check_choice, check_positive_int, check_real,
                               check_sample_weight)
 from cdnn.callbacks import Callback
 from cdnn.network import ACTIVATIONS, MLP, _check_dtype
+from cdnn.onnx import estimator_to_onnx
 from cdnn.optim import SGD, Adam
 from cdnn.training import Trainer
 
@@ -58,6 +59,7 @@ LEARNING_RATES = ("constant", "invscaling", "adaptive")
 
 class _BaseMLP(BaseEstimator):
     """What the classifier and the regressor share: parameters, fitting, the solvers."""
+    to_onnx = estimator_to_onnx     # est.to_onnx(path): with class labels, as skl2onnx
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
                  alpha=0.0001, batch_size="auto", learning_rate="constant",
