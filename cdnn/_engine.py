@@ -67,6 +67,28 @@ class Batch(NamedTuple):
     weights: np.ndarray | None
 
 
+def _check_distributions(targets: np.ndarray):
+    """One-hot or probability rows for the softmax loss must each sum to 1: an all-zero row
+    would train nothing and count as correct, an all-one row is no distribution."""
+    sums = targets.sum(axis=1, dtype=np.float64)
+    bad = np.flatnonzero(np.abs(sums - 1) > 1e-3)
+    if bad.size:
+        raise ValueError(f"y row {bad[0]} sums to {sums[bad[0]]:g}: one-hot or probability rows "
+                         f"for softmax_cross_entropy must each sum to 1")
+
+
+def _normalized(weights: np.ndarray | None) -> np.ndarray | None:
+    """Sample weights scaled to a largest weight of 1. The loss is the weighted mean, so this
+    changes no result, but keeps 1/Σw and Σw within float32's range for weights of 1e-40 or
+    3e38 (each valid float32)."""
+    if weights is None:
+        return None
+    top = weights.max()
+    if not top > 0:
+        raise ValueError("sample_weight is zero for every row: nothing to train or evaluate")
+    return weights / top if top != 1 else weights
+
+
 class Engine:
     """Runs one network's kernels: predict, evaluate, gradients and training steps."""
 
@@ -103,7 +125,10 @@ class Engine:
                 raise ValueError(f"y has {targets.shape[1]} {columns}, the network {k} outputs")
             if self.loss != "mean_squared_error" and ((targets < 0) | (targets > 1)).any():
                 raise ValueError(f"targets for {self.loss} must lie in [0, 1]")
-        return Batch(X, labels, targets, check_sample_weight(sample_weight, n, self.dtype))
+            if self.loss == "softmax_cross_entropy":
+                _check_distributions(targets)
+        return Batch(X, labels, targets, _normalized(check_sample_weight(sample_weight, n,
+                                                                         self.dtype)))
 
     def _workspace(self, rows: int) -> np.ndarray:
         """This Python thread's workspace, grown to hold `rows` rows."""
@@ -126,7 +151,7 @@ class Engine:
         if self.n_params < MIN_WORK_TO_SHARE_UNITS or get_num_threads() == 1 or _forked:
             out = self.network.forward_row(params, X)   # one ready row: no copy, no plan
             if out is not None:
-                return out
+                return _finite_outputs(out)
         X = self.check_X(X)
         out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
         team, workspace = self._plan(len(X), 2)
@@ -141,7 +166,7 @@ class Engine:
         else:
             with single_threaded_blas():
                 self.network.forward(params, X, out, workspace, team)
-        return out
+        return _finite_outputs(out)
 
     def evaluate(self, params: np.ndarray, batch: Batch) -> tuple[float, float]:
         """(mean loss, weighted count of correct predictions); dropout off, no L2 term."""
@@ -161,6 +186,16 @@ class Engine:
                        clip_norm: float, seed: int) -> TrainingSteps:
         """The training steps of one fit over the rows of train (built once per fit)."""
         return TrainingSteps(self, params, optimizer, train, batch_size, clip_norm, seed)
+
+
+def _finite_outputs(out: np.ndarray) -> np.ndarray:
+    """out, when every value is finite: finite inputs can still overflow a layer (float32 X of
+    3e38), and a NaN output would pass for a prediction"""
+    if not _network.all_finite(out.reshape(-1)):
+        row = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
+        raise ValueError(f"the network's output for row {row} is not finite: its inputs or the "
+                         f"parameters are too large for {out.dtype} (scale the inputs)")
+    return out
 
 
 class TrainingSteps:

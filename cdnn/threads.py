@@ -1,18 +1,17 @@
-"""The threads cdnn's kernels run on.
+"""The threads cdnn's kernels run on: the user's ceiling, and the BLAS bracketing.
 
-A training step (and a large predict) splits its rows across cdnn's own OpenMP threads, each
-calling single-threaded GEMMs from the BLAS that scipy ships (`scipy.linalg.cython_blas`); a
-predict of a few rows of a large network splits each layer's units instead. While such a kernel
-runs, the BLAS is held at one thread so the two pools never oversubscribe the cores; small calls
-(one row of a small network) use one cdnn thread and the BLAS as it is.
+cdnn's kernels run on cdnn's own OpenMP team, each thread calling single-threaded GEMMs from the
+BLAS that scipy ships (`scipy.linalg.cython_blas`); while they run, that BLAS is held at one
+thread (`single_threaded_blas`) so the two pools never oversubscribe the cores. How many threads
+a call gets follows its work, up to the ceiling set here: that plan is cdnn/_engine.py's.
 
-`set_num_threads(n)` sets cdnn's thread count and every BLAS and OpenMP pool of the process
-(through threadpoolctl), so numpy's products follow the same limit. The default is the number of
-cores this process may use.
+`set_num_threads(n)` sets cdnn's ceiling and every BLAS and OpenMP pool of the process (through
+threadpoolctl), so numpy's products follow the same limit. The default is the number of cores
+this process may use.
 
-Results are bit-identical for a given seed and thread count; with another thread count the
-GEMMs take other shares of the rows or units, so results agree to rounding only (see the
-README's Reliability section).
+Results are bit-identical for a given seed and team size; with another team the GEMMs take
+other shares of the rows or units, so results agree to rounding only (see the README's
+Reliability section).
 """
 from __future__ import annotations
 
@@ -25,7 +24,13 @@ from threadpoolctl import threadpool_limits
 
 from cdnn._validation import check_positive_int
 
+MAX_THREADS = 2**16     # more than any machine has; OpenMP and the BLAS take a C int
+
 _num_threads: int | None = None     # None: every usable core
+_limits = threading.local()         # this Python thread's open limit_threads blocks
+_pools_lock = threading.Lock()
+_open_limits: list = []             # every thread's open blocks, oldest first
+_pools_before = None                # the pools' limits before the oldest open block
 
 
 def _usable_cores() -> int:
@@ -39,34 +44,51 @@ _USABLE_CORES = _usable_cores()     # read once: every predict asks
 
 
 def get_num_threads() -> int:
-    """The number of threads cdnn's kernels use."""
+    """The number of threads cdnn's kernels use (in this Python thread)."""
+    stack = getattr(_limits, "stack", None)
+    if stack:
+        return stack[-1].n
     return _num_threads or _USABLE_CORES
 
 
 def set_num_threads(n: int) -> None:
-    """Use n threads in cdnn's kernels and in every BLAS and OpenMP pool of the process."""
+    """Use at most n threads in cdnn's kernels, and n in every BLAS and OpenMP pool of the
+    process. cdnn's team for a call is smaller when the call is small."""
     global _num_threads
-    _num_threads = check_positive_int(n, "the number of threads")
+    _num_threads = check_positive_int(n, "the number of threads", maximum=MAX_THREADS)
     threadpool_limits(limits=_num_threads)
 
 
 class limit_threads:
-    """`with cdnn.limit_threads(n): …` runs the block with n threads (cdnn's and every pool's),
-    then restores the previous counts."""
+    """`with cdnn.limit_threads(n): …` runs the block with at most n threads: cdnn's, in this
+    Python thread, and every BLAS and OpenMP pool's, which are the process's. Blocks may nest
+    and may be open in several Python threads at once: the pools follow the most recently
+    opened block still open, and return to their previous limits when the last one closes."""
 
     def __init__(self, n: int):
-        self.n = check_positive_int(n, "the number of threads")
+        self.n = check_positive_int(n, "the number of threads", maximum=MAX_THREADS)
 
     def __enter__(self):
-        global _num_threads
-        self._previous, _num_threads = _num_threads, self.n
-        self._pools = threadpool_limits(limits=self.n)
+        global _pools_before
+        if not hasattr(_limits, "stack"):
+            _limits.stack = []
+        _limits.stack.append(self)
+        with _pools_lock:
+            if not _open_limits:
+                _pools_before = threadpool_limits(limits=self.n)
+            else:
+                threadpool_limits(limits=self.n)
+            _open_limits.append(self)
         return self
 
     def __exit__(self, *exc):
-        global _num_threads
-        self._pools.restore_original_limits()
-        _num_threads = self._previous
+        _limits.stack.remove(self)
+        with _pools_lock:
+            _open_limits.remove(self)
+            if _open_limits:
+                threadpool_limits(limits=_open_limits[-1].n)
+            else:
+                _pools_before.restore_original_limits()
 
 
 _blas_lock = threading.Lock()

@@ -45,7 +45,7 @@ LOSSES = {"softmax_cross_entropy": SOFTMAX_CROSS_ENTROPY,
 # Why a training step stopped (step.pxd's Status)
 STEP_FAILURES = {1: "the loss is not finite", 2: "the gradient's norm is not finite",
                  3: "the gradient exchange failed",
-                 4: "the updated parameters are not finite"}
+                 4: "the update made a parameter or the optimizer's state non-finite"}
 
 
 cdef class Network:

@@ -14,6 +14,10 @@ cdef enum Activation:
     TANH = 4
     GELU = 5
 
+cdef enum Direction:       # of a pass over the layer's values
+    FORWARD = 0
+    BACKWARD = 1
+
 
 
 cdef inline bint keeps_preactivation(int kind) noexcept nogil:
@@ -57,38 +61,7 @@ cdef inline void bias_activation_forward(floating* z, floating* a, const floatin
                                          Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t ld,
                                          int kind, floating slope) noexcept nogil:
     """z := z + bias (kept only for GELU); a := f(z + bias) — one pass after the GEMM"""
-    # kind is passed on as a constant, so the compiler specialises the loop for each activation
-    # (vectorising the cheap ones) instead of branching on kind for every element
-    if kind == RELU:
-        _bias_activation(z, a, bias, rows, cols, ld, RELU, slope)
-    elif kind == LEAKY_RELU:
-        _bias_activation(z, a, bias, rows, cols, ld, LEAKY_RELU, slope)
-    elif kind == SIGMOID:
-        _bias_activation(z, a, bias, rows, cols, ld, SIGMOID, slope)
-    elif kind == TANH:
-        _bias_activation(z, a, bias, rows, cols, ld, TANH, slope)
-    elif kind == GELU:
-        _bias_activation(z, a, bias, rows, cols, ld, GELU, slope)
-    else:
-        _bias_activation(z, a, bias, rows, cols, ld, IDENTITY, slope)
-
-
-cdef inline void _bias_activation(floating* z, floating* a, const floating* bias,
-                                  Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t ld,
-                                  int kind, floating slope) noexcept nogil:
-    cdef Py_ssize_t i, j
-    cdef floating v
-    cdef floating* zr
-    cdef floating* ar
-    cdef bint keep = keeps_preactivation(kind)
-    for i in range(rows):
-        zr = z + i * ld
-        ar = a + i * ld
-        for j in range(cols):
-            v = zr[j] + bias[j]
-            if keep:
-                zr[j] = v
-            ar[j] = activate(v, kind, slope)
+    elementwise(FORWARD, z, a, NULL, bias, rows, cols, ld, kind, slope)
 
 
 # d (upstream gradient dL/da, becomes dL/dz), a, z are (rows, cols) with rows ld apart.
@@ -96,33 +69,47 @@ cdef inline void activation_backward(floating* d, const floating* a, const float
                                      Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t ld,
                                      int kind, floating slope) noexcept nogil:
     """d := d · f'(z)"""
-    if kind == RELU:    # kind as a constant, as in bias_activation_forward
-        _activation_backward(d, a, z, rows, cols, ld, RELU, slope)
+    elementwise(BACKWARD, <floating*>z, <floating*>a, d, NULL, rows, cols, ld, kind, slope)
+
+
+cdef inline void elementwise(int direction, floating* z, floating* a, floating* d,
+                             const floating* bias, Py_ssize_t rows, Py_ssize_t cols,
+                             Py_ssize_t ld, int kind, floating slope) noexcept nogil:
+    """The one dispatch on the activation: kind is passed on as a constant, so the compiler
+    specialises each pass's loop for each activation (vectorising the cheap ones) instead of
+    branching on kind for every element"""
+    if kind == RELU:
+        _elementwise(direction, z, a, d, bias, rows, cols, ld, RELU, slope)
     elif kind == LEAKY_RELU:
-        _activation_backward(d, a, z, rows, cols, ld, LEAKY_RELU, slope)
+        _elementwise(direction, z, a, d, bias, rows, cols, ld, LEAKY_RELU, slope)
     elif kind == SIGMOID:
-        _activation_backward(d, a, z, rows, cols, ld, SIGMOID, slope)
+        _elementwise(direction, z, a, d, bias, rows, cols, ld, SIGMOID, slope)
     elif kind == TANH:
-        _activation_backward(d, a, z, rows, cols, ld, TANH, slope)
+        _elementwise(direction, z, a, d, bias, rows, cols, ld, TANH, slope)
     elif kind == GELU:
-        _activation_backward(d, a, z, rows, cols, ld, GELU, slope)
+        _elementwise(direction, z, a, d, bias, rows, cols, ld, GELU, slope)
     else:
-        _activation_backward(d, a, z, rows, cols, ld, IDENTITY, slope)
+        _elementwise(direction, z, a, d, bias, rows, cols, ld, IDENTITY, slope)
 
 
-cdef inline void _activation_backward(floating* d, const floating* a, const floating* z,
-                                      Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t ld,
-                                      int kind, floating slope) noexcept nogil:
-    cdef Py_ssize_t i, j
-    cdef floating* dr
-    cdef const floating* ar
-    cdef const floating* zr
+cdef inline void _elementwise(int direction, floating* z, floating* a, floating* d,
+                              const floating* bias, Py_ssize_t rows, Py_ssize_t cols,
+                              Py_ssize_t ld, int kind, floating slope) noexcept nogil:
+    """FORWARD: z += bias (kept only for GELU), a := f(z); BACKWARD: d := d · f'(z)"""
+    cdef Py_ssize_t i, j, row
+    cdef floating v
+    cdef bint keep = keeps_preactivation(kind)
     for i in range(rows):
-        dr = d + i * ld
-        ar = a + i * ld
-        zr = z + i * ld
-        for j in range(cols):
-            dr[j] = dr[j] * derivative(ar[j], zr[j], kind, slope)
+        row = i * ld
+        if direction == FORWARD:
+            for j in range(cols):
+                v = z[row + j] + bias[j]
+                if keep:
+                    z[row + j] = v
+                a[row + j] = activate(v, kind, slope)
+        else:
+            for j in range(cols):
+                d[row + j] = d[row + j] * derivative(a[row + j], z[row + j], kind, slope)
 
 
 # d is dL/dz (rows, cols); dbias is (cols,). Threads that share a batch each take a range of

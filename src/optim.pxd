@@ -1,8 +1,9 @@
 # Optimizer updates over the flat parameter buffer, with PyTorch's semantics and order of
 # operations (torch.optim.SGD, Adam, AdamW, RMSprop). p, g and the state buffers share one
 # layout of n elements; g is read, never written. gscale multiplies the gradient first (global
-# norm clipping). step counts from 1. Each update returns whether a new parameter is not finite
-# (p − p ≠ 0 only for inf and NaN; an integer OR, so the check vectorises with the pass).
+# norm clipping). step counts from 1. Each update returns whether a new parameter (or a squared-
+# gradient average) is not finite (x − x ≠ 0 only for inf and NaN; an integer OR, so the check
+# vectorises with the pass).
 
 from cython cimport floating
 from mathf cimport fsqrt
@@ -75,7 +76,7 @@ cdef inline int adam_update(const OptimizerConfig* c, floating lr, long step, fl
         v[i] = b2 * v[i] + (1 - b2) * gi * gi
         pi = pi - step_size * (m[i] / (fsqrt(v[i]) / bc2_sqrt + eps))
         p[i] = pi
-        bad |= pi - pi != 0
+        bad |= (pi - pi != 0) | (v[i] - v[i] != 0)    # an overflowed g² would stall p silently
     return bad
 
 
@@ -96,7 +97,7 @@ cdef inline int rmsprop_update(const OptimizerConfig* c, floating lr, floating* 
             step = buf[i]
         pi = p[i] - lr * step
         p[i] = pi
-        bad |= pi - pi != 0
+        bad |= (pi - pi != 0) | (sq[i] - sq[i] != 0)  # an overflowed g² would stall p silently
     return bad
 
 

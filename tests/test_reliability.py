@@ -165,3 +165,137 @@ def test_other_thread_counts_agree_to_rounding(dtype, rtol):
     one, _ = train(dtype, seed=7, threads=1)
     two, _ = train(dtype, seed=7, threads=2)
     np.testing.assert_allclose(two, one, rtol=rtol, atol=rtol * np.abs(one).max())
+
+
+# --- hostile conditions (issue 13): each reproduces what once crashed, hung or lied ---------------
+
+def run_script(tmp_path, source: str, timeout: float = 120) -> str:
+    """Run source in a fresh interpreter; a crash or a hang fails the test instead of the run."""
+    import subprocess
+    import sys
+    script = tmp_path / "script.py"
+    script.write_text(source)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
+    return result.stdout
+
+
+def test_labels_changed_by_another_thread_during_fit_never_reach_the_kernels(tmp_path):
+    """y as np.intc is used without conversion; another thread writes out-of-range labels into
+    it while fit runs. The engine trains on its own copy, taken before it is checked."""
+    out = run_script(tmp_path, """
+import threading, numpy as np, cdnn
+rng = np.random.default_rng(0)
+X = rng.normal(size=(20000, 20)).astype(np.float32)
+y = rng.integers(0, 3, 20000).astype(np.intc)
+stop = False
+def vandal():
+    while not stop:
+        y[::7] = 10**6
+        y[::7] = 1
+t = threading.Thread(target=vandal); t.start()
+try:
+    for _ in range(3):
+        try:
+            cdnn.Trainer(cdnn.MLP([20, 64, 3], seed=0), cdnn.SGD(0.1), batch_size=64).fit(
+                X, y, epochs=1, verbose=0)
+        except ValueError as e:      # the copy was taken mid-write: named, not a crash
+            assert "label" in str(e)
+finally:
+    stop = True; t.join()
+print("ok")
+""")
+    assert out.strip() == "ok"
+
+
+def test_a_fork_child_predicts_after_the_parent_used_threads(tmp_path):
+    """libgomp's thread pool does not survive fork: a child that entered a parallel region
+    would hang forever. A fork child runs cdnn's kernels on one thread."""
+    out = run_script(tmp_path, """
+import multiprocessing as mp, numpy as np, cdnn
+net = cdnn.MLP([784, 256, 10], seed=0)
+X = np.random.default_rng(0).random((4000, 784), dtype=np.float32)
+expected = net.predict(X)                       # a multi-threaded call in the parent
+cdnn.Trainer(net, cdnn.SGD(0.01), batch_size=256).fit(X, expected, epochs=1, verbose=0)
+expected = net.predict(X)
+def child(q):
+    q.put(bool((net.predict(X) == expected).all()))
+ctx = mp.get_context("fork")
+q = ctx.Queue()
+p = ctx.Process(target=child, args=(q,)); p.start()
+print(q.get(timeout=60)); p.join(10)
+""", timeout=120)
+    assert out.strip() == "True"
+
+
+def test_more_threads_than_a_fixed_table_held_work_everywhere(tmp_path):
+    """set_num_threads(100) (or a machine with more than 64 cores) once broke every call; the
+    team is now sized by the work and its partial sums by the team."""
+    out = run_script(tmp_path, """
+import numpy as np, cdnn
+cdnn.set_num_threads(100)
+rng = np.random.default_rng(0)
+X, y = rng.normal(size=(3000, 20)), rng.integers(0, 3, 3000)
+net = cdnn.MLP([20, 64, 3], dtype="float64", seed=0)
+net.predict(X[:1]); net.predict(X); net.evaluate(X, y); net.loss_and_grad(X, y)
+cdnn.Trainer(net, cdnn.SGD(0.1), batch_size=3000).fit(X, y, epochs=2, verbose=0)
+print(cdnn.get_num_threads())
+""")
+    assert out.strip() == "100"
+
+
+@pytest.mark.parametrize("n", [2**40, 2**16 + 1])
+def test_absurd_thread_counts_are_a_value_error(n):
+    with pytest.raises(ValueError, match="at most"):
+        cdnn.set_num_threads(n)
+    with pytest.raises(ValueError, match="at most"):
+        cdnn.limit_threads(n)
+
+
+@pytest.mark.parametrize("optimizer", [lambda: cdnn.Adam(1e-3), lambda: cdnn.RMSprop(1e-3)],
+                         ids=["adam", "rmsprop"])
+def test_an_overflowing_squared_gradient_is_divergence_not_a_silent_stall(optimizer):
+    """float32 inputs × 1e12 and targets near 1e12: g² overflows, the moment estimate becomes
+    inf and every update 0 — once a silent stall, now divergence with the model kept finite."""
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(64, 4)) * 1e12).astype(np.float32)
+    y = (1e12 + rng.normal(size=64) * 1e11).astype(np.float32)
+    net = cdnn.MLP([4, 8, 1], loss="mean_squared_error", seed=0)
+    with pytest.raises(FloatingPointError, match="optimizer's state"):
+        cdnn.Trainer(net, optimizer(), batch_size=16).fit(X, y, epochs=3, verbose=0)
+    assert np.isfinite(net.params).all()
+
+
+@pytest.mark.parametrize("scale", [1e-40, 3e38])
+def test_extreme_but_valid_sample_weights_change_nothing(scale):
+    """Weights of 1e-40 (a float32 subnormal) made 1/Σw overflow; 3e38 overflowed Σw. The loss
+    is a weighted mean, so equal weights of any size give the unweighted results."""
+    X, y = blobs()
+    w = np.full(len(y), scale, dtype=np.float32)
+    net = cdnn.MLP([5, 8, 3], seed=0)
+    assert net.evaluate(X, y, sample_weight=w) == pytest.approx(net.evaluate(X, y), rel=1e-6)
+    a, b = cdnn.MLP([5, 8, 3], seed=0), cdnn.MLP([5, 8, 3], seed=0)
+    ha = cdnn.Trainer(a, cdnn.SGD(0.1), batch_size=16).fit(X, y, epochs=2, verbose=0,
+                                                            sample_weight=w)
+    hb = cdnn.Trainer(b, cdnn.SGD(0.1), batch_size=16).fit(X, y, epochs=2, verbose=0)
+    np.testing.assert_allclose(ha["accuracy"], hb["accuracy"], rtol=1e-6)
+    np.testing.assert_allclose(a.params, b.params, rtol=1e-5, atol=1e-7)
+
+
+def test_inputs_that_overflow_a_layer_are_an_error_not_nan():
+    net = cdnn.MLP([4, 8, 3], seed=0)
+    X = np.full((2, 4), 3e38, dtype=np.float32)
+    for predict in (net.predict, net.predict_proba, net.forward):
+        with pytest.raises(ValueError, match="not finite.*scale the inputs"):
+            predict(X)
+        with pytest.raises(ValueError, match="not finite"):
+            predict(X[:1])          # the one-row short path too
+
+
+@pytest.mark.parametrize("fill", [0.0, 1.0])
+def test_one_hot_rows_that_are_no_distribution_are_rejected(fill):
+    X, labels = blobs()
+    y = np.full((len(labels), 3), fill)
+    with pytest.raises(ValueError, match="must each sum to 1"):
+        cdnn.MLP([5, 8, 3], seed=0).evaluate(X, y)

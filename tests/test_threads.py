@@ -266,3 +266,37 @@ def test_fewer_threads_than_asked_still_cover_every_row(tmp_path):
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "same"
+
+
+def test_limit_threads_blocks_in_two_threads_restore_the_pools_whatever_the_order():
+    """Thread A opens limit_threads(1), thread B limit_threads(2); A closes first, then B. The
+    process once stayed at 1 thread for good."""
+    from threadpoolctl import threadpool_info
+    before = [lib["num_threads"] for lib in threadpool_info()]
+    ceiling = get_num_threads()
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with limit_threads(1):
+            seen["a"] = get_num_threads()
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def b():
+        a_in.wait(10)
+        with limit_threads(2):
+            seen["b"] = get_num_threads()
+            b_in.set()
+            a_out.wait(10)
+            seen["b after a"] = get_num_threads()
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert seen == {"a": 1, "b": 2, "b after a": 2}
+    assert get_num_threads() == ceiling
+    assert [lib["num_threads"] for lib in threadpool_info()] == before
