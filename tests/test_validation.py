@@ -28,13 +28,13 @@ def regressor(n_out=1):
 # --- constructors -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    ({"layer_sizes": [4, 0, 3]}, ValueError, "layer size must be at least 1"),
-    ({"layer_sizes": [4, -8, 3]}, ValueError, "layer size must be at least 1"),
-    ({"layer_sizes": [4, 2.5, 3]}, TypeError, "layer size must be an integer"),
-    ({"layer_sizes": [4, 8.0, 3]}, TypeError, "layer size must be an integer"),
-    ({"layer_sizes": [4, "8", 3]}, TypeError, "layer size must be an integer"),
-    ({"layer_sizes": [4, True, 3]}, TypeError, "layer size must be an integer"),
-    ({"layer_sizes": [4, 2**40, 3]}, ValueError, "layer size must be at most"),
+    ({"layer_sizes": [4, 0, 3]}, ValueError, r"hidden layer 1\) must be at least 1"),
+    ({"layer_sizes": [4, -8, 3]}, ValueError, r"hidden layer 1\) must be at least 1"),
+    ({"layer_sizes": [4, 2.5, 3]}, TypeError, r"hidden layer 1\) must be an integer"),
+    ({"layer_sizes": [4, 8.0, 3]}, TypeError, r"hidden layer 1\) must be an integer"),
+    ({"layer_sizes": [4, "8", 3]}, TypeError, r"hidden layer 1\) must be an integer"),
+    ({"layer_sizes": [4, True, 3]}, TypeError, r"hidden layer 1\) must be an integer"),
+    ({"layer_sizes": [4, 2**40, 3]}, ValueError, r"hidden layer 1\) must be at most"),
     ({"layer_sizes": [4]}, ValueError, "at least an input and an output"),
     ({"layer_sizes": 4}, TypeError, "list of layer widths"),
     ({"layer_sizes": "4,8,3"}, TypeError, "list of layer widths"),
@@ -250,6 +250,13 @@ def test_bad_regression_targets_are_rejected(entry, case, y, error, match):
     net = regressor()
     with pytest.raises(error, match=match):
         entry_points(net, GOOD_X, y)[entry]()
+
+
+def test_one_column_is_singular():
+    """Issue 17: the message read "y has 1 columns"."""
+    net = cdnn.MLP([N_IN, 8, 3], loss="mean_squared_error", seed=0)
+    with pytest.raises(ValueError, match="^y has 1 column, the network 3 outputs$"):
+        net.evaluate(GOOD_X, np.zeros(10))
 
 
 def test_sigmoid_targets_must_lie_in_0_1():
