@@ -289,10 +289,6 @@ def _check_json_types(hyper, defaults: dict, where: str):
                              f"{type(default).__name__} like its default {default!r}")
 
 
-def _a(word: str) -> str:
-    return ("an " if word[:1] in "AEIOU" else "a ") + word
-
-
 def _check_names(tensors: dict, expected: dict, where: str):
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
@@ -312,8 +308,8 @@ def _restore_optimizer(optimizer: Optimizer, saved, state: list[np.ndarray], whe
     if not isinstance(name, str) or name not in OPTIMIZERS:
         raise ValueError(f"{where}: unknown optimizer class {name!r}")
     if type(optimizer).__name__ != name:
-        raise ValueError(f"{where} holds the state of {_a(name)}, not of "
-                         f"{_a(type(optimizer).__name__)}")
+        raise ValueError(f"{where} holds optimizer state of class {name}, not "
+                         f"{type(optimizer).__name__}")
     if type(steps) is not int or not 0 <= steps <= MAX_STEPS:
         raise ValueError(f"{where}: the optimizer's step count {steps!r} is not an integer in "
                          f"0..2**53")
