@@ -66,7 +66,6 @@ def _integer(minimum: int):
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
         return value
-    parse.__name__ = "integer"   # argparse names the type in its messages
     return parse
 
 
