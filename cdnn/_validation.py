@@ -176,4 +176,4 @@ def check_sample_weight(w, n: int, dtype) -> np.ndarray | None:
 def check_some_weight(w: np.ndarray | None, what: str):
     """At least one row must count: with every weight 0 there is nothing to learn or measure."""
     if w is not None and not w.any():
-        raise ValueError(f"{what} gives every row weight 0; at least one row must count")
+        raise ValueError(f"{what} is all zero: at least one row needs a non-zero weight")
