@@ -251,25 +251,31 @@ def lying_npy(path: Path, shape=(10**12, 4)):
     return path
 
 
-@pytest.mark.parametrize("make", ["lying header", "csv linked to /dev/zero", "fifo"])
-def test_predict_checks_input_size_before_reading(model, tmp_path, make):
-    """Row 13: a MemoryError traceback (and /dev/zero, a read without end)."""
+PREDICT_EACH = """
+import sys
+from cdnn import cli
+for path in sys.argv[2:]:
+    print(cli.main(["predict", sys.argv[1], path]), flush=True)
+"""
+
+
+def test_predict_checks_input_size_before_reading(model, tmp_path):
+    """Row 13: a lying .npy header was a MemoryError traceback; a .csv linked to /dev/zero (or
+    a FIFO) a read without end. One process runs the three, under a timeout."""
     import os
-    if make == "lying header":
-        path = lying_npy(tmp_path / "x.npy")
-        assert path.stat().st_size == 193
-    elif make == "fifo":
-        path = tmp_path / "x.csv"
-        os.mkfifo(path)
-    else:
-        path = tmp_path / "x.csv"
-        path.symlink_to("/dev/zero")
-    result = subprocess.run(cdnn_command("predict", model, path), capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 1 and result.stdout == ""
-    assert_one_line_error(1, result.stderr, "predict",
-                          "claims shape (1000000000000, 4)" if make == "lying header"
-                          else "not a regular file")
+    lying = lying_npy(tmp_path / "x.npy")
+    assert lying.stat().st_size == 193
+    (tmp_path / "zero.csv").symlink_to("/dev/zero")
+    os.mkfifo(tmp_path / "fifo.csv")
+    result = subprocess.run([sys.executable, "-c", PREDICT_EACH, str(model), str(lying),
+                             str(tmp_path / "zero.csv"), str(tmp_path / "fifo.csv")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["1", "1", "1"], result.stderr
+    errors = result.stderr.splitlines()
+    assert len(errors) == 3 and "Traceback" not in result.stderr
+    assert all(line.startswith("cdnn predict: error: ") for line in errors)
+    assert "claims shape (1000000000000, 4)" in errors[0]
+    assert all(line.endswith("not a regular file") for line in errors[1:]), errors
 
 
 def test_a_closed_pipe_ends_quietly(model, tmp_path):
