@@ -12,7 +12,9 @@ import numpy as np
 
 from cdnn._native import _network
 
-# The kernels hold layer widths and batch sizes in C ints.
+# The kernels hold layer widths and batch sizes in C ints (BLAS takes them as such), and index a
+# sample's workspace (each layer's outputs, pre-activations, dropout outputs and two deltas of
+# the widest layer: at most 3·Σwidths + 2·widest + 2) in C ints too.
 MAX_WIDTH = 2**31 - 1
 
 
@@ -30,6 +32,37 @@ def check_positive_int(value, name: str, minimum: int = 1, maximum: int | None =
     if maximum is not None and value > maximum:
         raise ValueError(f"{name} must be at most {maximum}, got {value}")
     return int(value)
+
+
+def check_bool(value, name: str) -> bool:
+    """True or False (numpy's booleans and the integers 0 and 1 too), never a string such as
+    "false", which bool() would turn into True."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral)
+                                               and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+
+
+def _layer_name(i: int, n_layers: int) -> str:
+    if i == 0:
+        return "the input layer"
+    return "the output layer" if i == n_layers - 1 else f"hidden layer {i}"
+
+
+def check_layer_sizes(layer_sizes) -> tuple[int, ...]:
+    """Widths that the kernels can index with C ints; the message names the layer at fault."""
+    sizes = []
+    for i, n in enumerate(layer_sizes):
+        where = f"layer_sizes[{i}] ({_layer_name(i, len(layer_sizes))})"
+        sizes.append(check_positive_int(n, where, maximum=MAX_WIDTH))
+    workspace = 3 * sum(sizes) + 2 * max(sizes) + 2
+    if workspace > MAX_WIDTH:
+        widest = sizes.index(max(sizes))
+        raise ValueError(f"layer_sizes[{widest}] ({_layer_name(widest, len(sizes))}) is "
+                         f"{sizes[widest]} wide: with the other layers one sample's workspace "
+                         f"would hold {workspace} values, above the {MAX_WIDTH} that the "
+                         f"kernels index with C ints")
+    return tuple(sizes)
 
 
 def check_real(value, name: str, low=None, high=None, low_open=False, high_open=False) -> float:
@@ -136,4 +169,11 @@ def check_sample_weight(w, n: int, dtype) -> np.ndarray | None:
     check_same_length(n, w, "sample_weight")
     if (w < 0).any():
         raise ValueError("sample_weight must be non-negative")
+    check_some_weight(w, "sample_weight")
     return w
+
+
+def check_some_weight(w: np.ndarray | None, what: str):
+    """At least one row must count: with every weight 0 there is nothing to learn or measure."""
+    if w is not None and not w.any():
+        raise ValueError(f"{what} is all zero: at least one row needs a non-zero weight")

@@ -8,6 +8,8 @@ The protocol (Keras's): subclass Callback and override any of
     on_train_end(logs)            once, also after an early stop, an error or Ctrl-C
 
 `self.trainer` is the Trainer (set before on_train_begin), `self.trainer.net` the model,
+`self.params` what fit will do: {"epochs", "steps" (per epoch), "metrics" (the keys of the
+epoch logs)}, so that on_train_begin can refuse a setting before any step changes the model,
 `self.trainer.optimizer` the optimizer: a callback may change `optimizer.lr` (it takes effect
 from the next step run) or the model's parameters in place. Set
 `self.trainer.stop_training = True` to stop after the current epoch. `logs` in on_epoch_end holds
@@ -31,9 +33,13 @@ from cdnn._validation import check_positive_int, check_real
 
 class Callback:
     trainer = None
+    params: dict = {}
 
     def set_trainer(self, trainer):
         self.trainer = trainer
+
+    def set_params(self, params: dict):
+        self.params = params
 
     def on_train_begin(self, logs=None):
         pass
@@ -120,6 +126,14 @@ class ModelCheckpoint(Callback):
         self.best = self._initial
         self.last_saved: str | None = None
 
+    def on_train_begin(self, logs=None):
+        """Fill the path with the metrics fit will log, and try the folder: a bad field or a
+        missing folder fails now, not after the first epoch has trained."""
+        from cdnn.io import check_writable
+        metrics = self.params.get("metrics")
+        if metrics is not None:
+            check_writable(self._path(0, dict.fromkeys(metrics, 0.0)))
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if self.save_best_only:
@@ -127,14 +141,17 @@ class ModelCheckpoint(Callback):
             if current is None or not self.is_better(current, self.best):
                 return
             self.best = current
-        try:
-            path = self.path.format(epoch=epoch + 1, **logs)
-        except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"ModelCheckpoint path {self.path!r} has a field the logs cannot "
-                             f"fill ({e}); available: epoch, {', '.join(logs)}") from e
+        path = self._path(epoch, logs)
         optimizer = self.trainer.optimizer if self.save_optimizer else None
         self.trainer.net.save(path, optimizer)
         self.last_saved = path
+
+    def _path(self, epoch: int, logs: dict) -> str:
+        try:
+            return self.path.format(epoch=epoch + 1, **logs)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"ModelCheckpoint path {self.path!r} has a field the logs cannot "
+                             f"fill ({e}); available: epoch, {', '.join(logs)}") from e
 
 
 class LearningRateScheduler(Callback):
@@ -148,13 +165,25 @@ class LearningRateScheduler(Callback):
         self.schedule = schedule
         self.verbose = verbose
 
+    def on_train_begin(self, logs=None):
+        """Run the schedule over every epoch of the fit once, without training (so it should
+        be a plain function of its arguments): a rate it would refuse at epoch 5 fails now,
+        before any step changes the model."""
+        lr = self.trainer.optimizer.lr
+        for epoch in range(self.params.get("epochs", 0)):
+            lr = self._rate(epoch, lr)
+
     def on_epoch_begin(self, epoch, logs=None):
         opt = self.trainer.optimizer
-        lr = self.schedule(epoch, opt.lr)
-        opt.lr = check_real(lr, "the learning rate from LearningRateScheduler's schedule", 0,
-                            low_open=True)
+        opt.lr = self._rate(epoch, opt.lr)
         if self.verbose:
             print(f"epoch {epoch + 1}: learning rate {opt.lr:.4g}", flush=True)
+
+
+    def _rate(self, epoch: int, lr: float) -> float:
+        return check_real(self.schedule(epoch, lr), f"the learning rate that "
+                          f"LearningRateScheduler's schedule gives for epoch {epoch}", 0,
+                          low_open=True)
 
 
 class ReduceLROnPlateau(Callback):

@@ -9,11 +9,17 @@
 With no data option `train` uses the UCI handwritten digits shipped in the package, so it runs
 anywhere in seconds; `--data-dir DIR` reads MNIST-format IDX files from DIR; `--dataset mnist`
 or `fashion-mnist` without --data-dir downloads them (once) into the cache directory.
-A bad argument or file ends the command with one line on stderr and a non-zero exit status.
+A bad argument or file ends the command with one line on stderr and a non-zero exit status
+(2 for a bad argument, 1 for anything else); a closed output pipe (`| head`) ends it quietly
+with the status of a process killed by SIGPIPE (141).
 """
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import signal
+import stat
 import sys
 import time
 from pathlib import Path
@@ -21,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 import cdnn
+from cdnn._validation import MAX_WIDTH
+from cdnn.io import check_writable
 
 # per data source: name, loader(path or None), default hidden widths, epochs, batch size
 DATASETS = {
@@ -32,14 +40,33 @@ OPTIMIZERS = {"sgd": cdnn.SGD, "adam": cdnn.Adam, "adamw": cdnn.AdamW, "rmsprop"
 ARRAY_FORMATS = (".npy", ".csv")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line (no usage dump) that point to --help."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _sizes(text: str) -> list[int]:
     try:
-        sizes = [int(s) for s in text.split(",") if s.strip()]
+        sizes = [int(s) for s in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected widths like 256,128, got {text!r}") from None
-    if any(s < 1 for s in sizes):
-        raise argparse.ArgumentTypeError("layer widths must be positive")
+    if not all(1 <= s <= MAX_WIDTH for s in sizes):
+        raise argparse.ArgumentTypeError(f"layer widths must be in 1..{MAX_WIDTH}, got {text}")
     return sizes
+
+
+def _integer(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
 
 
 def _add_data_options(parser: argparse.ArgumentParser):
@@ -51,7 +78,7 @@ def _add_data_options(parser: argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cdnn", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="cdnn", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"cdnn {cdnn.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -73,14 +100,18 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
     train.add_argument("--weight-decay", type=float, default=None,
                        help="weight decay (default 0; 0.01 for AdamW)")
-    train.add_argument("--epochs", type=int, default=None, help="default: 30 for digits, "
-                       "3 for MNIST")
-    train.add_argument("--batch-size", type=int, default=None, help="default: 32 for digits, "
-                       "128 for MNIST")
+    train.add_argument("--clip-norm", type=float, default=None, metavar="NORM",
+                       help="scale each step's gradient to at most this L2 norm (a cure for "
+                       "divergence)")
+    train.add_argument("--epochs", type=_integer(0), default=None,
+                       help="default: 30 for digits, 3 for MNIST")
+    train.add_argument("--batch-size", type=_integer(1), default=None,
+                       help="default: 32 for digits, 128 for MNIST")
     train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=_integer(0), default=0)
     train.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
-                       help="0 silent, 1 progress bar, 2 one line per epoch")
+                       help="0 silent, 1 a progress bar (one line per epoch when stderr is not "
+                       "a terminal), 2 one line per epoch")
     train.add_argument("--save", metavar="PATH", help="write the trained model here "
                        "(safetensors; read it back with cdnn.load)")
 
@@ -109,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("bench", help="benchmark cdnn against PyTorch, JAX and scikit-learn "
                         "(cdnn bench --help)", add_help=False)
+    parser.commands = commands.choices   # name -> subparser, for errors found after parsing
     return parser
 
 
@@ -126,31 +158,61 @@ def _load_dataset(args) -> tuple[str, tuple, tuple]:
             raise ValueError("--data-dir reads MNIST-format files; the digits dataset is "
                              "shipped (give --dataset mnist or fashion-mnist with it)")
         return name, *cdnn.datasets.load_digits()
-    return name, *loader(args.data_dir)
+    try:
+        return name, *loader(args.data_dir)
+    except cdnn.datasets.DownloadError as e:
+        raise OSError(f"could not download {name} ({e.errors[0]}); to work offline give "
+                      f"--data-dir DIR, a folder that holds its four IDX files") from None
 
 
 def _read_array(path: str) -> np.ndarray:
+    """The array in a .npy or .csv file, its size checked before it is read: a header that
+    claims more data than the file holds, or a device such as /dev/zero, is refused."""
     suffix = Path(path).suffix.lower()
     if suffix not in ARRAY_FORMATS:
         raise ValueError(f"{path}: unknown input format {suffix or '(none)'!r}; use .npy or .csv")
-    if suffix == ".npy":
-        with open(path, "rb") as f:
-            if f.read(6) != b"\x93NUMPY":
-                raise ValueError(f"{path}: not a .npy file (no NumPy header)")
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError(f"{path}: not a regular file")
+    if suffix == ".csv":
+        try:
+            X = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64)
+        except ValueError as e:
+            raise ValueError(f"{path}: not a numeric CSV file ({e})") from None
+    else:
+        _check_npy_header(path)
         try:
             X = np.load(path, allow_pickle=False)
         except EOFError:
             raise ValueError(f"{path}: truncated .npy file") from None
         except ValueError as e:
             raise ValueError(f"{path}: not a readable .npy array of numbers ({e})") from None
-        if not isinstance(X, np.ndarray):
-            raise ValueError(f"{path}: holds an archive, not one array")
-    else:
-        try:
-            X = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64)
-        except ValueError as e:
-            raise ValueError(f"{path}: not a numeric CSV file ({e})") from None
     return X.reshape(1, -1) if X.ndim == 1 else X
+
+
+NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                      (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _check_npy_header(path: str):
+    """The shape and dtype that the header claims must match the bytes the file holds."""
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise ValueError(f"{path}: not a .npy file (no NumPy header)")
+        f.seek(0)
+        try:
+            version = np.lib.format.read_magic(f)
+            shape, _, dtype = NPY_HEADER_READERS[version](f)
+        except KeyError:
+            raise ValueError(f"{path}: .npy format version {version} is not supported") from None
+        except ValueError as e:
+            raise ValueError(f"{path}: not a readable .npy header ({e})") from None
+        if dtype.hasobject:
+            raise ValueError(f"{path}: holds Python objects, not numbers")
+        claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        held = os.fstat(f.fileno()).st_size - f.tell()
+    if claimed != held:
+        raise ValueError(f"{path}: the header claims shape {shape} of {dtype} ({claimed} bytes) "
+                         f"but the file holds {held} bytes of data; truncated or corrupt")
 
 
 def _write_array(array: np.ndarray, path: str | None):
@@ -166,6 +228,44 @@ def _write_array(array: np.ndarray, path: str | None):
         np.save(path, array)
     else:
         np.savetxt(path, array, fmt=fmt, delimiter=",")
+
+
+class _Progress(cdnn.Callback):
+    """The command's progress over the epochs, ending each with its metrics: a bar that fits
+    80 columns on a terminal, or one line per epoch (--verbose 2, or stderr redirected to a
+    file, which should get lines, not a bar's redraws)."""
+
+    WIDTH = 80
+
+    def __init__(self, bar: bool):
+        self.want_bar, self.bar = bar, None
+
+    def on_train_begin(self, logs=None):
+        if self.want_bar:
+            from tqdm import tqdm
+            columns = shutil.get_terminal_size().columns   # 0 on a terminal of unknown size
+            width = min(self.WIDTH, columns or self.WIDTH)
+            self.bar = tqdm(total=self.params["epochs"], file=sys.stderr, ncols=width,
+                            bar_format="epoch {n_fmt}/{total_fmt} {elapsed} |{bar}| {desc}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        text = _metrics_text(logs)
+        if self.bar is not None:
+            self.bar.set_description_str(text, refresh=False)
+            self.bar.update(1)
+        else:
+            print(f"epoch {epoch + 1}/{self.params['epochs']} {text}", file=sys.stderr,
+                  flush=True)
+
+    def on_train_end(self, logs=None):
+        if self.bar is not None:   # also after an error: its message starts on a line of its own
+            self.bar.close()
+
+
+def _metrics_text(logs: dict) -> str:
+    """'loss 0.1234 acc 0.9612 val_loss 0.1301 val_acc 0.9588': short enough for 80 columns."""
+    return " ".join(f"{key.replace('accuracy', 'acc')} {value:.4g}"
+                    for key, value in logs.items() if key != "lr")
 
 
 # --- commands ----------------------------------------------------------------------------
@@ -188,21 +288,28 @@ def _optimizer(args) -> cdnn.Optimizer:
 
 
 def train(args) -> int:
-    if args.save and not Path(args.save).resolve().parent.is_dir():
-        # fail before training, not after
-        raise FileNotFoundError(f"--save {args.save}: no directory {Path(args.save).parent}")
+    if args.save:   # fail before training, not after
+        check_writable(args.save)
     name, (X, y), (X_test, y_test) = _load_dataset(args)
     _, _, hidden, epochs, batch = DATASETS[_dataset_key(args)]
     hidden = args.hidden or hidden
     epochs = epochs if args.epochs is None else args.epochs
-    batch = args.batch_size or batch
+    batch = batch if args.batch_size is None else args.batch_size
     net = cdnn.MLP([X.shape[1], *hidden, int(y.max()) + 1], activation=args.activation,
                    dtype=args.dtype, seed=args.seed, dropout=args.dropout)
-    trainer = cdnn.Trainer(net, _optimizer(args), batch_size=batch)
+    optimizer = _optimizer(args)
+    trainer = cdnn.Trainer(net, optimizer, batch_size=batch, clip_norm=args.clip_norm)
     print(f"{name}: {len(X)} training and {len(X_test)} test samples; network "
-          f"{'-'.join(map(str, net.layer_sizes))} ({net.params.size} parameters)")
+          f"{'-'.join(map(str, net.layer_sizes))} ({net.params.size} parameters)", flush=True)
+    progress = [_Progress(bar=args.verbose == 1 and sys.stderr.isatty())] if args.verbose else []
     start = time.perf_counter()
-    trainer.fit(X, y, epochs=epochs, validation_data=(X_test, y_test), verbose=args.verbose)
+    try:
+        trainer.fit(X, y, epochs=epochs, validation_data=(X_test, y_test), verbose=0,
+                    callbacks=progress)
+    except FloatingPointError as e:   # the library's advice names Trainer(...); ours, flags
+        what = str(e).split(";")[0]
+        raise FloatingPointError(f"{what}. Try a lower --lr (now {optimizer.lr:g}), "
+                                 f"--clip-norm 1.0 or scaled inputs") from None
     seconds = time.perf_counter() - start
     accuracy = net.evaluate(X_test, y_test)["accuracy"]
     print(f"test accuracy {accuracy:.4f} after {epochs} epochs in {seconds:.2f} s")
@@ -248,18 +355,43 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:   # the suite parses its own options (and --help)
         from cdnn import bench
         return bench.main(argv[1:])
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:   # reported by the subcommand's parser, which names itself
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return {"train": train, "evaluate": evaluate, "predict": predict,
                 "export": export}[args.command](args)
+    except BrokenPipeError:
+        return _closed_pipe()
+    except KeyboardInterrupt:
+        print(f"cdnn {args.command}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     except ImportError as e:    # an optional dependency (safetensors for model files)
-        print(f"cdnn {args.command}: error: {e}; install it with pip install {e.name}",
-              file=sys.stderr)
-        return 1
+        _error(args.command, f"{e}; install it with pip install {e.name}")
+    except MemoryError as e:
+        _error(args.command, f"out of memory{f' ({e})' if str(e) else ''}")
     except (ValueError, TypeError, OSError, ArithmeticError) as e:
-        message = " ".join(str(e).split()) or type(e).__name__   # one line, however long
-        print(f"cdnn {args.command}: error: {message}", file=sys.stderr)
-        return 1
+        _error(args.command, str(e) or type(e).__name__)
+    return 1
+
+
+def _error(command: str, message: str):
+    message = " ".join(message.split())   # one line, however long
+    print(f"cdnn {command}: error: {message}", file=sys.stderr)
+
+
+def _closed_pipe() -> int:
+    """The reader of our output went away (`cdnn predict … | head -1`): stop without a word, as
+    a command killed by SIGPIPE does. Output still buffered goes to /dev/null, so that Python's
+    final flush does not complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):   # stdout is not a file descriptor (captured in-process)
+        pass
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -260,6 +260,16 @@ def _fetch_dataset(dataset: str, cache: PathLike | None, base_url: str | None,
     return directory
 
 
+class DownloadError(OSError):
+    """No mirror gave the file; `file` names it and `errors` holds one line per mirror tried
+    (so that the command line can name its own offline option instead of path=)."""
+
+    def __init__(self, file: str, errors: list[str]):
+        super().__init__(f"could not download {file} (pass path= to a directory that holds "
+                         "the files to work offline):\n  " + "\n  ".join(errors))
+        self.file, self.errors = file, errors
+
+
 def _download(name: str, base_urls: tuple[str, ...], target: Path,
               hashes: dict[str, str], verbose: bool) -> None:
     errors = []
@@ -270,8 +280,7 @@ def _download(name: str, base_urls: tuple[str, ...], target: Path,
             return
         except OSError as err:  # URLError, HTTPError, timeouts: try the next mirror
             errors.append(f"{url}: {err}")
-    raise OSError(f"could not download {name}.gz (pass path= to a directory that holds "
-                  "the files to work offline):\n  " + "\n  ".join(errors))
+    raise DownloadError(f"{name}.gz", errors)
 
 
 def _download_verified(url: str, name: str, target: Path, hashes: dict[str, str],

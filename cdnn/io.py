@@ -14,24 +14,32 @@ with shuffle=True it continues with a fresh shuffling stream (equally random, no
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import secrets
+import stat
 
 import numpy as np
 
-from cdnn.network import MLP
+from cdnn.network import MLP, _check_dtype
 from cdnn.optim import SGD, Adam, AdamW, Optimizer, RMSprop
 
 FORMAT = "cdnn"
 FORMAT_VERSION = "1"
 OPTIMIZERS = {cls.__name__: cls for cls in (SGD, Adam, AdamW, RMSprop)}
 STATE_NAMES = ("optimizer.state1", "optimizer.state2")
+TEMPORARY_MARK = ".cdnn-tmp-"
+# A saved step count above this is refused: schedules and Adam's bias correction compute with
+# the step number as a double, exact up to 2**53.
+MAX_STEPS = 2**53
 
 
 def save(net: MLP, path, optimizer: Optimizer | None = None) -> None:
-    """Write net (and optimizer's state, if given) to path as safetensors. The file is written
-    beside path and then renamed, so an interrupted save never leaves a broken file."""
-    from safetensors.numpy import save_file
+    """Write net (and optimizer's state, if given) to path as safetensors; see write_atomically
+    for what happens on disk."""
+    from safetensors.numpy import save as serialize
 
     if not isinstance(net, MLP):
         raise TypeError(f"net must be a cdnn.MLP, got {type(net).__name__}")
@@ -54,14 +62,109 @@ def save(net: MLP, path, optimizer: Optimizer | None = None) -> None:
         metadata["optimizer"] = json.dumps({"class": type(optimizer).__name__,
                                             "hyperparameters": _hyperparameters(optimizer),
                                             "steps": optimizer.steps})
-    path = os.fspath(path)
-    partial = f"{path}.partial-{os.getpid()}"
+    # serialised in memory (a second copy of the parameters for a moment) and written by us:
+    # safetensors' save_file makes its own ".tmpXXXX" beside the target, which a killed
+    # process leaves behind under a name nobody can safely recognise as garbage
+    write_atomically(path, serialize(tensors, metadata=metadata))
+
+
+def write_atomically(path, data: bytes) -> None:
+    """Write data to path so that path always holds the old or the whole new file.
+
+    - A symlink is followed: its real target is replaced and the link stays.
+    - Anything but a regular file (a directory, /dev/null, a FIFO) is refused.
+    - A new file gets the mode the umask gives (0644 under 022); a replaced file keeps its mode.
+    - The data goes to a temporary file in the target's folder, named
+      ".<name>.cdnn-tmp-<pid>-<random>", then fsync and os.replace. It is removed on any error;
+      one that a killed process left behind is removed by the next save to the same path.
+    """
+    target, mode = _save_target(path)
+    fd, temporary = _create_temporary(target, path)
     try:
-        save_file(tensors, partial, metadata=metadata)
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+        if mode is not None:
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    _fsync_directory(os.path.dirname(target))
+
+
+def check_writable(path) -> None:
+    """Raise now the error that saving to path would raise (for checks before a long fit)."""
+    target, _ = _save_target(path)
+    fd, temporary = _create_temporary(target, path)
+    os.close(fd)
+    os.unlink(temporary)
+
+
+def _save_target(path) -> tuple[str, int | None]:
+    """The real file behind path, and the permission bits to keep (None for a new file)."""
+    path = os.fspath(path)
+    if not isinstance(path, str):
+        path = os.fsdecode(path)
+    target = os.path.realpath(path)
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return target, None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise ValueError(f"cannot save to {path!r}: it is {kind}"
+                         + (f" ({target})" if target != os.path.abspath(path) else ""))
+    return target, stat.S_IMODE(st.st_mode)
+
+
+def _create_temporary(target: str, path) -> tuple[int, str]:
+    """A new, empty temporary file beside target (stale ones of dead processes removed first);
+    an error names the user's path, not the temporary."""
+    folder, name = os.path.split(target)
+    prefix = f".{name}{TEMPORARY_MARK}"
+    try:
+        _remove_stale_temporaries(folder, prefix)
+        temporary = os.path.join(folder, f"{prefix}{os.getpid()}-{secrets.token_hex(4)}")
+        return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temporary
+    except OSError as e:
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(errno.ENOENT, "no such directory to save into",
+                                    os.fspath(path)) from None
+        raise type(e)(e.errno, f"cannot write a file there ({e.strerror})",
+                      os.fspath(path)) from None
+
+
+def _remove_stale_temporaries(folder: str, prefix: str) -> None:
+    """Remove the temporaries of saves to this name whose process has died (killed mid-save)."""
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            pid = entry.name[len(prefix):].split("-")[0]
+            if entry.name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)   # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):   # another user's process, or not a pid
+        pass
+    return True
+
+
+def _fsync_directory(folder: str) -> None:
+    """Make the rename durable (where the system lets a directory be opened and synced)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder or ".", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def load(path, optimizer: Optimizer | None = None) -> MLP:
@@ -87,20 +190,11 @@ def load(path, optimizer: Optimizer | None = None) -> MLP:
         n_params = sum(int(np.prod(shape)) for shape in expected.values())
         expected.update({name: (n_params,) for name in STATE_NAMES})
     _check_names(tensors, expected, where)
-    for name, array in tensors.items():   # before building: a config alone may ask for TBs
-        if array.shape != expected[name]:
-            raise ValueError(f"{where}: tensor {name} has shape {array.shape}, the config "
-                             f"needs {expected[name]}")
-    try:
+    _check_tensors(tensors, expected, _config_dtype(config, where), where)
+    try:   # only now: a config alone may ask for terabytes, the tensors above may not
         net = MLP(**config)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: the config does not build a network: {e}") from e
-    for name, array in tensors.items():
-        if array.dtype != net.dtype:
-            raise ValueError(f"{where}: tensor {name} is {array.dtype}, the config says "
-                             f"{net.dtype}")
-        if not np.isfinite(array).all():
-            raise ValueError(f"{where}: tensor {name} holds non-finite values")
     for i, (W, b) in enumerate(zip(net.weights, net.biases)):
         W[...] = tensors[f"layers.{i}.weight"]
         b[...] = tensors[f"layers.{i}.bias"]
@@ -111,6 +205,26 @@ def load(path, optimizer: Optimizer | None = None) -> MLP:
         _restore_optimizer(optimizer, _json(metadata, "optimizer", where),
                            [tensors[name] for name in STATE_NAMES], where)
     return net
+
+
+def _config_dtype(config: dict, where: str) -> np.dtype:
+    try:
+        return _check_dtype(config.get("dtype", "float32"))
+    except ValueError as e:
+        raise ValueError(f"{where}: the config does not build a network: {e}") from None
+
+
+def _check_tensors(tensors: dict, shapes: dict, dtype: np.dtype, where: str):
+    """Every tensor of the shape and dtype the config implies, and finite."""
+    for name, array in tensors.items():
+        if array.shape != shapes[name]:
+            raise ValueError(f"{where}: tensor {name} has shape {array.shape}, the config "
+                             f"needs {shapes[name]}")
+        if array.dtype != dtype:
+            raise ValueError(f"{where}: tensor {name} is {array.dtype}, the config says "
+                             f"{dtype.name}")
+        if not np.isfinite(array).all():
+            raise ValueError(f"{where}: tensor {name} holds non-finite values")
 
 
 def _hyperparameters(optimizer: Optimizer) -> dict:
@@ -154,6 +268,27 @@ def _expected_shapes(config: dict, where: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _check_json_types(hyper, defaults: dict, where: str):
+    """Each hyper-parameter of the JSON type its default has: true/false for a flag (the
+    string "false" would turn it on), a number for a number, a pair of numbers for betas."""
+    if not isinstance(hyper, dict):
+        raise ValueError(f"{where}: the optimizer's hyperparameters are not a JSON object")
+    for key, value in hyper.items():
+        if key not in defaults:
+            raise ValueError(f"{where}: unknown optimizer hyper-parameter {key!r}")
+        default = defaults[key]
+        if isinstance(default, bool):
+            ok = type(value) is bool
+        elif isinstance(default, tuple):
+            ok = type(value) is list and len(value) == len(default) and all(
+                type(v) in (int, float) for v in value)
+        else:
+            ok = type(value) in (int, float)
+        if not ok:
+            raise ValueError(f"{where}: optimizer hyper-parameter {key!r} is {value!r}, not "
+                             f"{type(default).__name__} like its default {default!r}")
+
+
 def _check_names(tensors: dict, expected: dict, where: str):
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
@@ -173,14 +308,19 @@ def _restore_optimizer(optimizer: Optimizer, saved, state: list[np.ndarray], whe
     if not isinstance(name, str) or name not in OPTIMIZERS:
         raise ValueError(f"{where}: unknown optimizer class {name!r}")
     if type(optimizer).__name__ != name:
-        raise ValueError(f"{where} holds the state of a {name}, not of a "
+        raise ValueError(f"{where} holds optimizer state of class {name}, not "
                          f"{type(optimizer).__name__}")
-    if type(steps) is not int or steps < 0:
-        raise ValueError(f"{where}: the optimizer's step count {steps!r} is not an integer ≥ 0")
-    try:   # the constructor validates the hyper-parameters (and turns betas back into a tuple)
+    if type(steps) is not int or not 0 <= steps <= MAX_STEPS:
+        raise ValueError(f"{where}: the optimizer's step count {steps!r} is not an integer in "
+                         f"0..2**53")
+    _check_json_types(hyper, _hyperparameters(OPTIMIZERS[name]()), where)
+    try:   # the constructor validates the values (and turns betas back into a tuple)
         fresh = OPTIMIZERS[name](**hyper)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: bad optimizer hyper-parameters: {e}") from e
+    if fresh.squares is not None and (state[fresh.squares] < 0).any():
+        raise ValueError(f"{where}: optimizer.state{fresh.squares + 1} holds running squares "
+                         f"of the gradient, which cannot be negative")
     optimizer.__dict__.update(_hyperparameters(fresh))
     optimizer.steps = steps
     optimizer.state = (state[0].copy(), state[1].copy())

@@ -1,13 +1,14 @@
 """The model: a multilayer perceptron whose parameters live in one flat buffer."""
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import numpy as np
 
 from cdnn._engine import Batch, Engine
 from cdnn._native import _network
-from cdnn._validation import MAX_WIDTH, check_choice, check_positive_int, check_real
+from cdnn._validation import check_choice, check_layer_sizes, check_positive_int, check_real
 from cdnn.initializers import INITIALIZERS, default_for
 
 LOSS_ALIASES = {"mse": "mean_squared_error", "binary_cross_entropy": "sigmoid_cross_entropy"}
@@ -41,8 +42,7 @@ class MLP:
             raise TypeError("layer_sizes must be a list of layer widths, e.g. [784, 128, 10]")
         if len(layer_sizes) < 2:
             raise ValueError("layer_sizes needs at least an input and an output width")
-        self.layer_sizes = tuple(check_positive_int(n, "every layer size", maximum=MAX_WIDTH)
-                                 for n in layer_sizes)
+        self.layer_sizes = check_layer_sizes(layer_sizes)
         n_hidden = len(self.layer_sizes) - 2
         self.activations = _per_hidden_layer(activation, n_hidden, "activation")
         for a in self.activations or ([activation] if isinstance(activation, str) else []):
@@ -182,7 +182,10 @@ def Dense(units: int, activation: str = "identity", dropout: float = 0.0) -> dic
 
 def Sequential(layers: Sequence[dict], input_dim: int, **kwargs) -> MLP:
     """An MLP from a list of Dense layers; the last one is the linear output layer."""
-    if not layers or layers[-1]["activation"] != "identity" or layers[-1]["dropout"]:
+    if isinstance(layers, dict) or not isinstance(layers, Sequence) or not layers:
+        raise TypeError("layers must be a non-empty list of cdnn.Dense(...) layers")
+    layers = [_dense_layer(layer, i) for i, layer in enumerate(layers)]
+    if layers[-1]["activation"] != "identity" or layers[-1]["dropout"]:
         raise ValueError("the last Dense layer is the output: no activation (the loss applies "
                          "softmax or sigmoid) and no dropout")
     hidden = layers[:-1]
@@ -191,18 +194,30 @@ def Sequential(layers: Sequence[dict], input_dim: int, **kwargs) -> MLP:
                dropout=[layer["dropout"] for layer in hidden], **kwargs)
 
 
+def _dense_layer(layer, i: int) -> dict:
+    """A Dense layer given as a dict, with the defaults Dense gives (only units is required)."""
+    if not isinstance(layer, dict) or "units" not in layer:
+        raise TypeError(f"layers[{i}] must be a cdnn.Dense(units, ...) layer, got {layer!r}")
+    unknown = set(layer) - {"units", "activation", "dropout"}
+    if unknown:
+        raise ValueError(f"layers[{i}] has unknown keys {sorted(unknown)}; a Dense layer has "
+                         f"units, activation and dropout")
+    return Dense(**layer)
+
+
 def _check_dtype(dtype) -> np.dtype:
+    """float32 or float64 in the machine's byte order (the kernels read native floats only)."""
     try:
         dtype = np.dtype(dtype)
     except TypeError:
-        dtype = None
-    if dtype is None or dtype.name not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose float32 or float64")
-    return dtype
+        raise ValueError(f"unknown dtype {dtype!r}; choose float32 or float64") from None
+    if dtype.name not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype.name}; choose float32 or float64")
+    return np.dtype(DTYPES[dtype.name])   # ">f4" becomes the native float32
 
 
 def _per_hidden_layer(value, n_hidden: int, name: str) -> tuple:
-    if value is None or isinstance(value, (str, int, float)):
+    if value is None or isinstance(value, (str, numbers.Real)):   # numpy scalars included
         return (value,) * n_hidden
     value = tuple(value)
     if len(value) != n_hidden:

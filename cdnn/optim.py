@@ -1,21 +1,56 @@
 """Optimizers, with PyTorch's names, defaults and semantics. Each holds its hyper-parameters and
 its state (in the flat parameter layout); the update itself is a fused kernel over the whole
-buffer, run inside the training step."""
+buffer, run inside the training step.
+
+Every hyper-parameter is checked when it is set, in the constructor or later (`opt.lr = 0.01`
+from a callback or a hand-written loop), so a bad value is refused where it is given."""
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 
 from cdnn._native import _network
-from cdnn._validation import check_real
+from cdnn._validation import check_bool, check_real
+
+
+class Hyperparameter:
+    """An attribute checked on every assignment by check(value, name) -> the value to keep.
+    The value lives in the instance's __dict__, so vars(optimizer) lists the hyper-parameters."""
+
+    def __init__(self, check):
+        self.check = check
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else obj.__dict__[self.name]
+
+    def __set__(self, obj, value):
+        obj.__dict__[self.name] = self.check(value, self.name)
+
+
+def _betas(value, name: str) -> tuple[float, float]:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise ValueError(f"{name} must be a pair (beta1, beta2), got {value!r}")
+    return tuple(check_real(b, name, 0, 1, high_open=True) for b in value)
+
+
+positive = partial(check_real, low=0, low_open=True)
+non_negative = partial(check_real, low=0)
+fraction = partial(check_real, low=0, high=1)
 
 
 class Optimizer:
     """Base class. `lr` may be changed between epochs (schedules and callbacks do)."""
 
     kind = ""
+    squares = None    # which state buffer holds running squares of the gradient (never < 0)
+    lr = Hyperparameter(positive)
 
     def __init__(self, lr: float):
-        self.lr = check_real(lr, "lr", 0, low_open=True)
+        self.lr = lr
         self.steps = 0              # updates made so far (Adam's bias correction counts them)
         self.state: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -38,11 +73,23 @@ class Optimizer:
 
     def step(self, params: np.ndarray, grad: np.ndarray, lr: float | None = None):
         """Update params in place from grad (for loops written around MLP.loss_and_grad)."""
+        lr = self.lr if lr is None else positive(lr, "lr")
+        for name, array in (("params", params), ("grad", grad)):
+            if not isinstance(array, np.ndarray):
+                raise TypeError(f"{name} must be a numpy array (net.params, or the gradient "
+                                f"from net.loss_and_grad), got {type(array).__name__}")
+        if params.dtype not in (np.float32, np.float64) or params.ndim != 1:
+            raise ValueError(f"params must be a 1-D float32 or float64 array (net.params), got "
+                             f"{params.dtype} of shape {params.shape}")
         if grad.shape != params.shape or grad.dtype != params.dtype:
-            raise ValueError("grad must have the shape and dtype of params")
+            raise ValueError(f"grad must have the shape and dtype of params ({params.shape} "
+                             f"{params.dtype}), got {grad.shape} {grad.dtype}")
+        if not _network.all_finite(np.ascontiguousarray(grad)):
+            raise ValueError("grad holds a non-finite value (NaN or infinity); the step would "
+                             "spoil every parameter")
+        config = self.kernel_config()
         self.steps += 1
-        _network.optimizer_step(self.kernel_config(), self.lr if lr is None else lr,
-                                self.steps, params, grad, *self.state_for(params))
+        _network.optimizer_step(config, lr, self.steps, params, grad, *self.state_for(params))
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items()
@@ -54,17 +101,19 @@ class SGD(Optimizer):
     """Stochastic gradient descent with optional (Nesterov) momentum, as torch.optim.SGD."""
 
     kind = "sgd"
+    momentum = Hyperparameter(non_negative)
+    nesterov = Hyperparameter(check_bool)
+    weight_decay = Hyperparameter(non_negative)
 
     def __init__(self, lr: float = 1e-3, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
         super().__init__(lr)
-        self.momentum = check_real(momentum, "momentum", 0)
-        self.nesterov = bool(nesterov)
-        self.weight_decay = check_real(weight_decay, "weight_decay", 0)
-        if self.nesterov and self.momentum == 0:
-            raise ValueError("Nesterov momentum requires a momentum > 0")
+        self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
+        self.kernel_config()
 
     def kernel_config(self):
+        if self.nesterov and self.momentum == 0:   # the one check across two attributes
+            raise ValueError("Nesterov momentum requires a momentum > 0")
         return {"kind": "sgd", "momentum": self.momentum, "nesterov": self.nesterov,
                 "weight_decay": self.weight_decay}
 
@@ -73,16 +122,16 @@ class Adam(Optimizer):
     """Adam, as torch.optim.Adam; weight_decay adds wd·p to the gradient (L2)."""
 
     kind = "adam"
+    squares = 1       # (m, v)
     decoupled = False
+    betas = Hyperparameter(_betas)
+    eps = Hyperparameter(positive)   # > 0: the first step divides by sqrt(v) + eps, v = g²
+    weight_decay = Hyperparameter(non_negative)
 
     def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__(lr)
-        if len(betas) != 2:
-            raise ValueError("betas must be a pair (beta1, beta2)")
-        self.betas = tuple(check_real(b, "betas", 0, 1, high_open=True) for b in betas)
-        self.eps = check_real(eps, "eps", 0)
-        self.weight_decay = check_real(weight_decay, "weight_decay", 0)
+        self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
 
     def kernel_config(self):
         return {"kind": "adam", "betas": self.betas, "eps": self.eps,
@@ -103,14 +152,17 @@ class RMSprop(Optimizer):
     """RMSprop, as torch.optim.RMSprop (not centered)."""
 
     kind = "rmsprop"
+    squares = 0       # (square average, momentum buffer)
+    alpha = Hyperparameter(fraction)
+    eps = Hyperparameter(positive)
+    momentum = Hyperparameter(non_negative)
+    weight_decay = Hyperparameter(non_negative)
 
     def __init__(self, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  momentum: float = 0.0, weight_decay: float = 0.0):
         super().__init__(lr)
-        self.alpha = check_real(alpha, "alpha", 0, 1)
-        self.eps = check_real(eps, "eps", 0)
-        self.momentum = check_real(momentum, "momentum", 0)
-        self.weight_decay = check_real(weight_decay, "weight_decay", 0)
+        self.alpha, self.eps, self.momentum = alpha, eps, momentum
+        self.weight_decay = weight_decay
 
     def kernel_config(self):
         return {"kind": "rmsprop", "alpha": self.alpha, "eps": self.eps,

@@ -26,6 +26,10 @@ This module is the only part of cdnn that imports scikit-learn (an optional depe
 """
 from __future__ import annotations
 
+try:   # the one optional dependency of this module: say how to get it
+    import sklearn  # noqa: F401
+except ImportError as e:
+    raise ImportError("cdnn.sklearn needs scikit-learn: pip install 'cdnn[sklearn]'") from e
 import numbers
 import warnings
 

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cdnn._validation import check_positive_int, check_real
+from cdnn._validation import check_positive_int, check_real, check_some_weight
 from cdnn.callbacks import Callback
 from cdnn._engine import Batch
 from cdnn.network import MLP
@@ -117,6 +117,7 @@ class Trainer:
             val = None
         if class_weight is not None:   # training rows only, as Keras: validation is unweighted
             train = _with_class_weight(train, class_weight, net.n_outputs)
+            check_some_weight(train.weights, "class_weight (times sample_weight)")
 
         n = len(train.X)
         batch = min(self.batch_size, n)
@@ -132,10 +133,18 @@ class Trainer:
         total_weight = n if train.weights is None else float(train.weights.sum())
         order = np.arange(n)
 
+        for epoch in range(epochs if self.schedule is not None else 0):
+            # every step's rate, now: a schedule that fails at step 10 fails before step 1
+            self._learning_rates(opt, steps_per_epoch, steps_per_epoch,
+                                 opt.steps + epoch * steps_per_epoch)
+        metrics = ["loss"] + (["accuracy"] if net.loss != "mean_squared_error" else [])
+        metrics += [f"val_{m}" for m in metrics if val is not None] + ["lr"]
+
         history = History()
         self.stop_training = False
-        for cb in callbacks:
+        for cb in callbacks:   # callbacks check their settings against params in on_train_begin
             cb.set_trainer(self)
+            cb.set_params({"epochs": epochs, "steps": steps_per_epoch, "metrics": metrics})
             cb.on_train_begin()
         ctrl_c = _DeferredInterrupt()
         try:
@@ -149,7 +158,8 @@ class Trainer:
                 step = 0
                 while step < steps_per_epoch:
                     count = min(run, steps_per_epoch - step)
-                    lrs[step:step + count] = self._learning_rates(opt, count, steps_per_epoch)
+                    lrs[step:step + count] = self._learning_rates(opt, count, steps_per_epoch,
+                                                                  opt.steps)
                     done, failure = steps.run(lrs[step:step + count],
                                               order[step * batch:min((step + count) * batch, n)],
                                               losses[step:], corrects[step:])
@@ -189,10 +199,11 @@ class Trainer:
                 cb.on_train_end()
         return history
 
-    def _learning_rates(self, opt: Optimizer, count: int, steps_per_epoch: int) -> np.ndarray:
+    def _learning_rates(self, opt: Optimizer, count: int, steps_per_epoch: int,
+                        first: int) -> np.ndarray:
         if self.schedule is None:
             return np.full(count, opt.lr)
-        steps = np.arange(opt.steps, opt.steps + count)
+        steps = np.arange(first, first + count)
         factors = np.asarray(self.schedule(steps, steps_per_epoch), dtype=np.float64)
         if factors.shape != (count,) or not (np.isfinite(factors) & (factors >= 0)).all():
             raise ValueError(f"the schedule must return one finite multiplier ≥ 0 per step "

@@ -150,7 +150,8 @@ def test_learning_rate_scheduler_sets_lr_at_epoch_begin(data):
     seen = []
     sched = LearningRateScheduler(lambda epoch, lr: seen.append((epoch, lr)) or 0.1 / (epoch + 1))
     trainer, history = fit(data, [sched], epochs=3)
-    assert seen == [(0, 0.05), (1, 0.1), (2, 0.05)]
+    # once without training at on_train_begin (the up-front check), then at each epoch
+    assert seen == [(0, 0.05), (1, 0.1), (2, 0.05)] * 2
     assert history["lr"] == [0.1, 0.05, 0.1 / 3]
     assert trainer.optimizer.lr == 0.1 / 3
 
@@ -189,3 +190,53 @@ def test_reduce_lr_on_plateau(data):
 def test_bad_arguments_are_refused(make):
     with pytest.raises((ValueError, TypeError)):
         make()
+
+
+# --- settings refused before any step (issue 13, rows 14 and 15) ------------------------------
+
+def fit_must_fail_untouched(data, match, callbacks=(), **trainer_kwargs):
+    """fit raises ValueError/OSError matching `match`, and the model and optimizer are as they
+    were: the error came before the first step."""
+    net = cdnn.MLP([4, 8, 3], dtype="float64", seed=0)
+    before = net.params.copy()
+    trainer = cdnn.Trainer(net, cdnn.SGD(lr=0.05, momentum=0.9), batch_size=16,
+                           **trainer_kwargs)
+    X, y = data
+    with pytest.raises((ValueError, OSError), match=match):
+        trainer.fit(X, y, epochs=3, callbacks=list(callbacks), verbose=0)
+    np.testing.assert_array_equal(net.params, before)
+    assert trainer.optimizer.steps == 0
+
+
+def test_checkpoint_field_without_validation_data_fails_before_training(data, tmp_path):
+    fit_must_fail_untouched(data, "val_loss", [ModelCheckpoint(tmp_path / "{val_loss}.st")])
+
+
+def test_checkpoint_into_a_missing_folder_fails_before_training(data, tmp_path):
+    missing = tmp_path / "no" / "such" / "m-{epoch}.st"
+    fit_must_fail_untouched(data, "no such directory", [ModelCheckpoint(missing)])
+    assert not (tmp_path / "no").exists()
+
+
+def test_checkpoint_check_leaves_no_file_behind(data, tmp_path):
+    fit(data, [ModelCheckpoint(tmp_path / "m-{epoch}.st")], epochs=1)
+    assert [p.name for p in tmp_path.iterdir()] == ["m-1.st"]   # no probe, no temporary
+
+
+def test_a_schedule_that_turns_nan_later_fails_before_training(data):
+    # 4 steps per epoch: step 10 is in the third epoch
+    schedule = lambda steps, per_epoch: np.where(steps >= 10, np.nan, 1.0)   # noqa: E731
+    fit_must_fail_untouched(data, "finite multiplier", schedule=schedule)
+
+
+def test_a_scheduler_callback_returning_zero_later_fails_before_training(data):
+    sched = LearningRateScheduler(lambda epoch, lr: 0.0 if epoch == 2 else lr)
+    fit_must_fail_untouched(data, "epoch 2 must be > 0", [sched])
+
+
+def test_class_weights_that_zero_every_row_are_refused(data):
+    net = cdnn.MLP([4, 8, 3], seed=0)
+    X, y = data
+    with pytest.raises(ValueError, match="is all zero"):
+        cdnn.Trainer(net, cdnn.SGD(lr=0.1)).fit(X, y, class_weight={0: 0, 1: 0, 2: 0},
+                                                verbose=0)

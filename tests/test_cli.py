@@ -69,6 +69,25 @@ def test_argument_errors_exit_2(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, prog", [
+    (["train", "--hidden", "0"], "cdnn train"), (["train", "--epochs", "abc"], "cdnn train"),
+    (["train", "--dtype", "float16"], "cdnn train"), (["train", "--foo"], "cdnn train"),
+    (["train", "--batch-size", "0"], "cdnn train"), (["train", "--hidden", "64,,32"], "cdnn train"),
+    (["train", "--hidden", ","], "cdnn train"), (["train", "--seed", "-1"], "cdnn train"),
+    (["train", "--epochs", "-2"], "cdnn train"),
+    (["predict", "m.safetensors"], "cdnn predict"), (["evaluate"], "cdnn evaluate"),
+    ([], "cdnn"), (["fit"], "cdnn"),
+])
+def test_argument_errors_are_one_line(argv, prog, capsys):
+    """Issue 17: argparse printed 8 lines of usage; `train --foo` the top-level usage."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert len(err.splitlines()) == 1 and err.startswith(f"{prog}: error: "), err
+    assert f"see {prog} --help" in err and "usage:" not in err
+
+
 def test_bench_forwards_its_arguments(monkeypatch):
     import cdnn.bench
     seen = []
@@ -131,15 +150,51 @@ def test_train_options_reach_the_optimizer(capsys, monkeypatch):
 
 @pytest.mark.parametrize("argv, words", [
     (FAST_TRAIN + ["--lr", "-1"], ["lr"]),
-    (FAST_TRAIN + ["--epochs", "-2"], ["epochs"]),
     (FAST_TRAIN + ["--dropout", "1.5"], ["dropout"]),
     (FAST_TRAIN + ["--optimizer", "adam", "--nesterov"], ["--nesterov"]),
     (["train", "--data-dir", "/nonexistent/mnist"], ["missing in", "train-images"]),
-    (["train", "--save", "/nonexistent/dir/model.safetensors"], ["no directory"]),
+    (["train", "--save", "/nonexistent/dir/model.safetensors"], ["no such directory"]),
+    (FAST_TRAIN + ["--hidden", "2000000000"], ["hidden layer 1", "2000000000"]),   # 13.16
 ])
 def test_bad_training_values(argv, words, capsys):
     status, _, err = run(argv, capsys)
     assert_one_line_error(status, err, "train", *words)
+
+
+def test_batch_size_and_clip_norm_reach_the_trainer(capsys, monkeypatch):
+    made = []
+    real = cdnn.Trainer
+    monkeypatch.setattr(cdnn, "Trainer", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    status, _, err = run(FAST_TRAIN + ["--batch-size", "7", "--clip-norm", "0.5"], capsys)
+    assert status == 0, err
+    assert (made[0].batch_size, made[0].clip_norm) == (7, 0.5)
+
+
+def test_save_that_cannot_be_written_fails_before_training(tmp_path, capsys, monkeypatch):
+    """Row 14: `--save /sys/m.safetensors` trained first, then failed with a traceback. A
+    read-only folder stands in for /sys (root may write to a 0o500 folder; /sys it may not)."""
+    monkeypatch.setattr(cdnn.Trainer, "fit", lambda *a, **k: pytest.fail("trained first"))
+    for path in ["/sys/m.safetensors", str(tmp_path / "missing" / "m.safetensors"),
+                 str(tmp_path)]:
+        status, out, err = run(FAST_TRAIN + ["--save", path], capsys)
+        assert_one_line_error(status, err, "train", path)
+        assert out == ""
+
+
+def test_divergence_names_the_flags(capsys):
+    status, _, err = run(FAST_TRAIN + ["--lr", "1e30", "--momentum", "0"], capsys)
+    assert_one_line_error(status, err, "train", "diverged", "--lr", "--clip-norm")
+    assert "Trainer(" not in err
+
+
+def test_offline_download_names_data_dir(model, tmp_path, capsys, monkeypatch):
+    def offline(url, *args):
+        raise OSError("Name or service not known")
+    monkeypatch.setattr(cdnn.datasets, "_download_verified", offline)
+    monkeypatch.setenv("CDNN_DATA", str(tmp_path / "cache"))
+    status, _, err = run(["evaluate", str(model), "--dataset", "mnist"], capsys)
+    assert_one_line_error(status, err, "evaluate", "could not download MNIST", "--data-dir")
+    assert "path=" not in err
 
 
 def test_evaluate_missing_or_foreign_model(tmp_path, capsys):
@@ -180,6 +235,115 @@ def test_predict_unknown_output_format(model, tmp_path, capsys):
     status, _, err = run(["predict", str(model), str(tmp_path / "x.npy"), "-o",
                           str(tmp_path / "y.parquet")], capsys)
     assert_one_line_error(status, err, "predict", "unknown output format")
+
+
+# --- in a subprocess: hostile inputs, pipes, terminals ------------------------------------------
+
+def cdnn_command(*argv) -> list[str]:
+    return [sys.executable, "-m", "cdnn.cli", *map(str, argv)]
+
+
+def lying_npy(path: Path, shape=(10**12, 4)):
+    """A 193-byte .npy file whose header claims `shape` of float64."""
+    header = f"{{'descr': '<f8', 'fortran_order': False, 'shape': {shape}, }}".ljust(117) + "\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little")
+                     + header.encode() + bytes(193 - 10 - len(header)))
+    return path
+
+
+PREDICT_EACH = """
+import sys
+from cdnn import cli
+for path in sys.argv[2:]:
+    print(cli.main(["predict", sys.argv[1], path]), flush=True)
+"""
+
+
+def test_predict_checks_input_size_before_reading(model, tmp_path):
+    """Row 13: a lying .npy header was a MemoryError traceback; a .csv linked to /dev/zero (or
+    a FIFO) a read without end. One process runs the three, under a timeout."""
+    import os
+    lying = lying_npy(tmp_path / "x.npy")
+    assert lying.stat().st_size == 193
+    (tmp_path / "zero.csv").symlink_to("/dev/zero")
+    os.mkfifo(tmp_path / "fifo.csv")
+    result = subprocess.run([sys.executable, "-c", PREDICT_EACH, str(model), str(lying),
+                             str(tmp_path / "zero.csv"), str(tmp_path / "fifo.csv")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["1", "1", "1"], result.stderr
+    errors = result.stderr.splitlines()
+    assert len(errors) == 3 and "Traceback" not in result.stderr
+    assert all(line.startswith("cdnn predict: error: ") for line in errors)
+    assert "claims shape (1000000000000, 4)" in errors[0]
+    assert all(line.endswith("not a regular file") for line in errors[1:]), errors
+
+
+def test_a_closed_pipe_ends_quietly(model, tmp_path):
+    """`cdnn predict m big.npy | head -1` said "[Errno 32] Broken pipe", exit 1."""
+    np.save(tmp_path / "big.npy", np.random.default_rng(0).normal(size=(100_000, 64)))
+    child = subprocess.Popen(cdnn_command("predict", model, tmp_path / "big.npy"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = child.stdout.readline()
+    child.stdout.close()   # as head does after its line
+    err = child.stderr.read()
+    assert child.wait(timeout=60) in (0, 141, -13)   # 141 = 128 + SIGPIPE, as `yes | head`
+    assert first.strip().isdigit() and err == b""
+
+
+def in_terminal(argv, columns=120, timeout=120) -> str:
+    """argv's output in a pseudo-terminal of the given width, with the \r redraws as lines."""
+    import fcntl
+    import os
+    import pty
+    import re
+    import struct
+    import termios
+    main, child_end = pty.openpty()
+    fcntl.ioctl(child_end, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    child = subprocess.Popen(argv, stdin=child_end, stdout=child_end, stderr=child_end)
+    os.close(child_end)
+    output = b""
+    while chunk := _read_or_end(main):
+        output += chunk
+    child.wait(timeout=timeout)
+    os.close(main)
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", output.decode())   # cursor movements
+    return text
+
+
+def _read_or_end(fd) -> bytes:
+    import os
+    try:
+        return os.read(fd, 65536)
+    except OSError:   # EIO: the child closed the terminal
+        return b""
+
+
+def test_progress_fits_80_columns_and_shows_validation_metrics():
+    """Issue 17: at 80 columns the bar was cut before val_accuracy."""
+    text = in_terminal(cdnn_command("train", "--epochs", "4", "--hidden", "16"))
+    redraws = [line for line in text.replace("\r", "\n").splitlines() if line.strip()]
+    bars = [line for line in redraws if line.startswith("epoch ")]
+    assert bars and all(len(line) <= 80 for line in bars), bars
+    assert "val_acc" in bars[-1] and bars[-1].startswith("epoch 4/4")
+    assert "test accuracy" in text
+
+
+def test_divergence_message_starts_its_own_line_after_the_bar():
+    text = in_terminal(cdnn_command("train", "--lr", "1e30", "--momentum", "0", "--epochs", "3"))
+    lines = text.replace("\r\n", "\n").split("\n")
+    assert any(line.startswith("cdnn train: error: training diverged") for line in lines), text
+
+
+def test_progress_in_a_log_file_is_a_line_per_epoch(tmp_path):
+    """Piped stderr got a bar redrawn with \r per epoch; now one plain line each."""
+    result = subprocess.run(cdnn_command("train", "--epochs", "3", "--hidden", "16"),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert "\r" not in result.stderr and len(lines) == 3
+    assert all(line.startswith(f"epoch {i}/3 loss ") and "val_acc" in line
+               for i, line in enumerate(lines, 1))
 
 
 # --- the installed console script -------------------------------------------------------------

@@ -127,6 +127,14 @@ OPTIMIZER_BROKEN = {
                                        "steps": 1}),
     "unknown hyper-parameter": json.dumps({"class": "SGD", "hyperparameters": {"beta": 1},
                                            "steps": 1}),
+    # issue 13 row 17: "false" turned Nesterov on; 2**63 steps loaded, then fit overflowed
+    "string flag": json.dumps({"class": "SGD", "hyperparameters": {
+        "lr": 0.1, "momentum": 0.9, "nesterov": "false"}, "steps": 1}),
+    "number flag": json.dumps({"class": "SGD", "hyperparameters": {
+        "lr": 0.1, "momentum": 0.9, "nesterov": 1}, "steps": 1}),
+    "string number": json.dumps({"class": "SGD", "hyperparameters": {"lr": "0.1"}, "steps": 1}),
+    "huge steps": json.dumps({"class": "SGD", "hyperparameters": {"lr": 0.1}, "steps": 2**63}),
+    "boolean steps": json.dumps({"class": "SGD", "hyperparameters": {"lr": 0.1}, "steps": True}),
 }
 
 
@@ -165,8 +173,9 @@ def test_optimizer_mismatches_are_refused(rng, tmp_path):
     with pytest.raises(ValueError, match="no optimizer state"):
         cdnn.load(tmp_path / "plain.safetensors", optimizer=cdnn.Adam())
     net.save(tmp_path / "adam.safetensors", cdnn.Adam())
-    with pytest.raises(ValueError, match="Adam"):
+    with pytest.raises(ValueError, match="Adam") as error:
         cdnn.load(tmp_path / "adam.safetensors", optimizer=cdnn.AdamW())
+    assert "a Adam" not in str(error.value)   # issue 17: the wording read "a Adam"
     with pytest.raises(TypeError):
         net.save(tmp_path / "x.safetensors", optimizer="adam")
     with pytest.raises(TypeError):
@@ -203,3 +212,153 @@ def test_resume_matches_an_uninterrupted_run(make_opt, dtype, rng, tmp_path):
     assert resumed_opt.steps == 14 and resumed_opt.lr == opt.lr
     fit(resumed, resumed_opt, 2)
     assert resumed.params.tobytes() == straight.params.tobytes()
+
+
+# --- load checks every tensor before it builds (issue 13, rows 12 and 17) --------------------
+
+def test_tensor_dtypes_are_checked_before_the_network_is_built(good, tmp_path, monkeypatch):
+    """Row 12: int8 tensors under a float64 config allocated the float64 network first."""
+    tensors, meta = good
+    tensors = {k: v.astype(np.int8) for k, v in tensors.items()}
+    path = write(tmp_path / "int8.safetensors", tensors, meta)
+    monkeypatch.setattr(io, "MLP", lambda **config: pytest.fail("built the network first"))
+    with pytest.raises(ValueError, match="is int8, the config says float64"):
+        cdnn.load(path)
+
+
+def test_negative_running_squares_are_refused(rng, tmp_path):
+    """Row 17: Adam's v < 0 loaded, then gave a spurious divergence."""
+    net, _, _ = trained_net("float64", rng)
+    opt = cdnn.Adam()
+    opt.state_for(net.params)[1][0] = -1.0
+    net.save(tmp_path / "adam.safetensors", opt)
+    with pytest.raises(ValueError, match="state2 holds running squares"):
+        cdnn.load(tmp_path / "adam.safetensors", optimizer=cdnn.Adam())
+
+
+# --- saving: paths, permissions, interruptions (issue 13 rows 3, 4; issue 17) ----------------
+
+def small_net():
+    return cdnn.MLP([3, 4, 2], seed=0)
+
+
+def test_save_into_a_missing_folder_names_the_path(tmp_path):
+    path = tmp_path / "missing" / "x.safetensors"
+    with pytest.raises(FileNotFoundError, match="x.safetensors") as error:
+        small_net().save(path)
+    assert error.value.filename == str(path) and ".tmp" not in str(error.value)
+
+
+def test_save_follows_a_symlink_and_keeps_it(tmp_path):
+    target, link = tmp_path / "real.safetensors", tmp_path / "link.safetensors"
+    small_net().save(target)
+    link.symlink_to(target)
+    wider = cdnn.MLP([3, 7, 2], seed=1)
+    wider.save(link)
+    assert link.is_symlink() and cdnn.load(target).layer_sizes == (3, 7, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.safetensors", "real.safetensors"]
+
+
+@pytest.mark.parametrize("make", ["fifo", "directory", "link to a fifo"])
+def test_save_refuses_what_is_not_a_regular_file(make, tmp_path):
+    """As root, save("/dev/null") replaced the device with a regular file; a FIFO stands in for
+    the device here, so that a regression cannot break the machine running the tests."""
+    import os
+    import stat
+    special = tmp_path / "special"
+    if make == "directory":
+        special.mkdir()
+    else:
+        os.mkfifo(special)
+    path = special if make != "link to a fifo" else tmp_path / "link"
+    if path != special:
+        path.symlink_to(special)
+    with pytest.raises(ValueError, match="not a regular file|a directory"):
+        small_net().save(path)
+    mode = os.stat(special).st_mode
+    assert stat.S_ISDIR(mode) if make == "directory" else stat.S_ISFIFO(mode)
+    assert not [p for p in tmp_path.iterdir() if ".cdnn-tmp-" in p.name]
+
+
+def test_saved_files_honour_the_umask_and_keep_a_replaced_files_mode(tmp_path):
+    import os
+    old = os.umask(0o022)
+    try:
+        small_net().save(tmp_path / "a.safetensors")
+        os.umask(0o077)
+        small_net().save(tmp_path / "b.safetensors")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.safetensors").stat().st_mode & 0o777 == 0o600
+    (tmp_path / "a.safetensors").chmod(0o640)
+    small_net().save(tmp_path / "a.safetensors")
+    assert (tmp_path / "a.safetensors").stat().st_mode & 0o777 == 0o640
+
+
+def test_a_failed_save_removes_its_temporary_and_keeps_the_old_file(tmp_path, monkeypatch):
+    import os
+    path = tmp_path / "m.safetensors"
+    small_net().save(path)
+    before = path.read_bytes()
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        cdnn.MLP([3, 9, 2]).save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+KILLED_MID_SAVE = """
+import os, signal, sys
+from cdnn import io
+fd, temporary = io._create_temporary(sys.argv[1], sys.argv[1])
+os.write(fd, b"half a model")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_temporary_left_by_a_killed_save_is_removed_by_the_next(tmp_path):
+    """Row 4: each SIGKILL during a save left a full-size temporary (safetensors' own)."""
+    import subprocess
+    import sys
+    path = tmp_path / "m.safetensors"
+    small_net().save(path)
+    result = subprocess.run([sys.executable, "-c", KILLED_MID_SAVE, str(path)], timeout=60)
+    assert result.returncode == -9
+    orphans = [p.name for p in tmp_path.iterdir() if p.name != "m.safetensors"]
+    assert len(orphans) == 1 and orphans[0].startswith(".m.safetensors.cdnn-tmp-")
+    assert cdnn.load(path).layer_sizes == (3, 4, 2)   # the old model, whole
+    small_net().save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+SAVE_FOREVER = """
+import sys, cdnn
+net = cdnn.MLP([1000, 1000, 1000, 10], seed=0)   # 8 MB a file
+print("ready", flush=True)
+while True:
+    net.save(sys.argv[1])
+"""
+
+
+def test_sigkill_mid_save_leaves_the_old_or_the_new_file(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    path = tmp_path / "m.safetensors"
+    small_net().save(path)
+    child = subprocess.Popen([sys.executable, "-c", SAVE_FOREVER, str(path)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "ready\n"
+        time.sleep(0.5)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=60)
+    assert cdnn.load(path).layer_sizes in ((3, 4, 2), (1000, 1000, 1000, 10))
+    small_net().save(path)   # and any temporary the kill left is gone after the next save
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]

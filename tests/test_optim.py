@@ -218,3 +218,64 @@ def test_optimizer_refuses_state_of_another_network(problem):
     other = cdnn.MLP([5, 3], dtype="float64")
     with pytest.raises(ValueError, match="make a new one"):
         cdnn.Trainer(other, opt).fit(X, y, verbose=0)
+
+
+# --- step() and later changes are checked as the constructor checks (issue 13, rows 11, 18) ---
+
+@pytest.mark.parametrize("cls", [cdnn.SGD, cdnn.Adam, cdnn.AdamW, cdnn.RMSprop])
+@pytest.mark.parametrize("attribute, value", [("lr", -1), ("lr", 0), ("lr", float("nan")),
+                                              ("lr", "0.1"), ("weight_decay", -1e-4)])
+def test_changing_a_hyperparameter_is_checked(cls, attribute, value):
+    opt = cls(lr=0.01)
+    with pytest.raises((ValueError, TypeError), match=attribute):
+        setattr(opt, attribute, value)
+    assert getattr(opt, attribute) == cls(lr=0.01).__dict__[attribute]   # unchanged
+
+
+@pytest.mark.parametrize("change", [
+    lambda o: setattr(o, "momentum", -0.5), lambda o: setattr(o, "nesterov", "false"),
+    lambda o: setattr(o, "momentum", float("inf")),
+])
+def test_changing_sgd_is_checked(change):
+    with pytest.raises((ValueError, TypeError)):
+        change(cdnn.SGD(lr=0.1, momentum=0.9))
+
+
+@pytest.mark.parametrize("make", [lambda: cdnn.Adam(eps=0), lambda: cdnn.RMSprop(eps=0),
+                                  lambda: cdnn.SGD(momentum=0.9, nesterov="false"),
+                                  lambda: cdnn.Adam(betas=0.9)])
+def test_more_bad_hyperparameters_are_refused(make):
+    """Adam(eps=0) with zero initial state divided 0 by 0 at the first zero gradient."""
+    with pytest.raises((ValueError, TypeError)):
+        make()
+
+
+def test_nesterov_without_momentum_is_refused_when_momentum_drops():
+    opt = cdnn.SGD(lr=0.1, momentum=0.9, nesterov=True)
+    opt.momentum = 0.0
+    net = cdnn.MLP([2, 2], dtype="float64")
+    with pytest.raises(ValueError, match="Nesterov"):
+        opt.step(net.params, np.zeros_like(net.params))
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"lr": float("nan")}, ValueError, "lr must be finite"),
+    ({"lr": -1.0}, ValueError, "lr must be >"),
+    ({"grad": "nan"}, ValueError, "non-finite"),
+    ({"grad": "list"}, TypeError, "grad must be a numpy array"),
+    ({"grad": "float32"}, ValueError, "shape and dtype of params"),
+    ({"params": "2-D"}, ValueError, "1-D float32 or float64"),
+])
+def test_step_arguments_are_checked(kwargs, error, match):
+    net = cdnn.MLP([3, 4, 2], dtype="float64", seed=0)
+    params, grad = net.params, np.full_like(net.params, 0.1)
+    grad = {"nan": np.where(np.arange(grad.size) == 3, np.nan, grad), "list": list(grad),
+            "float32": grad.astype(np.float32)}.get(kwargs.pop("grad", None), grad)
+    if kwargs.pop("params", None):
+        params = params.reshape(2, -1)
+    before = net.params.copy()
+    opt = cdnn.Adam()
+    with pytest.raises(error, match=match):
+        opt.step(params, grad, **kwargs)
+    np.testing.assert_array_equal(net.params, before)
+    assert opt.steps == 0 and opt.state is None

@@ -1,5 +1,7 @@
 """Bad input at every public entry point becomes a ValueError or TypeError that names the
 problem, before any kernel runs; inputs that are merely unusual are converted."""
+import re
+
 import numpy as np
 import pytest
 import scipy.sparse
@@ -28,13 +30,13 @@ def regressor(n_out=1):
 # --- constructors -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    ({"layer_sizes": [4, 0, 3]}, ValueError, "layer size must be at least 1"),
-    ({"layer_sizes": [4, -8, 3]}, ValueError, "layer size must be at least 1"),
-    ({"layer_sizes": [4, 2.5, 3]}, TypeError, "layer size must be an integer"),
-    ({"layer_sizes": [4, 8.0, 3]}, TypeError, "layer size must be an integer"),
-    ({"layer_sizes": [4, "8", 3]}, TypeError, "layer size must be an integer"),
-    ({"layer_sizes": [4, True, 3]}, TypeError, "layer size must be an integer"),
-    ({"layer_sizes": [4, 2**40, 3]}, ValueError, "layer size must be at most"),
+    ({"layer_sizes": [4, 0, 3]}, ValueError, r"hidden layer 1\) must be at least 1"),
+    ({"layer_sizes": [4, -8, 3]}, ValueError, r"hidden layer 1\) must be at least 1"),
+    ({"layer_sizes": [4, 2.5, 3]}, TypeError, r"hidden layer 1\) must be an integer"),
+    ({"layer_sizes": [4, 8.0, 3]}, TypeError, r"hidden layer 1\) must be an integer"),
+    ({"layer_sizes": [4, "8", 3]}, TypeError, r"hidden layer 1\) must be an integer"),
+    ({"layer_sizes": [4, True, 3]}, TypeError, r"hidden layer 1\) must be an integer"),
+    ({"layer_sizes": [4, 2**40, 3]}, ValueError, r"hidden layer 1\) must be at most"),
     ({"layer_sizes": [4]}, ValueError, "at least an input and an output"),
     ({"layer_sizes": 4}, TypeError, "list of layer widths"),
     ({"layer_sizes": "4,8,3"}, TypeError, "list of layer widths"),
@@ -252,6 +254,13 @@ def test_bad_regression_targets_are_rejected(entry, case, y, error, match):
         entry_points(net, GOOD_X, y)[entry]()
 
 
+def test_one_column_is_singular():
+    """Issue 17: the message read "y has 1 columns"."""
+    net = cdnn.MLP([N_IN, 8, 3], loss="mean_squared_error", seed=0)
+    with pytest.raises(ValueError, match="^y has 1 column, the network 3 outputs$"):
+        net.evaluate(GOOD_X, np.zeros(10))
+
+
 def test_sigmoid_targets_must_lie_in_0_1():
     net = cdnn.MLP([N_IN, 8, 2], loss="sigmoid_cross_entropy", seed=0)
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
@@ -405,3 +414,60 @@ def test_integer_and_float16_targets_are_converted(data):
     t = np.arange(len(X)) % 4
     net = regressor()
     assert net.evaluate(X, t.astype(np.float16)) == net.evaluate(X, t)
+
+
+# --- issue 13 rows 16 and 18, issue 17's library items ----------------------------------------
+
+@pytest.mark.parametrize("sizes, layer", [
+    ([1, 2**30, 1], "hidden layer 1"),       # one sample's workspace: 5·2**30 values
+    ([2**29, 2**29, 2], "the input layer"),  # the widths summed in int32 overflowed
+    ([3, 2**31, 2], "hidden layer 1"),
+    ([3, 8, 2**31], "the output layer"),
+])
+def test_widths_beyond_c_ints_are_refused_naming_the_layer(sizes, layer):
+    with pytest.raises(ValueError, match=layer):
+        cdnn.MLP(sizes)
+
+
+def test_a_byte_swapped_dtype_becomes_the_native_one():
+    """MLP(dtype=">f4") was accepted, then every call failed ("Big-endian buffer")."""
+    net = cdnn.MLP([N_IN, 8, 3], dtype=">f4", seed=0)
+    assert net.dtype == np.dtype("float32") and net.dtype.isnative
+    assert net.predict(GOOD_X).shape == (10,)
+
+
+@pytest.mark.parametrize("dtype, message", [
+    ("float16", "unknown dtype float16; choose float32 or float64"),
+    (np.int32, "unknown dtype int32;"), ("no such type", "unknown dtype 'no such type'")])
+def test_unknown_dtypes_are_named_plainly(dtype, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        cdnn.MLP([N_IN, 3], dtype=dtype)
+
+
+def test_numpy_scalars_are_numbers():
+    net = cdnn.MLP([N_IN, 8, 8, 3], dropout=np.float32(0.25), l2=np.float64(1e-4))
+    assert net.dropout == (0.25, 0.25)
+
+
+def test_sequential_takes_plain_dicts_and_names_a_bad_layer():
+    net = cdnn.Sequential([{"units": 8, "activation": "tanh"}, {"units": 3}], N_IN)
+    assert net.layer_sizes == (N_IN, 8, 3) and net.activations == ("tanh",)
+    with pytest.raises(TypeError, match=r"layers\[1\] must be a cdnn.Dense"):
+        cdnn.Sequential([cdnn.Dense(8, "relu"), {"width": 3}], N_IN)
+    with pytest.raises(ValueError, match=r"layers\[0\] has unknown keys \['rate'\]"):
+        cdnn.Sequential([{"units": 3, "rate": 0.5}], N_IN)
+    with pytest.raises(TypeError, match="non-empty list"):
+        cdnn.Sequential(cdnn.Dense(3), N_IN)
+
+
+@pytest.mark.parametrize("entry", ["evaluate", "loss_and_grad", "fit"])
+def test_all_zero_sample_weights_are_refused(entry):
+    """They were accepted: a division warning, then accuracy NaN in the History."""
+    net = cdnn.MLP([N_IN, 8, 3], seed=0)
+    y = np.arange(10) % 3
+    calls = {"evaluate": lambda w: net.evaluate(GOOD_X, y, sample_weight=w),
+             "loss_and_grad": lambda w: net.loss_and_grad(GOOD_X, y, sample_weight=w),
+             "fit": lambda w: cdnn.Trainer(net, cdnn.SGD(lr=0.1)).fit(
+                 GOOD_X, y, sample_weight=w, verbose=0)}
+    with pytest.raises(ValueError, match="is all zero"):
+        calls[entry](np.zeros(10))
