@@ -77,18 +77,6 @@ def _check_distributions(targets: np.ndarray):
                          f"for softmax_cross_entropy must each sum to 1")
 
 
-def _normalized(weights: np.ndarray | None) -> np.ndarray | None:
-    """Sample weights scaled to a largest weight of 1. The loss is the weighted mean, so this
-    changes no result, but keeps 1/Σw and Σw within float32's range for weights of 1e-40 or
-    3e38 (each valid float32)."""
-    if weights is None:
-        return None
-    top = weights.max()
-    if not top > 0:
-        raise ValueError("sample_weight is zero for every row: nothing to train or evaluate")
-    return weights / top if top != 1 else weights
-
-
 class Engine:
     """Runs one network's kernels: predict, evaluate, gradients and training steps."""
 
@@ -122,13 +110,13 @@ class Engine:
             check_same_length(n, targets, "y")
             if targets.shape[1] != k:
                 columns = "column" if targets.shape[1] == 1 else "columns"
-                raise ValueError(f"y has {targets.shape[1]} {columns}, the network {k} outputs")
+                raise ValueError(f"y has {targets.shape[1]} {columns}, the network {k} "
+                                 f"output{'s' if k > 1 else ''}")
             if self.loss != "mean_squared_error" and ((targets < 0) | (targets > 1)).any():
                 raise ValueError(f"targets for {self.loss} must lie in [0, 1]")
             if self.loss == "softmax_cross_entropy":
                 _check_distributions(targets)
-        return Batch(X, labels, targets, _normalized(check_sample_weight(sample_weight, n,
-                                                                         self.dtype)))
+        return Batch(X, labels, targets, check_sample_weight(sample_weight, n, self.dtype))
 
     def _workspace(self, rows: int) -> np.ndarray:
         """This Python thread's workspace, grown to hold `rows` rows."""

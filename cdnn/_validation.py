@@ -169,11 +169,17 @@ def check_sample_weight(w, n: int, dtype) -> np.ndarray | None:
     check_same_length(n, w, "sample_weight")
     if (w < 0).any():
         raise ValueError("sample_weight must be non-negative")
-    check_some_weight(w, "sample_weight")
-    return w
+    return scaled_weights(w, "sample_weight")
 
 
-def check_some_weight(w: np.ndarray | None, what: str):
-    """At least one row must count: with every weight 0 there is nothing to learn or measure."""
-    if w is not None and not w.any():
+def scaled_weights(w: np.ndarray | None, what: str) -> np.ndarray | None:
+    """Row weights scaled to a largest weight of 1. The loss is the weighted mean, so this
+    changes no result, but keeps 1/Σw and Σw within float32's range for weights of 1e-40 or
+    3e38 (each valid float32). At least one row must count: with every weight 0 there is
+    nothing to learn or measure."""
+    if w is None:
+        return None
+    top = w.max()
+    if not top > 0:
         raise ValueError(f"{what} is all zero: at least one row needs a non-zero weight")
+    return w / top if top != 1 else w

@@ -27,9 +27,8 @@ from cdnn._validation import check_positive_int
 MAX_THREADS = 2**16     # more than any machine has; OpenMP and the BLAS take a C int
 
 _num_threads: int | None = None     # None: every usable core
-_limits = threading.local()         # this Python thread's open limit_threads blocks
 _pools_lock = threading.Lock()
-_open_limits: list = []             # every thread's open blocks, oldest first
+_open_limits: list = []             # every Python thread's open blocks, oldest first
 _pools_before = None                # the pools' limits before the oldest open block
 
 
@@ -44,10 +43,10 @@ _USABLE_CORES = _usable_cores()     # read once: every predict asks
 
 
 def get_num_threads() -> int:
-    """The number of threads cdnn's kernels use (in this Python thread)."""
-    stack = getattr(_limits, "stack", None)
-    if stack:
-        return stack[-1].n
+    """The most threads cdnn's kernels use."""
+    latest = _open_limits[-1:]      # a slice: another thread may close it meanwhile
+    if latest:
+        return latest[0].n
     return _num_threads or _USABLE_CORES
 
 
@@ -60,19 +59,16 @@ def set_num_threads(n: int) -> None:
 
 
 class limit_threads:
-    """`with cdnn.limit_threads(n): …` runs the block with at most n threads: cdnn's, in this
-    Python thread, and every BLAS and OpenMP pool's, which are the process's. Blocks may nest
-    and may be open in several Python threads at once: the pools follow the most recently
-    opened block still open, and return to their previous limits when the last one closes."""
+    """`with cdnn.limit_threads(n): …` runs the block with at most n threads, cdnn's and every
+    BLAS and OpenMP pool's (the process's, as threadpoolctl's). Blocks may nest and may be open
+    in several Python threads at once: the limit is the most recently opened block's still
+    open, and the previous limits return when the last one closes."""
 
     def __init__(self, n: int):
         self.n = check_positive_int(n, "the number of threads", maximum=MAX_THREADS)
 
     def __enter__(self):
         global _pools_before
-        if not hasattr(_limits, "stack"):
-            _limits.stack = []
-        _limits.stack.append(self)
         with _pools_lock:
             if not _open_limits:
                 _pools_before = threadpool_limits(limits=self.n)
@@ -82,7 +78,6 @@ class limit_threads:
         return self
 
     def __exit__(self, *exc):
-        _limits.stack.remove(self)
         with _pools_lock:
             _open_limits.remove(self)
             if _open_limits:

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cdnn._validation import check_positive_int, check_real, check_some_weight
+from cdnn._validation import check_positive_int, check_real, scaled_weights
 from cdnn.callbacks import Callback
 from cdnn._engine import Batch
 from cdnn.network import MLP
@@ -117,7 +117,8 @@ class Trainer:
             val = None
         if class_weight is not None:   # training rows only, as Keras: validation is unweighted
             train = _with_class_weight(train, class_weight, net.n_outputs)
-            check_some_weight(train.weights, "class_weight (times sample_weight)")
+            train = train._replace(weights=scaled_weights(train.weights,
+                                                          "class_weight (times sample_weight)"))
 
         n = len(train.X)
         batch = min(self.batch_size, n)

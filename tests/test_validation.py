@@ -239,7 +239,7 @@ REGRESSION_Y_CASES = [
     ("inf", np.where(np.arange(10) == 0, np.inf, 0.5), ValueError,
      r"y holds a non-finite value \(inf\) at row 0"),
     ("length", np.zeros(11), ValueError, "X has 10 rows but y has 11"),
-    ("columns", np.zeros((10, 2)), ValueError, "y has 2 columns, the network 1 outputs"),
+    ("columns", np.zeros((10, 2)), ValueError, "y has 2 columns, the network 1 output$"),
     ("empty", np.zeros(0), ValueError, "y is empty"),
     ("strings", np.array(["1.0"] * 10), TypeError, "y must hold numbers"),
 ]
