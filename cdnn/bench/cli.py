@@ -40,14 +40,15 @@ def build_parser():
                             "3 minutes on 2 cores, longer when the machine is busy")
     speed.add_argument("--full", action="store_true",
                        help="full 60k-row epochs, time-to-accuracy, fresh process per run "
-                            "(an hour or more)")
+                            "(about 15 minutes on 2 cores)")
     p.add_argument("--workloads", type=_csv(list(WORKLOADS), GROUPS), default=None,
                    help="comma list of " + ",".join(WORKLOADS) + "; 'small' means every "
                    "small-* job (default: all of the mode's)")
     p.add_argument("--contenders", type=_csv(list(CONTENDERS)), default=list(CONTENDERS),
                    help="comma list (default: cdnn,torch,jax,sklearn)")
     p.add_argument("--data-dir", default=None,
-                   help="MNIST directory (default: ../shared/data/mnist if present, else synthetic)")
+                   help="MNIST directory (default: ../shared/data/mnist if present, "
+                        "else synthetic)")
     p.add_argument("--repeats", type=int, default=None,
                    help="repeats per workload (default 3, or 5 in --full; small jobs: best of 3)")
     p.add_argument("--gemm-repeats", type=int, default=None, help=argparse.SUPPRESS)

@@ -32,7 +32,8 @@ class Contender:
 
     def warmup(self, sizes, batch, X, y):
         """Untimed: train a throwaway model for WARMUP_BATCHES steps; return compile seconds."""
-        m = self.build(sizes, batch, 12345, X[: WARMUP_BATCHES * batch], y[: WARMUP_BATCHES * batch])
+        rows = WARMUP_BATCHES * batch
+        m = self.build(sizes, batch, 12345, X[:rows], y[:rows])
         self.train_epoch(m)
         return None
 

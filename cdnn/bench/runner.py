@@ -135,8 +135,7 @@ class Runner:
             err = w.ready.get("error", "worker did not start")
             if w.ready.get("skipped"):
                 self.unavailable[name] = err
-            w.close()
-            self.workers.pop(name, None)
+            self.retire(name)
             return dict(ok=False, skipped=bool(w.ready.get("skipped")), error=err)
         if not self.fresh and task["kind"] in ("train", "tta", "small"):
             time.sleep(PAUSE_S)  # let the previous contender's spinning thread pool go idle
@@ -145,8 +144,7 @@ class Runner:
         result.update(task_wall_s=time.perf_counter() - t0, load1_before=load_before,
                       load1_after=_load1())
         if self.fresh or not w.alive():
-            w.close()
-            self.workers.pop(name, None)
+            self.retire(name)
         if not result.get("ok"):
             what = "skipped" if result.get("skipped") else "failed"
             self.log(f"  ! {name} {task['kind']} {what}: {result.get('error', '').strip()[-600:]}")
