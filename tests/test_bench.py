@@ -95,7 +95,7 @@ def test_small_work_table_reports_the_best_run_and_its_ratio():
     assert rows["small-lbfgs"]["cdnn/it"] == "2.00x"
     assert rows["small-scipy"]["compared with"] == "cdnn on 1 thread"
     assert rows["small-scipy"]["cdnn/it"] == "3.00x"              # 0.6 s against 0.2 s
-    assert rows["small-scipy"]["iterations or calls (cdnn / it)"] == "100 / 99"
+    assert rows["small-scipy"]["iterations (cdnn/it)"] == "100 / 99"
     results = {cells[0] for cells in tables["Results (medians)"][1]}
     assert results == {"M"}                                       # small jobs have their own
 

@@ -108,14 +108,14 @@ def _small_table(report):
                      " / ".join(_fmt_num(i, "g") for i in iterations)])
     best = "best of " + "/".join(str(r) for r in sorted(repeats))
     header = ["workload", "job", "cdnn", "compared with", "its time", "cdnn/it",
-              "iterations or calls (cdnn / it)"]
+              "iterations (cdnn/it)"]
     return f"Small work: seconds, {best} (lower is better)", header, body
 
 
 def _rss_table(report):
     contenders = report["contenders"]
     body = [[row["workload"]] + [_fmt_num(row["peak_rss_mb"].get(c), ".0f") for c in contenders]
-            for row in report["summary"] if row["peak_rss_mb"]]
+            for row in report["summary"] if any(row["peak_rss_mb"].values())]
     how = ("whole fresh process" if report["fresh"] else
            "long-lived process, peak mark reset before each run")
     return f"Peak RSS of each run, MB ({how})", ["workload"] + contenders, body
