@@ -36,8 +36,8 @@ def build_parser():
         "(pip install 'cdnn[bench]' installs them all).")
     speed = p.add_mutually_exclusive_group()
     speed.add_argument("--quick", action="store_true",
-                       help="short epochs, one process per contender (the default); about "
-                            "3 minutes on 2 cores, longer when the machine is busy")
+                       help="short epochs, one process per contender (the default); 3-5 "
+                            "minutes on an idle 2-core machine, far longer on a busy one")
     speed.add_argument("--full", action="store_true",
                        help="full 60k-row epochs, time-to-accuracy, fresh process per run "
                             "(about 15 minutes on 2 cores)")
