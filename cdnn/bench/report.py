@@ -142,10 +142,11 @@ def note_lines(report):
         lines.append(f"accuracy parity (M recipe, one epoch, mean of {p['seeds']} seeds): cdnn "
                      f"{p['cdnn']:.4f}, torch {p['torch']:.4f}, difference {p['difference']:+.4f}")
     lines += [line for row in report["summary"] for line in _workload_notes(report, row)]
-    if any(row["kind"] == "small" for row in report["summary"]):
+    kinds = {row["kind"] for row in report["summary"] if row["values"]}
+    if "small" in kinds:
         lines.append(SMALL_WORK_NOTE)
     lines += _load_notes(report)
-    if report["mode"] == "quick":
+    if report["mode"] == "quick" and "train" in kinds:
         lines.append("quick mode: shorter epochs (rows/epoch above) and one long-lived worker per "
                      "contender; run --full for the published numbers")
     return lines
