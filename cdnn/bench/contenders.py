@@ -1,0 +1,241 @@
+"""The contenders, written the way a competent user writes each framework.
+
+Each class imports its framework in __init__, which runs only inside that contender's worker
+process: the parent and the other workers never load it. The cdnn contender uses cdnn's public
+API only. `estimators()` gives the scikit-learn style classes the small jobs run (cdnn's drop-in
+and scikit-learn's own): the same code then drives both.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+
+from .workloads import LR, MOMENTUM
+
+WARMUP_BATCHES = 16  # untimed steps on a throwaway model before every timed run
+
+
+def _he_uniform(rng, fan_in, fan_out):
+    bound = np.sqrt(6.0 / fan_in)
+    return rng.uniform(-bound, bound, size=(fan_in, fan_out)).astype(np.float32)
+
+
+class Contender:
+    """What every contender offers the worker: build a model, warm up, train an epoch, predict."""
+
+    name = ""
+
+    def warmup(self, sizes, batch, X, y):
+        """Untimed: train a throwaway model for WARMUP_BATCHES steps; return compile seconds."""
+        rows = WARMUP_BATCHES * batch
+        m = self.build(sizes, batch, 12345, X[:rows], y[:rows])
+        self.train_epoch(m)
+        return None
+
+    def estimators(self):
+        """The module holding MLPClassifier and MLPRegressor, for the small jobs."""
+        raise ImportError(f"{self.name} has no scikit-learn style estimators")
+
+
+class CdnnContender(Contender):
+    name = "cdnn"
+
+    def __init__(self):
+        import cdnn
+
+        self.cdnn = cdnn
+
+    def build(self, sizes, batch, seed, X, y):
+        cdnn = self.cdnn
+        net = cdnn.MLP(sizes, activation="relu", loss="softmax_cross_entropy",
+                       dtype="float32", seed=seed)
+        trainer = cdnn.Trainer(net, cdnn.SGD(lr=LR, momentum=MOMENTUM), batch_size=batch, seed=seed)
+        return SimpleNamespace(net=net, trainer=trainer, X=X, y=y)
+
+    def train_epoch(self, m):
+        m.trainer.fit(m.X, m.y, epochs=1, shuffle=True, verbose=0)
+
+    def predict(self, m, X):
+        return np.asarray(m.net.predict(X))
+
+    def predictor(self, m):
+        return m.net.predict, contextlib.nullcontext
+
+    def estimators(self):
+        import cdnn.sklearn     # needs scikit-learn: an ImportError skips the small jobs
+
+        return cdnn.sklearn
+
+
+class TorchContender(Contender):
+    name = "torch"
+
+    def __init__(self):
+        import torch
+
+        self.torch = torch
+
+    def build(self, sizes, batch, seed, X, y):
+        torch, nn = self.torch, self.torch.nn
+        torch.manual_seed(seed)
+        # The same recipe as the others: He-uniform weights and zero biases (torch's default,
+        # U(±1/√fan_in) for both, trains to another one-epoch accuracy)
+        rng, layers = np.random.default_rng(seed), []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            linear = nn.Linear(fan_in, fan_out)
+            with torch.no_grad():
+                linear.weight.copy_(torch.from_numpy(_he_uniform(rng, fan_in, fan_out).T))
+                linear.bias.zero_()
+            layers += [linear, nn.ReLU()]
+        model = nn.Sequential(*layers[:-1])
+        opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+        return SimpleNamespace(model=model, opt=opt, loss_fn=nn.CrossEntropyLoss(), batch=batch,
+                               X=torch.from_numpy(X), y=torch.from_numpy(y),
+                               gen=torch.Generator().manual_seed(seed))
+
+    def train_epoch(self, m):
+        model, opt, loss_fn, X, y, batch = m.model, m.opt, m.loss_fn, m.X, m.y, m.batch
+        model.train()
+        perm = self.torch.randperm(X.shape[0], generator=m.gen)
+        for start in range(0, X.shape[0], batch):
+            idx = perm[start:start + batch]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(X[idx]), y[idx])
+            loss.backward()
+            opt.step()
+
+    def predict(self, m, X):
+        m.model.eval()
+        with self.torch.inference_mode():
+            return m.model(self.torch.from_numpy(X)).argmax(1).numpy()
+
+    def predictor(self, m):
+        model, from_numpy = m.model, self.torch.from_numpy
+        model.eval()
+
+        def predict(x):
+            return model(from_numpy(x)).argmax(1)
+
+        return predict, self.torch.inference_mode
+
+
+class JaxContender(Contender):
+    name = "jax"
+
+    def __init__(self):
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        import jax
+        import jax.numpy as jnp
+
+        self.jax, self.jnp = jax, jnp
+
+        def forward(params, x):
+            for W, b in params[:-1]:
+                x = jax.nn.relu(x @ W + b)
+            W, b = params[-1]
+            return x @ W + b
+
+        def loss_fn(params, xb, yb):
+            logp = jax.nn.log_softmax(forward(params, xb))
+            return -jnp.mean(jnp.take_along_axis(logp, yb[:, None], axis=1))
+
+        def step(params, vel, X, y, idx):
+            # gather, forward, loss, grad and the momentum update: one compiled call
+            grads = jax.grad(loss_fn)(params, X[idx], y[idx])
+            vel = jax.tree.map(lambda v, g: MOMENTUM * v + g, vel, grads)
+            params = jax.tree.map(lambda p, v: p - LR * v, params, vel)
+            return params, vel
+
+        self.step = jax.jit(step, donate_argnums=(0, 1))
+        self.predict_fn = jax.jit(lambda params, x: jnp.argmax(forward(params, x), axis=1))
+
+    def build(self, sizes, batch, seed, X, y):
+        jax, jnp = self.jax, self.jnp
+        rng = np.random.default_rng(seed)
+        params = [(jnp.asarray(_he_uniform(rng, a, b)), jnp.zeros(b, jnp.float32))
+                  for a, b in zip(sizes[:-1], sizes[1:])]
+        vel = jax.tree.map(jnp.zeros_like, params)
+        return SimpleNamespace(params=params, vel=vel, batch=batch, rng=rng,
+                               X=jax.device_put(X), y=jax.device_put(y.astype(np.int32)))
+
+    def warmup(self, sizes, batch, X, y):
+        """Compile the step for the full-batch shape and the epoch's tail shape; return seconds.
+        The whole X is an argument of the step, so the warm-up model must hold all of it."""
+        m = self.build(sizes, batch, 12345, X, y)
+        seconds = 0.0
+        for rows in sorted({batch, X.shape[0] % batch} - {0}, reverse=True):
+            idx = np.arange(rows, dtype=np.int32)
+            t0 = time.perf_counter()
+            m.params, m.vel = self.step(m.params, m.vel, m.X, m.y, idx)
+            self.jax.block_until_ready(m.params)
+            seconds += time.perf_counter() - t0
+        return seconds
+
+    def train_epoch(self, m):
+        n, batch, step = m.X.shape[0], m.batch, self.step
+        perm = m.rng.permutation(n).astype(np.int32)
+        params, vel = m.params, m.vel
+        for start in range(0, n, batch):
+            params, vel = step(params, vel, m.X, m.y, perm[start:start + batch])
+        self.jax.block_until_ready(params)
+        m.params, m.vel = params, vel
+
+    def predict(self, m, X):
+        return np.asarray(self.predict_fn(m.params, X))
+
+    def predictor(self, m):
+        params, predict_fn = m.params, self.predict_fn
+
+        def predict(x):
+            return predict_fn(params, x).block_until_ready()
+
+        return predict, contextlib.nullcontext
+
+
+class SklearnContender(Contender):
+    name = "sklearn"
+
+    def __init__(self):
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.neural_network import MLPClassifier
+
+        self.MLPClassifier, self.ConvergenceWarning = MLPClassifier, ConvergenceWarning
+
+    def build(self, sizes, batch, seed, X, y):
+        clf = self.MLPClassifier(
+            hidden_layer_sizes=tuple(sizes[1:-1]), activation="relu", solver="sgd",
+            learning_rate="constant", learning_rate_init=LR, momentum=MOMENTUM,
+            nesterovs_momentum=False, batch_size=batch, alpha=0.0, max_iter=1, shuffle=True,
+            tol=0.0, n_iter_no_change=np.inf, early_stopping=False, random_state=seed)
+        return SimpleNamespace(clf=clf, X=X, y=y, fitted=False)
+
+    def train_epoch(self, m):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", self.ConvergenceWarning)
+            if not m.fitted:  # first epoch: fit with max_iter=1
+                m.clf.fit(m.X, m.y)
+                m.fitted = True
+            else:  # later epochs (TTA): partial_fit keeps the momentum buffers
+                m.clf.partial_fit(m.X, m.y)
+
+    def predict(self, m, X):
+        return m.clf.predict(X)
+
+    def predictor(self, m):
+        if not m.fitted:  # MLPClassifier cannot predict before it has seen the classes
+            self.train_epoch(m)
+        return m.clf.predict, contextlib.nullcontext
+
+    def estimators(self):
+        import sklearn.neural_network
+
+        return sklearn.neural_network
+
+
+CONTENDER_CLASSES = {c.name: c for c in (CdnnContender, TorchContender, JaxContender,
+                                           SklearnContender)}
