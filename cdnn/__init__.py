@@ -6,20 +6,13 @@ whole training step in one native call; this package is the thin Python layer ar
 from cdnn.callbacks import (Callback, EarlyStopping, LearningRateScheduler, ModelCheckpoint,
                             ReduceLROnPlateau)
 from cdnn.convert import from_sklearn, from_torch
-from cdnn.network import MLP, Dense, Sequential
+from cdnn.network import MLP, Dense, Sequential, load
 from cdnn.optim import SGD, Adam, AdamW, Optimizer, RMSprop
 from cdnn.threads import get_num_threads, limit_threads, set_num_threads
 from cdnn.training import History, Trainer
 from cdnn import datasets, schedules
 
-
-def load(path, optimizer=None) -> MLP:
-    """Read a network written by MLP.save (and, if given, restore the optimizer's state)."""
-    from cdnn.io import load
-    return load(path, optimizer)
-
-
-__version__ = "0.1.0"
+from cdnn._version import __version__
 
 __all__ = ["MLP", "Dense", "Sequential", "Optimizer", "SGD", "Adam", "AdamW", "RMSprop",
            "Trainer", "History", "Callback", "EarlyStopping", "ModelCheckpoint",

@@ -162,14 +162,17 @@ def check_labels(y, n_classes: int) -> np.ndarray:
     return np.ascontiguousarray(y, dtype=np.intc)
 
 
-def check_sample_weight(w, n: int, dtype) -> np.ndarray | None:
+def check_sample_weight(w, n: int, dtype, scaled: bool = True) -> np.ndarray | None:
+    """Non-negative weights, one per row, not all zero; scaled (scaled_weights) unless asked
+    for as given."""
     if w is None:
         return None
     w = as_float_array(w, "sample_weight", dtype, 1)
     check_same_length(n, w, "sample_weight")
     if (w < 0).any():
         raise ValueError("sample_weight must be non-negative")
-    return scaled_weights(w, "sample_weight")
+    scaled_w = scaled_weights(w, "sample_weight")
+    return scaled_w if scaled else w
 
 
 def scaled_weights(w: np.ndarray | None, what: str) -> np.ndarray | None:
@@ -183,3 +186,17 @@ def scaled_weights(w: np.ndarray | None, what: str) -> np.ndarray | None:
     if not top > 0:
         raise ValueError(f"{what} is all zero: at least one row needs a non-zero weight")
     return w / top if top != 1 else w
+
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def check_dtype(dtype) -> np.dtype:
+    """float32 or float64 in the machine's byte order (the kernels read native floats only)."""
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"unknown dtype {dtype!r}; choose float32 or float64") from None
+    if dtype.name not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype.name}; choose float32 or float64")
+    return np.dtype(DTYPES[dtype.name])   # ">f4" becomes the native float32

@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 
+from cdnn import onnx
 from cdnn.network import ACTIVATIONS, MLP
 
 # scikit-learn's out_activation_ -> the cdnn loss whose predict_proba/predict applies it
@@ -43,13 +44,11 @@ def _mlp(weights: list, biases: list, activations: list, loss: str, **kwargs) ->
 
 def _check_estimator(estimator) -> None:
     """A fitted MLPClassifier or MLPRegressor, scikit-learn's or cdnn.sklearn's."""
-    types = ()
-    if "sklearn" in sys.modules:
-        from sklearn.neural_network import MLPClassifier, MLPRegressor
-        from cdnn import sklearn as cdnn_sklearn
-        types = (MLPClassifier, MLPRegressor, cdnn_sklearn.MLPClassifier,
-                 cdnn_sklearn.MLPRegressor)
-    if not isinstance(estimator, types):
+    # by name and module, not isinstance: importing cdnn.sklearn here would be an import cycle
+    # (it exports through this module), and scikit-learn's classes need scikit-learn loaded
+    kind = type(estimator)
+    if (kind.__name__ not in ("MLPClassifier", "MLPRegressor")
+            or not kind.__module__.startswith(("sklearn.", "cdnn.sklearn"))):
         raise TypeError(f"expected a fitted scikit-learn MLPClassifier or MLPRegressor (or "
                         f"cdnn.sklearn's), got {type(estimator).__name__}")
     if not hasattr(estimator, "coefs_"):
@@ -183,3 +182,11 @@ def from_torch(module, loss: str | None = None) -> MLP:
     return _mlp(weights, biases, [a or "identity" for a in hidden],
                 TORCH_OUTPUTS.get(output) or loss or "mean_squared_error",
                 leaky_slope=0.01 if slope is None else slope)
+
+
+def estimator_to_onnx(estimator, path=None):
+    """A fitted MLPClassifier/MLPRegressor (cdnn.sklearn's or scikit-learn's) as an
+    onnx.ModelProto with skl2onnx's outputs ("label", "probabilities"; or "variable"), also
+    written to path when one is given."""
+    net = from_sklearn(estimator)
+    return onnx.to_onnx(net, path, classes=getattr(net, "classes_", None), sklearn_outputs=True)

@@ -23,7 +23,7 @@ import stat
 
 import numpy as np
 
-from cdnn.network import MLP, _check_dtype
+from cdnn._validation import check_dtype
 from cdnn.optim import SGD, Adam, AdamW, Optimizer, RMSprop
 
 FORMAT = "cdnn"
@@ -36,12 +36,12 @@ TEMPORARY_MARK = ".cdnn-tmp-"
 MAX_STEPS = 2**53
 
 
-def save(net: MLP, path, optimizer: Optimizer | None = None) -> None:
+def save(net, path, optimizer: Optimizer | None = None) -> None:
     """Write net (and optimizer's state, if given) to path as safetensors; see write_atomically
     for what happens on disk."""
     from safetensors.numpy import save as serialize
 
-    if not isinstance(net, MLP):
+    if not all(hasattr(net, name) for name in ("get_config", "weights", "biases", "params")):
         raise TypeError(f"net must be a cdnn.MLP, got {type(net).__name__}")
     tensors = {}
     for i, (W, b) in enumerate(zip(net.weights, net.biases)):
@@ -167,10 +167,12 @@ def _fsync_directory(folder: str) -> None:
             os.close(fd)
 
 
-def load(path, optimizer: Optimizer | None = None) -> MLP:
-    """Read a network written by save; with optimizer, also restore its state, hyper-parameters
-    and step count from the file (the optimizer must be of the class that was saved). Raises
-    ValueError naming the problem for anything but a well-formed cdnn file."""
+def read(path, optimizer: Optimizer | None = None) -> tuple[dict, list]:
+    """The config and the (weight, bias) arrays of a network written by save, every tensor
+    checked against the config; with optimizer, also restore its state, hyper-parameters and
+    step count from the file (the optimizer must be of the class that was saved). Raises
+    ValueError naming the problem for anything but a well-formed cdnn file. (cdnn.load builds
+    the network.)"""
     metadata, tensors = _read(path)
     where = f"{os.fspath(path)!r}"
     if metadata is None:
@@ -191,25 +193,20 @@ def load(path, optimizer: Optimizer | None = None) -> MLP:
         expected.update({name: (n_params,) for name in STATE_NAMES})
     _check_names(tensors, expected, where)
     _check_tensors(tensors, expected, _config_dtype(config, where), where)
-    try:   # only now: a config alone may ask for terabytes, the tensors above may not
-        net = MLP(**config)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: the config does not build a network: {e}") from e
-    for i, (W, b) in enumerate(zip(net.weights, net.biases)):
-        W[...] = tensors[f"layers.{i}.weight"]
-        b[...] = tensors[f"layers.{i}.bias"]
     if optimizer is not None:
         if not has_optimizer:
             raise ValueError(f"{where} holds no optimizer state; save it with "
                              f"net.save(path, optimizer)")
         _restore_optimizer(optimizer, _json(metadata, "optimizer", where),
                            [tensors[name] for name in STATE_NAMES], where)
-    return net
+    n_layers = len(config["layer_sizes"]) - 1
+    return config, [(tensors[f"layers.{i}.weight"], tensors[f"layers.{i}.bias"])
+                    for i in range(n_layers)]
 
 
 def _config_dtype(config: dict, where: str) -> np.dtype:
     try:
-        return _check_dtype(config.get("dtype", "float32"))
+        return check_dtype(config.get("dtype", "float32"))
     except ValueError as e:
         raise ValueError(f"{where}: the config does not build a network: {e}") from None
 

@@ -8,13 +8,14 @@ import numpy as np
 
 from cdnn._engine import Batch, Engine
 from cdnn._native import _network
-from cdnn._validation import check_choice, check_layer_sizes, check_positive_int, check_real
+from cdnn import io, onnx
+from cdnn._validation import (check_choice, check_dtype, check_layer_sizes,
+                              check_positive_int, check_real)
 from cdnn.initializers import INITIALIZERS, default_for
 
 LOSS_ALIASES = {"mse": "mean_squared_error", "binary_cross_entropy": "sigmoid_cross_entropy"}
 LOSSES = tuple(_network.LOSSES) + tuple(LOSS_ALIASES)
 ACTIVATIONS = tuple(_network.ACTIVATIONS)
-DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
 class MLP:
@@ -52,7 +53,7 @@ class MLP:
         self.init = init if init is not None else default_for(
             self.activations[0] if n_hidden else "identity")
         check_choice(self.init, "init", INITIALIZERS)
-        self.dtype = _check_dtype(dtype)
+        self.dtype = check_dtype(dtype)
         self.dropout = tuple(check_real(r, "dropout", 0, 1, high_open=True)
                              for r in _per_hidden_layer(dropout, n_hidden, "dropout"))
         self.l2 = check_real(l2, "l2", 0)
@@ -116,8 +117,7 @@ class MLP:
 
     def save(self, path, optimizer=None):
         """Write the network (and optionally an optimizer's state) to a safetensors file."""
-        from cdnn.io import save
-        save(self, path, optimizer)
+        io.save(self, path, optimizer)
 
     # --- inference -------------------------------------------------------------------------
 
@@ -171,8 +171,7 @@ class MLP:
     def to_onnx(self, path=None):
         """This network as an onnx.ModelProto, written to path when one is given (needs
         pip install 'cdnn[onnx]'; the graph is described in cdnn.onnx)."""
-        from cdnn.onnx import to_onnx
-        return to_onnx(self, path)
+        return onnx.to_onnx(self, path)
 
 
 def Dense(units: int, activation: str = "identity", dropout: float = 0.0) -> dict:
@@ -205,17 +204,6 @@ def _dense_layer(layer, i: int) -> dict:
     return Dense(**layer)
 
 
-def _check_dtype(dtype) -> np.dtype:
-    """float32 or float64 in the machine's byte order (the kernels read native floats only)."""
-    try:
-        dtype = np.dtype(dtype)
-    except TypeError:
-        raise ValueError(f"unknown dtype {dtype!r}; choose float32 or float64") from None
-    if dtype.name not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype.name}; choose float32 or float64")
-    return np.dtype(DTYPES[dtype.name])   # ">f4" becomes the native float32
-
-
 def _per_hidden_layer(value, n_hidden: int, name: str) -> tuple:
     if value is None or isinstance(value, (str, numbers.Real)):   # numpy scalars included
         return (value,) * n_hidden
@@ -223,3 +211,16 @@ def _per_hidden_layer(value, n_hidden: int, name: str) -> tuple:
     if len(value) != n_hidden:
         raise ValueError(f"{name} has {len(value)} entries for {n_hidden} hidden layers")
     return value
+
+
+def load(path, optimizer=None) -> MLP:
+    """Read a network written by MLP.save (and, if given, restore the optimizer's state)."""
+    config, layers = io.read(path, optimizer)
+    try:   # only after io.read checked every tensor: a config alone may ask for terabytes
+        net = MLP(**config)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path!r}: the config does not build a network: {e}") from e
+    for (W, b), (saved_W, saved_b) in zip(zip(net.weights, net.biases), layers):
+        W[...] = saved_W
+        b[...] = saved_b
+    return net

@@ -2,7 +2,7 @@
 
     net.to_onnx("model.onnx")                      # or cdnn.onnx.to_onnx(net, path)
     estimator.to_onnx("model.onnx")                # cdnn.sklearn's estimators
-    cdnn.onnx.estimator_to_onnx(sklearn_mlp, path) # scikit-learn's own MLPClassifier/Regressor
+    cdnn.convert.estimator_to_onnx(sklearn_mlp, path)  # scikit-learn's own MLPClassifier/Regressor
 
 The graph (opset 17) takes one input "X", shape [N, n_inputs], FLOAT for float32 models and
 DOUBLE for float64. Each layer is a Gemm and its activation; the output of a network is
@@ -21,6 +21,8 @@ import json
 import os
 
 import numpy as np
+
+from cdnn._version import __version__
 
 OPSET = 17
 IR_VERSION = 8      # the IR version that opset 17 came with: older runtimes can read it
@@ -135,15 +137,14 @@ def _chebyshev(graph: _Graph, y: str, coefficients: np.ndarray) -> str:
 
 def _model(graph: _Graph, net, outputs: list[tuple[str, int, list]], path, doc: str):
     """Wrap the graph in a checked model (outputs: name, element type, shape) and write it."""
-    import cdnn
     onnx, helper = graph.onnx, graph.onnx.helper
     inputs = [helper.make_tensor_value_info("X", graph.tensor_type, ["N", net.n_inputs])]
     outputs = [helper.make_tensor_value_info(*output) for output in outputs]
     model = helper.make_model(
         helper.make_graph(graph.nodes, "cdnn_mlp", inputs, outputs, graph.initializers),
         opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
-        producer_name="cdnn", producer_version=cdnn.__version__, doc_string=doc)
-    helper.set_model_props(model, {"cdnn_version": cdnn.__version__,
+        producer_name="cdnn", producer_version=__version__, doc_string=doc)
+    helper.set_model_props(model, {"cdnn_version": __version__,
                                    "cdnn_config": json.dumps(net.get_config())})
     onnx.checker.check_model(model, full_check=True)
     if path is not None:
@@ -151,39 +152,27 @@ def _model(graph: _Graph, net, outputs: list[tuple[str, int, list]], path, doc: 
     return model
 
 
-def to_onnx(net, path=None):
-    """net (a cdnn.MLP) as an onnx.ModelProto, also written to path when one is given."""
-    from cdnn.network import MLP
-    if not isinstance(net, MLP):
+def to_onnx(net, path=None, *, classes=None, sklearn_outputs: bool = False):
+    """net (a cdnn.MLP) as an onnx.ModelProto, also written to path when one is given. Its
+    output is predict_proba's "probabilities" (or predict's "predictions" for regression); with
+    sklearn_outputs, skl2onnx's: "label" (from classes) and "probabilities" for a classifier,
+    "variable" for a regressor (cdnn.convert.estimator_to_onnx)."""
+    if not all(hasattr(net, name) for name in ("get_config", "weights", "biases", "loss")):
         raise TypeError(f"to_onnx takes a cdnn.MLP, got {type(net).__name__} (fitted "
-                        f"estimators: cdnn.onnx.estimator_to_onnx)")
+                        f"estimators: cdnn.convert.estimator_to_onnx)")
     graph = _Graph(_import_onnx(), net.dtype)
     logits = _network(graph, net, "X")
-    if net.loss == "mean_squared_error":
-        name, value = "predictions", logits
+    if sklearn_outputs and net.loss != "mean_squared_error":
+        outputs = _label_and_probabilities(graph, net, logits, classes)
     else:
-        name = "probabilities"
-        value = graph.op("Softmax", logits, axis=-1) if net.loss == "softmax_cross_entropy" \
-            else graph.op("Sigmoid", logits)
-    graph.output(value, name)
-    return _model(graph, net, [(name, graph.tensor_type, ["N", net.n_outputs])], path,
-                  f"{net!r} exported by cdnn")
-
-
-def estimator_to_onnx(estimator, path=None):
-    """A fitted MLPClassifier/MLPRegressor (cdnn.sklearn's or scikit-learn's) as an
-    onnx.ModelProto with skl2onnx's outputs ("label", "probabilities"; or "variable"), also
-    written to path when one is given."""
-    from cdnn.convert import from_sklearn
-    net = from_sklearn(estimator)
-    graph = _Graph(_import_onnx(), net.dtype)
-    logits = _network(graph, net, "X")
-    if net.loss == "mean_squared_error":
-        graph.output(logits, "variable")
-        outputs = [("variable", graph.tensor_type, ["N", net.n_outputs])]
-    else:
-        outputs = _label_and_probabilities(graph, net, logits, net.classes_)
-    return _model(graph, net, outputs, path, f"{type(estimator).__name__} exported by cdnn")
+        name, value = ("variable" if sklearn_outputs else "predictions"), logits
+        if net.loss != "mean_squared_error":
+            name = "probabilities"
+            value = graph.op("Softmax", logits, axis=-1) \
+                if net.loss == "softmax_cross_entropy" else graph.op("Sigmoid", logits)
+        graph.output(value, name)
+        outputs = [(name, graph.tensor_type, ["N", net.n_outputs])]
+    return _model(graph, net, outputs, path, f"{net!r} exported by cdnn")
 
 
 def _label_and_probabilities(graph: _Graph, net, logits: str, classes: np.ndarray) -> list:

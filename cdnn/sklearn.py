@@ -48,8 +48,9 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 from cdnn._validation import (check_choice, check_positive_int, check_real,
                               check_sample_weight)
 from cdnn.callbacks import Callback
-from cdnn.network import ACTIVATIONS, MLP, _check_dtype
-from cdnn.onnx import estimator_to_onnx
+from cdnn.network import ACTIVATIONS, MLP
+from cdnn._validation import check_dtype
+from cdnn.convert import estimator_to_onnx
 from cdnn.optim import SGD, Adam
 from cdnn.training import Trainer
 
@@ -124,7 +125,7 @@ class _BaseMLP(BaseEstimator):
         check_real(self.epsilon, "epsilon", 0, low_open=True)
         if self.n_iter_no_change != np.inf:
             check_positive_int(self.n_iter_no_change, "n_iter_no_change")
-        self._dtype = _check_dtype(self.dtype)
+        self._dtype = check_dtype(self.dtype)
 
     def _check_solver(self) -> bool:
         if self.solver not in ("sgd", "adam"):
@@ -142,7 +143,7 @@ class _BaseMLP(BaseEstimator):
         self._check_params()
         first_pass = not hasattr(self, "_net") or (not self.warm_start and not incremental)
         X, y, targets, n_outputs = self._validate_input(X, y, incremental, reset=first_pass)
-        weights = check_sample_weight(sample_weight, len(X), self._dtype)
+        weights = check_sample_weight(sample_weight, len(X), self._dtype, scaled=False)
         if weights is not None and not weights.any():
             raise ValueError("sample_weight is all zero: at least one sample needs a "
                              "non-zero weight")

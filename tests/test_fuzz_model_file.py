@@ -158,7 +158,7 @@ def test_a_config_asking_for_a_huge_network_is_rejected_before_building_it(
     def no_build(**config):
         raise AssertionError("load built the network before checking the tensors' shapes")
 
-    monkeypatch.setattr(cdnn.io, "MLP", no_build)
+    monkeypatch.setattr(cdnn.network, "MLP", no_build)
     header, body = split(saved)
     config = json.loads(header["__metadata__"]["config"])
     config["layer_sizes"] = sizes

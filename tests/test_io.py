@@ -221,7 +221,8 @@ def test_tensor_dtypes_are_checked_before_the_network_is_built(good, tmp_path, m
     tensors, meta = good
     tensors = {k: v.astype(np.int8) for k, v in tensors.items()}
     path = write(tmp_path / "int8.safetensors", tensors, meta)
-    monkeypatch.setattr(io, "MLP", lambda **config: pytest.fail("built the network first"))
+    monkeypatch.setattr(cdnn.network, "MLP",
+                        lambda **config: pytest.fail("built the network first"))
     with pytest.raises(ValueError, match="is int8, the config says float64"):
         cdnn.load(path)
 

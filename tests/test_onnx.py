@@ -9,7 +9,8 @@ import pytest
 
 import cdnn
 from cdnn import cli
-from cdnn.onnx import estimator_to_onnx, to_onnx
+from cdnn.convert import estimator_to_onnx
+from cdnn.onnx import to_onnx
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
