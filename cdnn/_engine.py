@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cdnn._native import _network
+from cdnn._sparse import SparseRows
 from cdnn._validation import (as_float_array, check_labels, check_same_length,
                               check_sample_weight, check_X)
 from cdnn.threads import get_num_threads, single_threaded_blas
@@ -84,14 +85,22 @@ class Engine:
                  dtype: np.dtype):
         self.network = _network.Network(layer_sizes, activations, loss, slope, dropout, l2)
         self.n_inputs, self.n_outputs = layer_sizes[0], layer_sizes[-1]
+        self.n_hidden_1 = layer_sizes[1]     # the first layer's width
         self.loss, self.dtype = loss, dtype
         self.n_params = self.network.n_params
         self._local = threading.local()   # a workspace per Python thread: predict is thread-safe
 
     # --- inputs ---------------------------------------------------------------------------
 
-    def check_X(self, X) -> np.ndarray:
+    def check_X(self, X) -> np.ndarray | SparseRows:
         return check_X(X, self.dtype, self.n_inputs)
+
+    def params_per_row(self, X) -> float:
+        """The parameters a row of X works with: all of them for dense rows; for sparse rows,
+        the first layer's only for the row's stored entries (the thread plan's FLOPs)."""
+        if not isinstance(X, SparseRows):
+            return self.n_params
+        return self.n_params - (self.n_inputs - X.mean_entries()) * self.n_hidden_1
 
     def prepare(self, X, y, sample_weight=None) -> Batch:
         """Validate X, y and sample weights against the network."""
@@ -126,10 +135,11 @@ class Engine:
             self._local.workspace = ws
         return ws
 
-    def _plan(self, rows: int, flops_per_row: int) -> tuple[int, np.ndarray]:
-        """The team for a call over `rows` rows, and a workspace for it: a share of at most
+    def _plan(self, X, flops_per_param: int) -> tuple[int, np.ndarray]:
+        """The team for a call over the rows of X, and a workspace for it: a share of at most
         CHUNK_ROWS rows for each thread."""
-        team = min(team_for(rows * flops_per_row * self.n_params), rows)
+        rows = len(X)
+        team = min(team_for(rows * flops_per_param * self.params_per_row(X)), rows)
         return team, self._workspace(team * min(math.ceil(rows / team), CHUNK_ROWS))
 
     # --- the calls ------------------------------------------------------------------------
@@ -142,9 +152,9 @@ class Engine:
                 return _finite_outputs(out)
         X = self.check_X(X)
         out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
-        team, workspace = self._plan(len(X), 2)
+        team, workspace = self._plan(X, 2)
         share_units = (team == 1 and team_for(math.inf) > 1
-                       and len(X) * self.n_params >= MIN_WORK_TO_SHARE_UNITS)
+                       and len(X) * self.params_per_row(X) >= MIN_WORK_TO_SHARE_UNITS)
         if share_units:         # a few rows of a large network: every thread, a share of units
             workspace = self._workspace(min(len(X), CHUNK_ROWS))
             with single_threaded_blas():
@@ -158,13 +168,13 @@ class Engine:
 
     def evaluate(self, params: np.ndarray, batch: Batch) -> tuple[float, float]:
         """(mean loss, weighted count of correct predictions); dropout off, no L2 term."""
-        team, workspace = self._plan(len(batch.X), 2)
+        team, workspace = self._plan(batch.X, 2)
         with single_threaded_blas():
             return self.network.evaluate(params, *batch, workspace, team)
 
     def loss_and_grad(self, params: np.ndarray, batch: Batch) -> tuple[float, np.ndarray]:
         """The mean loss (plus the L2 penalty) and its gradient in params' layout."""
-        team, workspace = self._plan(len(batch.X), 6)
+        team, workspace = self._plan(batch.X, 6)
         grads = np.empty((team, self.n_params), dtype=self.dtype)
         with single_threaded_blas():
             loss = self.network.loss_and_grad(params, *batch, grads, workspace)
@@ -198,13 +208,14 @@ class TrainingSteps:
                  batch_size: int, clip_norm: float, seed: int):
         self.params, self.optimizer, self.batch_size = params, optimizer, batch_size
         state = optimizer.state_for(params)
-        self.team = min(batch_size, team_for(6 * engine.n_params * batch_size))
+        self.team = min(batch_size, team_for(6 * engine.params_per_row(train.X) * batch_size))
         self.grad = np.empty_like(params)
         self.saved = [np.empty_like(a) for a in (params, *state)]
         self.native = _network.TrainingSteps(
             engine.network, params, self.grad, *state, optimizer.kernel_config(), *train,
             np.empty(batch_size * engine.network.row_width, params.dtype),
-            np.empty(batch_size, dtype=np.intc), self.team, clip_norm, seed)
+            np.empty(batch_size, dtype=np.intc), _batch_buffer(train.X, batch_size),
+            self.team, clip_norm, seed)
 
     def run(self, lrs: np.ndarray, order: np.ndarray, losses: np.ndarray,
             corrects: np.ndarray) -> tuple[int, str | None]:
@@ -228,3 +239,12 @@ class TrainingSteps:
         return self.native.run(order, self.batch_size, lrs, self.optimizer.steps, losses,
                                corrects)
 
+
+
+def _batch_buffer(X, batch_size: int):
+    """Where each step gathers its batch's rows of X: dense rows, or CSR rows with room for the
+    largest batch of a permutation of X's rows."""
+    if isinstance(X, SparseRows):
+        return SparseRows.buffer(batch_size, X.batch_entries_bound(batch_size), X.shape[1],
+                                 X.dtype)
+    return np.empty((batch_size, X.shape[1]), X.dtype)

@@ -11,6 +11,7 @@ import numbers
 import numpy as np
 
 from cdnn._native import _network
+from cdnn._sparse import SparseRows, as_sparse_rows, is_sparse
 
 # The kernels hold layer widths and batch sizes in C ints (BLAS takes them as such), and index a
 # sample's workspace (each layer's outputs, pre-activations, dropout outputs and two deltas of
@@ -81,8 +82,8 @@ def check_real(value, name: str, low=None, high=None, low_open=False, high_open=
 
 def _reject_unsupported(a, name: str):
     if hasattr(a, "toarray") and hasattr(a, "nnz"):
-        raise TypeError(f"{name} is a sparse matrix; cdnn needs a dense array: "
-                        f"pass {name}.toarray()")
+        raise TypeError(f"{name} is a sparse matrix; cdnn takes sparse input only as X, "
+                        f"{name} must be a dense array: pass {name}.toarray()")
 
 
 def _where(index) -> str:
@@ -119,7 +120,13 @@ def as_float_array(a, name: str, dtype, ndim: int) -> np.ndarray:
     return a
 
 
-def check_X(X, dtype, n_features: int) -> np.ndarray:
+def check_X(X, dtype, n_features: int) -> np.ndarray | SparseRows:
+    """X as the kernels read it: a C-contiguous array of dtype or, for a scipy.sparse X,
+    validated CSR rows (cdnn._sparse)."""
+    if is_sparse(X):
+        return as_sparse_rows(X, dtype, n_features)
+    if isinstance(X, SparseRows):     # validated already (a view of a fit's rows)
+        return X
     X = as_float_array(X, "X", dtype, 2)
     if X.shape[1] != n_features:
         raise ValueError(f"X has {X.shape[1]} features per row, the network expects {n_features}")

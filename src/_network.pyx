@@ -16,7 +16,7 @@ from activations cimport (IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH, GELU,
                           keeps_preactivation, activate)
 from layout cimport Layout, n_outputs
 from team cimport team_size, share
-from passes cimport (DENSE_ROWS, Input, Rows, forward_chunks, forward_one, rows_pass,
+from passes cimport (DENSE_ROWS, CSR_ROWS, Input, Rows, forward_chunks, forward_one, rows_pass,
                      l2_penalty, loss_scale, finite)
 from step cimport Step, train_steps, STEP_OK, N_PARTIALS
 from losses cimport SOFTMAX_CROSS_ENTROPY, SIGMOID_CROSS_ENTROPY, MEAN_SQUARED_ERROR, softmax
@@ -83,7 +83,7 @@ cdef class Network:
     cdef _lay_out(self, const int[::1] sizes, const int[::1] kinds, const double[::1] rates):
         """The offsets of every parameter and workspace buffer (layout.pxd), in Py_ssize_t
         arithmetic: widths near int32's limit must not overflow their sums"""
-        cdef Py_ssize_t n_layers = kinds.shape[0], p = 0, col = sizes[0], l, n_out
+        cdef Py_ssize_t n_layers = kinds.shape[0], p = 0, col = 0, l, n_out
         cdef Py_ssize_t* off = &self._offsets[0]
         cdef Layout* L = &self.layout
         L.w_off, L.b_off, L.a_col = off, off + n_layers, off + 2 * n_layers
@@ -111,20 +111,20 @@ cdef class Network:
         L.row_width = L.sw_col + 1
         L.n_params = p
 
-    def forward(self, const floating[::1] params, const floating[:, ::1] X,
-                floating[:, ::1] out, floating[::1] workspace, int n_threads=1,
-                bint share_units=False):
-        """out := the output layer's values (logits) for every row of X; dropout is off. A team
+    def forward(self, const floating[::1] params, X, floating[:, ::1] out,
+                floating[::1] workspace, int n_threads=1, bint share_units=False):
+        """out := the output layer's values (logits) for every row of X (a 2-D array or CSR
+        rows, of params' dtype: _input); dropout is off. A team
         of n_threads threads takes a share of the rows each, in chunks of its part of the
         workspace, or with share_units every row and a share of each layer's units
         (passes.pxd's forward_chunks)."""
         cdef Layout* L = &self.layout
-        cdef Py_ssize_t n = X.shape[0]
+        cdef Py_ssize_t n = 0
         cdef Py_ssize_t cap = _capacity(L, params.shape[0],
                                         workspace.shape[0] // (1 if share_units else n_threads))
-        if X.shape[1] != L.sizes[0] or out.shape[0] != n or out.shape[1] != n_outputs(L):
-            raise ValueError("X or out has the wrong shape")
-        cdef Input x = _dense_input(X)
+        cdef Input x = _input(X, &params[0], L, &n)
+        if out.shape[0] != n or out.shape[1] != n_outputs(L):
+            raise ValueError("out has the wrong shape")
         with nogil:
             if n_threads == 1:      # no parallel region to open
                 forward_chunks(L, &params[0], x, n, &out[0, 0], &workspace[0], cap, 0, 1, False)
@@ -164,7 +164,7 @@ cdef class Network:
                 done = forward_one(L, <const double*>p, <const double*>x, <double*>y)
         return out if done else None
 
-    def loss_and_grad(self, const floating[::1] params, const floating[:, ::1] X,
+    def loss_and_grad(self, const floating[::1] params, X,
                       const int[::1] labels, const floating[:, ::1] targets,
                       const floating[::1] weights, floating[:, ::1] grads,
                       floating[::1] workspace):
@@ -187,7 +187,7 @@ cdef class Network:
             total += l2_penalty(&self.layout, &params[0], &grads[0, 0])
         return total
 
-    def evaluate(self, const floating[::1] params, const floating[:, ::1] X,
+    def evaluate(self, const floating[::1] params, X,
                  const int[::1] labels, const floating[:, ::1] targets,
                  const floating[::1] weights, floating[::1] workspace, int n_threads=1):
         """Returns (the mean loss, Σ w over correct predictions) over all rows of X; dropout is
@@ -196,7 +196,7 @@ cdef class Network:
                                            n_threads, NULL)
         return loss, correct
 
-    cdef tuple _over_rows(self, const floating[::1] params, const floating[:, ::1] X,
+    cdef tuple _over_rows(self, const floating[::1] params, X,
                           const int[::1] labels, const floating[:, ::1] targets,
                           const floating[::1] weights, floating[::1] workspace, int n_threads,
                           floating* grads):
@@ -204,9 +204,8 @@ cdef class Network:
         each thread's gradient in grads[thread]"""
         cdef Layout* L = &self.layout
         cdef Py_ssize_t cap = _capacity(L, params.shape[0], workspace.shape[0] // n_threads)
-        cdef Py_ssize_t n = X.shape[0]
-        _check_targets(L, n, X, labels, targets, weights)
-        cdef Rows data = _rows(X, labels, targets, weights)
+        cdef Py_ssize_t n = 0
+        cdef Rows data = _rows(X, &params[0], L, labels, targets, weights, &n)
         cdef floating scale = loss_scale(L, <const floating*>data.weights, NULL, n)
         cdef double[:, ::1] part = np.zeros((n_threads, 2))
         cdef int tid
@@ -244,26 +243,32 @@ cdef class TrainingSteps:
     cdef Network net
     cdef list keep          # the arrays the Step points into
     cdef int n_threads
-    cdef Py_ssize_t n_rows
+    cdef Py_ssize_t n_rows, entry_room
     cdef bint double_precision
     cdef double[:, ::1] partial
 
     def __init__(self, Network net, params, grad, state1, state2, dict optimizer, X, labels,
-                 targets, weights, workspace, label_buffer, int n_threads=1,
+                 targets, weights, workspace, label_buffer, batch_buffer, int n_threads=1,
                  double clip_norm=0, uint64_t seed=0):
+        """batch_buffer receives each gathered batch: for dense X, an array of the workspace's
+        rows × n_0; for CSR rows, CSR rows of as many rows (indptr zeroed) whose indices and
+        values hold the largest batch's entries (run() checks every batch against it)."""
         if n_threads < 1:
             raise ValueError("n_threads must be positive")
+        if (batch_buffer.__class__ is np.ndarray) != (X.__class__ is np.ndarray):
+            raise ValueError("X and batch_buffer must be of one kind")
         self.net, self.n_threads, self.n_rows = net, n_threads, X.shape[0]
         self.double_precision = params.dtype == np.float64
         self.keep = [params, grad, state1, state2, X, labels, targets, weights, workspace,
-                     label_buffer]
+                     label_buffer, batch_buffer]
         self.partial = np.zeros((n_threads, N_PARTIALS))
         if self.double_precision:
             _bind_step[double](&self.step, &net.layout, params, grad, state1, state2, X, labels,
-                               targets, weights, workspace, label_buffer)
+                               targets, weights, workspace, label_buffer, batch_buffer)
         else:
             _bind_step[float](&self.step, &net.layout, params, grad, state1, state2, X, labels,
-                              targets, weights, workspace, label_buffer)
+                              targets, weights, workspace, label_buffer, batch_buffer)
+        self.entry_room = len(batch_buffer.indices) if self.step.data.x.kind == CSR_ROWS else 0
         cdef Step* S = &self.step
         S.opt = make_config(optimizer)
         S.clip_norm, S.seed = clip_norm, seed
@@ -288,6 +293,8 @@ cdef class TrainingSteps:
         if (losses.shape[0] < n_steps or corrects.shape[0] < n_steps
                 or not (n_steps - 1) * <Py_ssize_t>batch_size < n <= n_steps * batch_size):
             raise ValueError("order and lrs disagree on the number of steps")
+        if S.data.x.kind == CSR_ROWS:
+            _check_entry_room(S.data.x.indptr, order, batch_size, self.entry_room)
         S.status = STEP_OK
         with nogil:
             if self.double_precision:
@@ -303,21 +310,22 @@ cdef class TrainingSteps:
 
 
 cdef int _bind_step(Step* S, const Layout* L, floating[::1] params, floating[::1] grad,
-                    floating[::1] state1, floating[::1] state2, const floating[:, ::1] X,
-                    const int[::1] labels, const floating[:, ::1] targets,
-                    const floating[::1] weights, floating[::1] workspace,
-                    int[::1] label_buffer) except -1:
+                    floating[::1] state1, floating[::1] state2, X, const int[::1] labels,
+                    const floating[:, ::1] targets, const floating[::1] weights,
+                    floating[::1] workspace, int[::1] label_buffer, batch_buffer) except -1:
     """Point the Step at a fit's arrays, after checking their sizes"""
-    _check_targets(L, X.shape[0], X, labels, targets, weights)
+    cdef Py_ssize_t n = 0, room = 0
+    S.data = _rows(X, &params[0], L, labels, targets, weights, &n)
     if not (grad.shape[0] == state1.shape[0] == state2.shape[0] == params.shape[0]
             == L.n_params):
         raise ValueError("params, grad or the optimizer state has the wrong size")
     S.L = L
-    S.data = _rows(X, labels, targets, weights)
     S.cap = _capacity(L, params.shape[0], workspace.shape[0])
     if label_buffer.shape[0] < S.cap:
         raise ValueError("label_buffer holds fewer rows than the workspace")
-    S.batch = _dense_input_at(&workspace[0], L.sizes[0])
+    S.batch = _input(batch_buffer, &params[0], L, &room)
+    if room < S.cap:
+        raise ValueError("batch_buffer holds fewer rows than the workspace")
     S.params, S.grad = &params[0], &grad[0]
     S.state1, S.state2 = &state1[0], &state2[0]
     S.ws = &workspace[0]
@@ -395,24 +403,72 @@ def optimizer_step(dict config, double lr, long step, floating[::1] params,
 
 # --- arguments into structs -------------------------------------------------------------------
 
-cdef Input _dense_input(const floating[:, ::1] X):
-    return _dense_input_at(&X[0, 0], X.shape[1])
-
-
-cdef Input _dense_input_at(const floating* X, Py_ssize_t n_cols) noexcept nogil:
+cdef Input _input(X, const floating* like, const Layout* L, Py_ssize_t* n) except *:
+    """X as the first layer reads it, and its rows in n: X is a C-contiguous 2-D array of
+    like's dtype or, for CSR rows, an object with indptr (intp), indices (C int) and data
+    (like's dtype) arrays. The checks guard memory only (cdnn._sparse names bad input)."""
     cdef Input x
-    x.kind, x.n_cols, x.itemsize, x.X = DENSE_ROWS, n_cols, sizeof(floating), <const char*>X
+    cdef const floating[:, ::1] rows
+    cdef const floating[::1] values
+    cdef const Py_ssize_t[::1] indptr
+    cdef const int[::1] indices
+    x.itemsize, x.n_cols, x.indptr, x.indices = sizeof(floating), L.sizes[0], NULL, NULL
+    if X.__class__ is np.ndarray:
+        rows = X
+        if rows.shape[1] != L.sizes[0]:
+            raise ValueError("X has the wrong shape")
+        x.kind, x.X, n[0] = DENSE_ROWS, <const char*>&rows[0, 0], rows.shape[0]
+        return x
+    values, indptr, indices = X.data, X.indptr, X.indices
+    x.kind, n[0] = CSR_ROWS, _check_csr(indptr, indices, values.shape[0], L.sizes[0])
+    x.indptr = &indptr[0]
+    if values.shape[0] > 0 and indices.shape[0] > 0:    # else no row has an entry
+        x.X, x.indices = <const char*>&values[0], &indices[0]
     return x
 
 
-cdef Rows _rows(const floating[:, ::1] X, const int[::1] labels,
-                const floating[:, ::1] targets, const floating[::1] weights):
+cdef Py_ssize_t _check_csr(const Py_ssize_t[::1] indptr, const int[::1] indices,
+                           Py_ssize_t n_values, int n_cols) except -1:
+    """The rows of a CSR structure, after checking that every entry it points to lies in
+    indices and values, and every column index in range"""
+    cdef Py_ssize_t n = indptr.shape[0] - 1, i, k
+    cdef bint ok = n >= 0 and indptr[0] >= 0
+    with nogil:
+        for i in range(n):
+            ok = ok and indptr[i] <= indptr[i + 1]
+        ok = ok and indptr[n] <= min(indices.shape[0], n_values)
+        if ok:
+            for k in range(indptr[0], indptr[n]):
+                ok = ok and 0 <= indices[k] < n_cols
+    if not ok:
+        raise ValueError("X is not well-formed CSR rows of the network's width")
+    return n
+
+
+cdef Rows _rows(X, const floating* like, const Layout* L, const int[::1] labels,
+                const floating[:, ::1] targets, const floating[::1] weights,
+                Py_ssize_t* n) except *:
     cdef Rows data
-    data.x = _dense_input(X)
+    data.x = _input(X, like, L, n)
+    _check_targets(L, n[0], labels, targets, weights)
     data.labels = &labels[0] if labels is not None else NULL
     data.targets = &targets[0, 0] if targets is not None else NULL
     data.weights = &weights[0] if weights is not None else NULL
     return data
+
+
+cdef int _check_entry_room(const Py_ssize_t* indptr, const Py_ssize_t[::1] order,
+                           Py_ssize_t batch, Py_ssize_t room) except -1:
+    """That every batch of order's rows has at most room stored entries (the CSR gather's
+    buffers); order's indices are checked already"""
+    cdef Py_ssize_t i, entries = 0
+    for i in range(order.shape[0]):
+        if i % batch == 0:
+            entries = 0
+        entries += indptr[order[i] + 1] - indptr[order[i]]
+        if entries > room:
+            raise ValueError("a batch has more stored entries than batch_buffer holds")
+    return 0
 
 
 cdef Py_ssize_t _capacity(const Layout* L, Py_ssize_t n_params, Py_ssize_t ws_size) except -1:
@@ -423,13 +479,12 @@ cdef Py_ssize_t _capacity(const Layout* L, Py_ssize_t n_params, Py_ssize_t ws_si
     return ws_size // L.row_width
 
 
-cdef int _check_targets(const Layout* L, Py_ssize_t n, const floating[:, ::1] X,
-                        const int[::1] labels, const floating[:, ::1] targets,
-                        const floating[::1] weights) except -1:
+cdef int _check_targets(const Layout* L, Py_ssize_t n, const int[::1] labels,
+                        const floating[:, ::1] targets, const floating[::1] weights) except -1:
     """Shapes, and every label in range"""
     cdef Py_ssize_t i, k = n_outputs(L)
-    if X.shape[1] != L.sizes[0] or n < 1:
-        raise ValueError("X has the wrong shape")
+    if n < 1:
+        raise ValueError("X has no rows")
     if (labels is None) == (targets is None):
         raise ValueError("give either labels or targets")
     if labels is not None:

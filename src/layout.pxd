@@ -4,7 +4,8 @@
 # and the optimizer state have the same layout.
 #
 # Workspace, for a capacity of cap rows: every buffer is cap rows of its own width, so a buffer
-# whose column offset is c starts at cap × c. Buffers: the gathered input x (n_0); per layer its
+# whose column offset is c starts at cap × c. Buffers (the gathered input has
+# buffers of its own, step.pxd: a wide sparse input would not fit cap rows of n_0): per layer its
 # output a, its pre-activation z (GELU only, else z is a), its dropped-out output o (dropout
 # only, else o is a); two deltas of the widest layer, ping-ponged by the backward pass; the
 # gathered dense targets (n_L); the gathered sample weights (1). Row r of a buffer of width w is

@@ -18,36 +18,61 @@ from team cimport Part, share, whole, barrier
 from dense cimport (dense_forward, dense_backward_delta, dense_backward_params,
                    dense_backward_input)
 from dropout cimport dropout_forward, dropout_backward
+from activations cimport bias_activation_forward, bias_gradient
 from losses cimport loss_forward_backward, count_correct, SOFTMAX_CROSS_ENTROPY
 
 
 # --- the input: the rows the first layer reads ---------------------------------------------
 # A seam with one kind per storage. Only rows_from, gather_rows, input_forward and
 # input_backward read an Input; everything above the first layer sees dense activations.
-# (Sparse CSR rows plug in here as a second kind.)
 
 cdef enum InputKind:
     DENSE_ROWS = 0          # X (n, n_0), row-major, of the network's dtype
+    CSR_ROWS = 1            # compressed sparse rows: row i's stored entries are k in
+                            # indptr[i]..indptr[i+1]-1, at column indices[k], of value X[k]
 
 
 cdef struct Input:
     int kind
     Py_ssize_t n_cols, itemsize
-    const char* X
+    const char* X               # DENSE_ROWS: the rows; CSR_ROWS: the stored values
+    const Py_ssize_t* indptr    # CSR_ROWS: offsets into indices and X (absolute: a view of
+    const int* indices          #   rows keeps the arrays and offsets indptr only)
 
 
 cdef inline Input rows_from(Input x, Py_ssize_t start) noexcept nogil:
     """The rows start, start + 1, … of x"""
-    x.X = x.X + start * x.n_cols * x.itemsize
+    if x.kind == CSR_ROWS:
+        x.indptr = x.indptr + start
+    else:
+        x.X = x.X + start * x.n_cols * x.itemsize
     return x
 
 
 cdef inline void gather_rows(Input* batch, const Input* data, const Py_ssize_t* idx,
                              Part mine) noexcept nogil:
-    """batch's rows mine := the data's rows idx[mine] (batch is dense rows in a workspace)"""
-    cdef Py_ssize_t i, width = data.n_cols * data.itemsize
+    """batch's rows mine := the data's rows idx[mine], into the batch's buffers (dense rows,
+    or CSR arrays with room for the batch's entries). A CSR thread finds where its rows start
+    by counting the entries of the rows before them itself: no thread waits, and the batch
+    is the same for any team."""
+    cdef Py_ssize_t i, width = data.n_cols * data.itemsize, pos = 0, start, count
+    cdef Py_ssize_t* indptr = <Py_ssize_t*>batch.indptr
+    if data.kind == DENSE_ROWS:
+        for i in range(mine.first, mine.first + mine.count):
+            memcpy(<char*>batch.X + i * width, data.X + idx[i] * width, width)
+        return
+    for i in range(mine.first):
+        pos += data.indptr[idx[i] + 1] - data.indptr[idx[i]]
+    if mine.first == 0:
+        indptr[0] = 0
     for i in range(mine.first, mine.first + mine.count):
-        memcpy(<char*>batch.X + i * width, data.X + idx[i] * width, width)
+        start = data.indptr[idx[i]]
+        count = data.indptr[idx[i] + 1] - start
+        memcpy(<int*>batch.indices + pos, data.indices + start, count * sizeof(int))
+        memcpy(<char*>batch.X + pos * data.itemsize, data.X + start * data.itemsize,
+               count * data.itemsize)
+        pos += count
+        indptr[i + 1] = pos
 
 
 # x is (rows, n_0); z, a are (rows, n_out): the first layer, in the units first:last
@@ -55,18 +80,78 @@ cdef inline void input_forward(floating* z, floating* a, const Input* x, const f
                                const floating* b, int rows, int n_out, Part units, int kind,
                                floating slope) noexcept nogil:
     """z := x @ W + b; a := f(z)"""
+    if x.kind == CSR_ROWS:
+        csr_forward(z, a, x, W, b, rows, n_out, units, kind, slope)
+        return
     dense_forward(z, a, <const floating*>x.X, W, b, rows, <int>x.n_cols, n_out,
                   <int>units.first, <int>(units.first + units.count), kind, slope)
 
 
+cdef inline void csr_forward(floating* z, floating* a, const Input* x, const floating* W,
+                             const floating* b, int rows, int n_out, Part units, int kind,
+                             floating slope) noexcept nogil:
+    """z[:, units] := x @ W[:, units] + b, row by row: each stored entry adds its value times
+    its row of W (the units' part of it, contiguous) to z's row, which then gets its bias and
+    activation while it is in cache"""
+    cdef const floating* values = <const floating*>x.X
+    cdef const floating* w
+    cdef floating* zr
+    cdef floating v
+    cdef Py_ssize_t r, k, j, first = units.first, count = units.count
+    if count == 0:
+        return
+    for r in range(rows):
+        zr = z + r * n_out + first
+        for j in range(count):
+            zr[j] = 0
+        for k in range(x.indptr[r], x.indptr[r + 1]):
+            v = values[k]
+            w = W + <Py_ssize_t>x.indices[k] * n_out + first
+            for j in range(count):
+                zr[j] += v * w[j]
+        bias_activation_forward(zr, a + r * n_out + first, b + first, 1, count, n_out, kind,
+                                slope)
+
+
 # d is dL/dz (rows, n_out); the first layer needs no dL/dx
 cdef inline void input_backward(floating* dW, floating* db, const floating* d, const Input* x,
-                                int rows, int n_out, Part w, Part b,
-                                bint accumulate) noexcept nogil:
-    """dW[w] (+)= x[:, w]ᵀ @ d; db[b] (+)= Σ_rows d"""
+                                int rows, int n_out, Part w, Part b, bint accumulate,
+                                int team) noexcept nogil:
+    """dW[w] (+)= x[:, w]ᵀ @ d; db[b] (+)= Σ_rows d. With CSR rows, each thread takes the units
+    b of dW (every row of it) instead of the rows w, and the team waits for the whole of dW
+    before anyone reads it (the L2 term goes by rows). Every thread of the team calls this."""
+    if x.kind == CSR_ROWS:
+        csr_backward(dW, d, x, rows, n_out, b, accumulate)
+        bias_gradient(db, d, rows, n_out, b.first, b.first + b.count, accumulate)
+        barrier(team)
+        return
     dense_backward_params(dW, db, d, <const floating*>x.X, rows, <int>x.n_cols, n_out,
                           <int>w.first, <int>(w.first + w.count), <int>b.first,
                           <int>(b.first + b.count), accumulate)
+
+
+cdef inline void csr_backward(floating* dW, const floating* d, const Input* x, int rows,
+                              int n_out, Part units, bint accumulate) noexcept nogil:
+    """dW[:, units] (+)= xᵀ @ d[:, units]: zeroed (unless accumulate), then a scatter of each
+    stored entry's value times its row of d into the row of dW of its column. A thread owns
+    its units of every row of dW, so the scatter needs no atomics and sums in a fixed order."""
+    cdef const floating* values = <const floating*>x.X
+    cdef const floating* dr
+    cdef floating* g
+    cdef floating v
+    cdef Py_ssize_t r, k, j, c, first = units.first, count = units.count
+    if count == 0:
+        return
+    if not accumulate:
+        for c in range(x.n_cols):
+            memset(dW + c * n_out + first, 0, count * sizeof(floating))
+    for r in range(rows):
+        dr = d + r * n_out + first
+        for k in range(x.indptr[r], x.indptr[r + 1]):
+            v = values[k]
+            g = dW + <Py_ssize_t>x.indices[k] * n_out + first
+            for j in range(count):
+                g[j] += v * dr[j]
 
 
 # --- the network's passes --------------------------------------------------------------------
@@ -141,7 +226,7 @@ cdef inline void backward(const Layout* L, const floating* params, floating* gra
         w = share(n_in, tid, team)      # rows of W, and units of the layer below
         b = share(n_out, tid, team)
         layer_backward(L, l, params, grad, d, d_below, x, ws, cap, rows, w, b, accumulate,
-                       training)
+                       training, team)
         if penalty != NULL and L.l2 > 0:
             penalty[0] += l2_term(L.l2, params + L.w_off[l] + w.first * n_out,
                                   grad + L.w_off[l] + w.first * n_out, w.count * n_out)
@@ -153,14 +238,14 @@ cdef inline void backward(const Layout* L, const floating* params, floating* gra
 cdef inline void layer_backward(const Layout* L, int l, const floating* params, floating* grad,
                                 const floating* d, floating* d_below, const Input* x,
                                 floating* ws, Py_ssize_t cap, Py_ssize_t rows, Part w, Part b,
-                                bint accumulate, bint training) noexcept nogil:
+                                bint accumulate, bint training, int team) noexcept nogil:
     """Layer l's rows w of dW and entries b of db from its dL/dz (d), and the units w of the
     layer below's dL/da (d_below); the first layer reads the input and has no layer below"""
     cdef int n_in = L.sizes[l], n_out = L.sizes[l + 1]
     cdef const floating* inp
     if l == 0:
         input_backward(grad + L.w_off[0], grad + L.b_off[0], d, x, <int>rows, n_out, w, b,
-                       accumulate)
+                       accumulate, team)
         return
     inp = ws + cap * (L.o_col[l - 1] if training else L.a_col[l - 1])
     dense_backward_params(grad + L.w_off[l], grad + L.b_off[l], d, inp, <int>rows, n_in, n_out,

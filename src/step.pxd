@@ -1,6 +1,7 @@
 # One training step, as its phases, and the run of steps that one native call makes:
 #
-#   gather    the batch's rows by index into the workspace (and their labels, targets, weights)
+#   gather    the batch's rows by index (dense or CSR, passes.pxd's gather_rows) and their
+#             labels, targets and weights into the workspace
 #   forward   every layer, each thread its share of the units          (passes.pxd)
 #   loss      loss and output delta, each thread its share of the rows
 #   backward  every layer: dW = aᵀ·δ, db, δ for the layer below        (passes.pxd)
@@ -49,7 +50,8 @@ cdef enum:
 cdef struct Step:
     const Layout* L
     Rows data                   # the training rows; labels are the engine's private copy
-    Input batch                 # the gathered batch: dense rows at the workspace's start
+    Input batch                 # the gathered batch, in buffers of its own: dense rows, or
+                                # CSR rows with room for the largest batch's entries
     void* params                # the flat buffers, of the network's dtype
     void* grad
     void* state1
