@@ -83,7 +83,7 @@ def as_sparse_rows(X, dtype, n_features: int) -> SparseRows:
         raise ValueError(f"X is empty (shape {X.shape})")
     if m != n_features:
         raise ValueError(f"X has {m} features per row, the network expects {n_features}")
-    _check_structure(X)
+    check_structure(X)
     X = X if X.format == "csr" else X.tocsr()
     indptr = np.ascontiguousarray(X.indptr, dtype=INDPTR)
     stored = slice(0, int(indptr[-1]))
@@ -91,7 +91,7 @@ def as_sparse_rows(X, dtype, n_features: int) -> SparseRows:
     return SparseRows(indptr, indices, _values(X.data[stored], indptr, indices, dtype), m)
 
 
-def _check_structure(X):
+def check_structure(X):
     """The structure scipy's converters (and the kernels) will read, checked first."""
     n, m = X.shape
     if X.format == "csr":

@@ -38,6 +38,9 @@ DATASETS = {
 }
 OPTIMIZERS = {"sgd": cdnn.SGD, "adam": cdnn.Adam, "adamw": cdnn.AdamW, "rmsprop": cdnn.RMSprop}
 ARRAY_FORMATS = (".npy", ".csv")
+INPUT_FORMATS = ARRAY_FORMATS + (".npz",)     # .npz: a scipy.sparse.save_npz matrix
+# the share of --data's rows (the last ones) held out as its test set
+TEST_FRACTION = 0.2
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,6 +89,10 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Train an MLP classifier and report its test "
                                 "accuracy; --save writes it as a safetensors file.")
     _add_data_options(train)
+    train.add_argument("--data", nargs=2, metavar=("X", "Y"), help="train on your own data "
+                       "instead: X as .npy, .csv or .npz (a sparse matrix from "
+                       "scipy.sparse.save_npz), Y the class indices as .npy or .csv; the last "
+                       f"{TEST_FRACTION:.0%} of the rows are the test set")
     train.add_argument("--hidden", type=_sizes, default=None,
                        help="hidden layer widths, e.g. 256,128 (default: 128 for digits, "
                        "256 for MNIST)")
@@ -125,7 +132,8 @@ def _parser() -> argparse.ArgumentParser:
                                   description="Predict one row per input row. INPUT is .npy "
                                   "or .csv (comma-separated, one sample per line).")
     predict.add_argument("model", help="a model file written by `cdnn train --save`")
-    predict.add_argument("input", help="the inputs: .npy or .csv, one sample per row")
+    predict.add_argument("input", help="the inputs: .npy, .csv or .npz (a sparse matrix "
+                         "from scipy.sparse.save_npz), one sample per row")
     predict.add_argument("-o", "--output", help="where to write the predictions (.npy or "
                          ".csv); CSV on stdout when omitted")
     predict.add_argument("--proba", action="store_true",
@@ -165,14 +173,41 @@ def _load_dataset(args) -> tuple[str, tuple, tuple]:
                       f"--data-dir DIR, a folder that holds its four IDX files") from None
 
 
-def _read_array(path: str) -> np.ndarray:
+def _load_files(x_path: str, y_path: str) -> tuple[str, tuple, tuple]:
+    """--data: (name, (X, y), (X_test, y_test)), the last TEST_FRACTION of the rows for test."""
+    X, y = _read_array(x_path), _read_array(y_path)
+    y = np.asarray(y.toarray() if hasattr(y, "toarray") else y).reshape(-1)
+    if X.shape[0] != len(y) or len(y) < 2:
+        raise ValueError(f"{x_path} has {X.shape[0]} rows, {y_path} {len(y)} labels: they "
+                         f"must agree (and be at least 2)")
+    if not np.array_equal(y, np.round(y)) or y.min() < 0:
+        raise ValueError(f"{y_path}: class labels must be integers 0, 1, …")
+    y = y.astype(np.intp)
+    cut = len(y) - max(1, round(len(y) * TEST_FRACTION))
+    if hasattr(X, "tocsr"):     # a sparse matrix: its structure checked before scipy slices it
+        from cdnn._sparse import check_structure
+        check_structure(X)
+    rows = X.tocsr() if hasattr(X, "tocsr") else X
+    return Path(x_path).name, (rows[:cut], y[:cut]), (rows[cut:], y[cut:])
+
+
+def _read_array(path: str):
     """The array in a .npy or .csv file, its size checked before it is read: a header that
-    claims more data than the file holds, or a device such as /dev/zero, is refused."""
+    claims more data than the file holds, or a device such as /dev/zero, is refused. A .npz
+    file is a scipy.sparse matrix (save_npz), kept sparse."""
     suffix = Path(path).suffix.lower()
-    if suffix not in ARRAY_FORMATS:
-        raise ValueError(f"{path}: unknown input format {suffix or '(none)'!r}; use .npy or .csv")
+    if suffix not in INPUT_FORMATS:
+        raise ValueError(f"{path}: unknown input format {suffix or '(none)'!r}; use .npy, "
+                         f".csv or .npz")
     if not stat.S_ISREG(os.stat(path).st_mode):
         raise ValueError(f"{path}: not a regular file")
+    if suffix == ".npz":
+        import scipy.sparse
+        try:
+            return scipy.sparse.load_npz(path)
+        except (ValueError, OSError, KeyError) as e:
+            raise ValueError(f"{path}: not a sparse matrix written by scipy.sparse.save_npz "
+                             f"({e})") from None
     if suffix == ".csv":
         try:
             X = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64)
@@ -290,7 +325,8 @@ def _optimizer(args) -> cdnn.Optimizer:
 def train(args) -> int:
     if args.save:   # fail before training, not after
         check_writable(args.save)
-    name, (X, y), (X_test, y_test) = _load_dataset(args)
+    name, (X, y), (X_test, y_test) = _load_files(*args.data) if args.data else \
+        _load_dataset(args)
     _, _, hidden, epochs, batch = DATASETS[_dataset_key(args)]
     hidden = args.hidden or hidden
     epochs = epochs if args.epochs is None else args.epochs
@@ -299,7 +335,7 @@ def train(args) -> int:
                    dtype=args.dtype, seed=args.seed, dropout=args.dropout)
     optimizer = _optimizer(args)
     trainer = cdnn.Trainer(net, optimizer, batch_size=batch, clip_norm=args.clip_norm)
-    print(f"{name}: {len(X)} training and {len(X_test)} test samples; network "
+    print(f"{name}: {X.shape[0]} training and {X_test.shape[0]} test samples; network "
           f"{'-'.join(map(str, net.layer_sizes))} ({net.params.size} parameters)", flush=True)
     progress = [_Progress(bar=args.verbose == 1 and sys.stderr.isatty())] if args.verbose else []
     start = time.perf_counter()
@@ -326,7 +362,7 @@ def evaluate(args) -> int:
         raise ValueError(f"the model takes {net.n_inputs} features, {name} has "
                          f"{X_test.shape[1]}; choose its dataset with --dataset / --data-dir")
     metrics = net.evaluate(X_test, y_test)
-    print(f"{name} test set, {len(X_test)} samples: " +
+    print(f"{name} test set, {X_test.shape[0]} samples: " +
           ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return 0
 

@@ -20,7 +20,7 @@ penalised slightly more), times the mean sample weight when there are weights.
 
 Differences that remain: weights start Glorot-uniform and biases at zero (scikit-learn also
 draws the biases); Adam adds epsilon after its bias correction (PyTorch's form), a ~1e-4
-relative difference per step; sparse input is not accepted (densify it).
+relative difference per step. Sparse X (scipy.sparse) is taken as CSR, never densified.
 
 This module is the only part of cdnn that imports scikit-learn (an optional dependency).
 """
@@ -143,7 +143,7 @@ class _BaseMLP(BaseEstimator):
         self._check_params()
         first_pass = not hasattr(self, "_net") or (not self.warm_start and not incremental)
         X, y, targets, n_outputs = self._validate_input(X, y, incremental, reset=first_pass)
-        weights = check_sample_weight(sample_weight, len(X), self._dtype, scaled=False)
+        weights = check_sample_weight(sample_weight, X.shape[0], self._dtype, scaled=False)
         if weights is not None and not weights.any():
             raise ValueError("sample_weight is all zero: at least one sample needs a "
                              "non-zero weight")
@@ -233,7 +233,7 @@ class _BaseMLP(BaseEstimator):
         if self.early_stopping:
             # split indices exactly as scikit-learn splits the arrays: same rows held out
             stratify = y if self._stratify() else None
-            train, val = train_test_split(np.arange(len(X)), random_state=self._random_state,
+            train, val = train_test_split(np.arange(X.shape[0]), random_state=self._random_state,
                                           test_size=self.validation_fraction,
                                           stratify=stratify)
             if len(val) < 2:
@@ -242,7 +242,7 @@ class _BaseMLP(BaseEstimator):
             validation = (X[val], y[val], None if weights is None else weights[val])
             X, targets = X[train], targets[train]
             weights = None if weights is None else weights[train]
-        n = len(X)
+        n = X.shape[0]
         if self.batch_size == "auto":
             batch = min(200, n)
         else:
@@ -275,7 +275,7 @@ class _BaseMLP(BaseEstimator):
 
     def _fit_lbfgs(self, X, targets, weights):
         c = self._grad_scale()
-        total = len(X) if weights is None else float(weights.sum())
+        total = X.shape[0] if weights is None else float(weights.sum())
         self._with_l2(c * self.alpha / total)
         net = self._net
 
@@ -302,7 +302,8 @@ class _BaseMLP(BaseEstimator):
     # --- prediction ----------------------------------------------------------------------
 
     def _check_X(self, X) -> np.ndarray:
-        return validate_data(self, X, reset=False, dtype=self._net.dtype, order="C")
+        return validate_data(self, X, reset=False, dtype=self._net.dtype, order="C",
+                             accept_sparse="csr")
 
     def _score_with(self, X, y, sample_weight, score_function) -> float:
         """The score of already validated X (the early-stopping validation set)."""
@@ -314,6 +315,7 @@ class _BaseMLP(BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
+        tags.input_tags.sparse = True
         return tags
 
 
@@ -404,7 +406,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         """X as the model's dtype; y as given (for scores) and as the network's targets;
         the number of outputs."""
         X, y = validate_data(self, X, y, reset=reset, multi_output=True, dtype=self._dtype,
-                             order="C")
+                             order="C", accept_sparse="csr")
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         check_classification_targets(y)
@@ -515,7 +517,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = validate_data(self, X, y, reset=reset, multi_output=True, y_numeric=True,
-                             dtype=self._dtype, order="C")
+                             dtype=self._dtype, order="C", accept_sparse="csr")
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         return X, y, np.ascontiguousarray(y, dtype=self._dtype), 1 if y.ndim == 1 else y.shape[1]
