@@ -86,7 +86,7 @@ class Engine:
         self.network = _network.Network(layer_sizes, activations, loss, slope, dropout, l2)
         self.n_inputs, self.n_outputs = layer_sizes[0], layer_sizes[-1]
         self.n_hidden_1 = layer_sizes[1]     # the first layer's width
-        self.loss, self.dtype = loss, dtype
+        self.loss, self.dtype, self.l2 = loss, dtype, l2
         self.n_params = self.network.n_params
         self._local = threading.local()   # a workspace per Python thread: predict is thread-safe
 
@@ -181,9 +181,9 @@ class Engine:
         return loss, grads[0] if team == 1 else grads[0].copy()
 
     def training_steps(self, params: np.ndarray, optimizer, train: Batch, batch_size: int,
-                       clip_norm: float, seed: int) -> TrainingSteps:
+                       clip_norm: float, seed: int, lazy: bool = False) -> TrainingSteps:
         """The training steps of one fit over the rows of train (built once per fit)."""
-        return TrainingSteps(self, params, optimizer, train, batch_size, clip_norm, seed)
+        return TrainingSteps(self, params, optimizer, train, batch_size, clip_norm, seed, lazy)
 
 
 def _finite_outputs(out: np.ndarray) -> np.ndarray:
@@ -202,20 +202,34 @@ class TrainingSteps:
     The team shares every batch (src/step.pxd). Before each run of steps the parameters and
     optimizer state are copied, so that when an update turns a parameter non-finite they can be
     restored and the good steps replayed (the kernel detects the fault only after writing the
-    update)."""
+    update).
+
+    lazy (sparse X only, opt-in): each step updates only the rows of the first layer's weights
+    whose input column the batch holds, as PyTorch's SparseAdam does; the exact update reads
+    and writes all of them (and their optimizer state) every step."""
 
     def __init__(self, engine: Engine, params: np.ndarray, optimizer, train: Batch,
-                 batch_size: int, clip_norm: float, seed: int):
+                 batch_size: int, clip_norm: float, seed: int, lazy: bool = False):
         self.params, self.optimizer, self.batch_size = params, optimizer, batch_size
         state = optimizer.state_for(params)
         self.team = min(batch_size, team_for(6 * engine.params_per_row(train.X) * batch_size))
-        self.grad = np.empty_like(params)
+        touched = None
+        if lazy:
+            if not isinstance(train.X, SparseRows):
+                raise ValueError("the lazy update is for sparse X (scipy.sparse); dense rows "
+                                 "touch every row of the first layer's weights")
+            if engine.l2 > 0:
+                raise ValueError("the lazy update skips the first layer's rows without "
+                                 "gradient, but the network's l2 penalty gives every row one; "
+                                 "use the optimizer's weight_decay instead")
+            touched = np.zeros(engine.n_inputs, np.uint8)
+        self.grad = np.zeros_like(params) if lazy else np.empty_like(params)   # lazy: dW₁ = 0
         self.saved = [np.empty_like(a) for a in (params, *state)]
         self.native = _network.TrainingSteps(
             engine.network, params, self.grad, *state, optimizer.kernel_config(), *train,
             np.empty(batch_size * engine.network.row_width, params.dtype),
             np.empty(batch_size, dtype=np.intc), _batch_buffer(train.X, batch_size),
-            self.team, clip_norm, seed)
+            self.team, clip_norm, seed, touched)
 
     def run(self, lrs: np.ndarray, order: np.ndarray, losses: np.ndarray,
             corrects: np.ndarray) -> tuple[int, str | None]:

@@ -249,10 +249,12 @@ cdef class TrainingSteps:
 
     def __init__(self, Network net, params, grad, state1, state2, dict optimizer, X, labels,
                  targets, weights, workspace, label_buffer, batch_buffer, int n_threads=1,
-                 double clip_norm=0, uint64_t seed=0):
+                 double clip_norm=0, uint64_t seed=0, touched=None):
         """batch_buffer receives each gathered batch: for dense X, an array of the workspace's
         rows × n_0; for CSR rows, CSR rows of as many rows (indptr zeroed) whose indices and
-        values hold the largest batch's entries (run() checks every batch against it)."""
+        values hold the largest batch's entries (run() checks every batch against it).
+        touched, for the lazy update of CSR rows (step.pxd), is n_0 zeroed bytes, and grad
+        must then be zero."""
         if n_threads < 1:
             raise ValueError("n_threads must be positive")
         if (batch_buffer.__class__ is np.ndarray) != (X.__class__ is np.ndarray):
@@ -260,7 +262,7 @@ cdef class TrainingSteps:
         self.net, self.n_threads, self.n_rows = net, n_threads, X.shape[0]
         self.double_precision = params.dtype == np.float64
         self.keep = [params, grad, state1, state2, X, labels, targets, weights, workspace,
-                     label_buffer, batch_buffer]
+                     label_buffer, batch_buffer, touched]
         self.partial = np.zeros((n_threads, N_PARTIALS))
         if self.double_precision:
             _bind_step[double](&self.step, &net.layout, params, grad, state1, state2, X, labels,
@@ -270,6 +272,13 @@ cdef class TrainingSteps:
                               targets, weights, workspace, label_buffer, batch_buffer)
         self.entry_room = len(batch_buffer.indices) if self.step.data.x.kind == CSR_ROWS else 0
         cdef Step* S = &self.step
+        cdef unsigned char[::1] marks
+        S.touched = NULL
+        if touched is not None:
+            marks = touched
+            if S.data.x.kind != CSR_ROWS or marks.shape[0] != net.layout.sizes[0]:
+                raise ValueError("the lazy update needs CSR rows and a mark per input column")
+            S.touched, S.batch.clean_grad = &marks[0], True
         S.opt = make_config(optimizer)
         S.clip_norm, S.seed = clip_norm, seed
         S.exchange, S.exchange_context = NULL, NULL
@@ -413,6 +422,7 @@ cdef Input _input(X, const floating* like, const Layout* L, Py_ssize_t* n) excep
     cdef const Py_ssize_t[::1] indptr
     cdef const int[::1] indices
     x.itemsize, x.n_cols, x.indptr, x.indices = sizeof(floating), L.sizes[0], NULL, NULL
+    x.clean_grad = False
     if X.__class__ is np.ndarray:
         rows = X
         if rows.shape[1] != L.sizes[0]:

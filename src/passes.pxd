@@ -38,6 +38,8 @@ cdef struct Input:
     const char* X               # DENSE_ROWS: the rows; CSR_ROWS: the stored values
     const Py_ssize_t* indptr    # CSR_ROWS: offsets into indices and X (absolute: a view of
     const int* indices          #   rows keeps the arrays and offsets indptr only)
+    bint clean_grad             # CSR_ROWS: dW₁ is zero on entry to the backward pass (the
+                                #   lazy update keeps it so), so the scatter needn't clear it
 
 
 cdef inline Input rows_from(Input x, Py_ssize_t start) noexcept nogil:
@@ -142,7 +144,7 @@ cdef inline void csr_backward(floating* dW, const floating* d, const Input* x, i
     cdef Py_ssize_t r, k, j, c, first = units.first, count = units.count
     if count == 0:
         return
-    if not accumulate:
+    if not accumulate and not x.clean_grad:
         for c in range(x.n_cols):
             memset(dW + c * n_out + first, 0, count * sizeof(floating))
     for r in range(rows):

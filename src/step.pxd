@@ -17,11 +17,11 @@
 from cython cimport floating
 from libc.math cimport isfinite, sqrt
 from libc.stdint cimport uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from layout cimport Layout, n_outputs
 from team cimport Part, share, barrier
-from passes cimport Input, Rows, gather_rows, forward, backward, loss_scale
+from passes cimport Input, Rows, CSR_ROWS, gather_rows, forward, backward, loss_scale
 from losses cimport loss_forward_backward, count_correct
 from optim cimport OptimizerConfig, optimizer_update, sum_of_squares
 
@@ -65,6 +65,9 @@ cdef struct Step:
     exchange_fn exchange
     void* exchange_context
     double* partial             # (threads asked, N_PARTIALS)
+    unsigned char* touched      # the lazy update (CSR rows only; NULL: exact): (n_0,), 1 for
+                                # the rows of W₁ whose column the batch holds. Between steps
+                                # it is all 0, and so are the rows of dW₁ outside it.
     # written by thread 0 between barriers, read by the team
     double scale, gscale, loss, correct
     int status
@@ -81,6 +84,8 @@ cdef inline void gather(Step* S, const floating* params, const Py_ssize_t* idx,
     cdef const floating* targets = <const floating*>S.data.targets
     cdef const floating* weights = <const floating*>S.data.weights
     gather_rows(&S.batch, &S.data.x, idx, mine)
+    if S.touched != NULL and tid == 0:      # one writer: no two threads store to one mark
+        mark_columns(S.touched, &S.data.x, idx, rows)
     for i in range(mine.first, mine.first + mine.count):
         if S.data.labels != NULL:
             S.labels[i] = S.data.labels[idx[i]]
@@ -91,6 +96,15 @@ cdef inline void gather(Step* S, const floating* params, const Py_ssize_t* idx,
     if tid == 0:
         S.scale = loss_scale(L, weights, idx, rows)
     barrier(team)
+
+
+cdef inline void mark_columns(unsigned char* touched, const Input* x, const Py_ssize_t* idx,
+                              Py_ssize_t rows) noexcept nogil:
+    """touched[c] := 1 for every column c with an entry in the rows idx[:rows] of x (CSR)"""
+    cdef Py_ssize_t i, k
+    for i in range(rows):
+        for k in range(x.indptr[idx[i]], x.indptr[idx[i] + 1]):
+            touched[x.indices[k]] = 1
 
 
 cdef inline void loss(Step* S, const floating* out, Py_ssize_t rows, int tid,
@@ -138,9 +152,12 @@ cdef inline void clip(Step* S, const floating* params, int tid, int team) noexce
     cdef int i
     if S.clip_norm <= 0:
         return              # gscale stays 1
-    mine = share(S.L.n_params, tid, team)
-    S.partial[tid * N_PARTIALS + NORM] = sum_of_squares(<floating*>S.grad + mine.first,
-                                                        mine.count)
+    if S.touched != NULL:   # dW₁ is zero outside the touched rows
+        S.partial[tid * N_PARTIALS + NORM] = lazy_sum_of_squares(S, params, tid, team)
+    else:
+        mine = share(S.L.n_params, tid, team)
+        S.partial[tid * N_PARTIALS + NORM] = sum_of_squares(<floating*>S.grad + mine.first,
+                                                            mine.count)
     barrier(team)
     if tid == 0:
         for i in range(team):
@@ -161,9 +178,12 @@ cdef inline void update(Step* S, const floating* params, floating lr, long step,
     cdef Part mine = share(S.L.n_params, tid, team)
     cdef Py_ssize_t i = mine.first
     cdef int t, bad = 0
-    S.partial[tid * N_PARTIALS + BAD] = optimizer_update(
-        &S.opt, lr, step, <floating*>S.params + i, <floating*>S.grad + i,
-        <floating*>S.state1 + i, <floating*>S.state2 + i, mine.count, <floating>S.gscale)
+    if S.touched != NULL:
+        S.partial[tid * N_PARTIALS + BAD] = lazy_update(S, params, lr, step, tid, team)
+    else:
+        S.partial[tid * N_PARTIALS + BAD] = optimizer_update(
+            &S.opt, lr, step, <floating*>S.params + i, <floating*>S.grad + i,
+            <floating*>S.state1 + i, <floating*>S.state2 + i, mine.count, <floating>S.gscale)
     barrier(team)
     if tid == 0:
         for t in range(team):
@@ -171,6 +191,45 @@ cdef inline void update(Step* S, const floating* params, floating lr, long step,
         if bad:
             S.status = UPDATE_NOT_FINITE
     barrier(team)
+
+
+# --- the lazy update (opt-in): the rows of W₁ the batch has no entry for are left alone -------
+# (their moments do not decay, weight decay skips them: PyTorch's SparseAdam semantics). W₁ is
+# the flat buffer's first n_0 × n_1 parameters; the rest is updated as on the exact path.
+
+cdef inline int lazy_update(Step* S, const floating* params, floating lr, long step, int tid,
+                            int team) noexcept nogil:
+    """This thread's share of the touched rows of W₁ and of the other parameters: updated,
+    then (W₁) their gradient and mark cleared for the next step; non-zero if a parameter
+    became non-finite"""
+    cdef Py_ssize_t n_1 = S.L.sizes[1], w1 = <Py_ssize_t>S.L.sizes[0] * n_1, c, at
+    cdef Part rows = share(S.L.sizes[0], tid, team), rest = share(S.L.n_params - w1, tid, team)
+    cdef int bad = 0
+    for c in range(rows.first, rows.first + rows.count):
+        if S.touched[c]:
+            at = c * n_1
+            bad |= optimizer_update(&S.opt, lr, step, <floating*>S.params + at,
+                                    <floating*>S.grad + at, <floating*>S.state1 + at,
+                                    <floating*>S.state2 + at, n_1, <floating>S.gscale)
+            memset(<floating*>S.grad + at, 0, n_1 * sizeof(floating))
+            S.touched[c] = 0
+    at = w1 + rest.first
+    bad |= optimizer_update(&S.opt, lr, step, <floating*>S.params + at, <floating*>S.grad + at,
+                            <floating*>S.state1 + at, <floating*>S.state2 + at, rest.count,
+                            <floating>S.gscale)
+    return bad
+
+
+cdef inline double lazy_sum_of_squares(Step* S, const floating* params, int tid,
+                                       int team) noexcept nogil:
+    """This thread's share of ‖grad‖², reading only the touched rows of dW₁"""
+    cdef Py_ssize_t n_1 = S.L.sizes[1], w1 = <Py_ssize_t>S.L.sizes[0] * n_1, c
+    cdef Part rows = share(S.L.sizes[0], tid, team), rest = share(S.L.n_params - w1, tid, team)
+    cdef double total = sum_of_squares(<floating*>S.grad + w1 + rest.first, rest.count)
+    for c in range(rows.first, rows.first + rows.count):
+        if S.touched[c]:
+            total += sum_of_squares(<floating*>S.grad + c * n_1, n_1)
+    return total
 
 
 cdef inline int train_step(Step* S, const floating* params, const Py_ssize_t* idx,

@@ -241,3 +241,56 @@ def test_cli_trains_and_predicts_from_save_npz_files(tmp_path, capsys):
     (tmp_path / "bad.npz").write_bytes(b"not an archive")
     assert main(["predict", str(model), str(tmp_path / "bad.npz")]) == 1
     assert "not a sparse matrix written by scipy.sparse.save_npz" in capsys.readouterr().err
+
+
+# --- the opt-in lazy update -------------------------------------------------------------------
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lazy_update_is_exact_for_plain_sgd(monkeypatch, threads):
+    """Without momentum or decay an untouched row's update is zero: lazy and exact agree
+    (clipping's norm included, which the lazy step takes over the touched rows only)."""
+    monkeypatch.setattr(cdnn._engine, "MIN_FLOPS_PER_THREAD", 1)
+    X, y, w = data()
+    params = []
+    for lazy in (False, True):
+        model = net()
+        trainer = cdnn.Trainer(model, cdnn.SGD(0.1), batch_size=16, clip_norm=0.5, seed=1,
+                               lazy_update=lazy)
+        with limit_threads(threads):
+            trainer.fit(X, y, sample_weight=w, epochs=2, verbose=0)
+        params.append(model.params)
+    assert relative(params[1], params[0]) < 1e-12
+
+
+def test_lazy_adam_updates_only_the_rows_the_batch_touches():
+    """Against a reference: Adam on each batch's gradient, skipping W₁'s rows whose column
+    has no entry in the batch (their moments frozen), as PyTorch's SparseAdam."""
+    X, y, _ = data()
+    model = net()
+    cdnn.Trainer(model, cdnn.Adam(0.01), batch_size=16, lazy_update=True).fit(
+        X, y, epochs=2, shuffle=False, verbose=0)
+    ref = net()
+    m, v, n_w1 = np.zeros_like(ref.params), np.zeros_like(ref.params), SIZES[0] * SIZES[1]
+    step = 0
+    for _ in range(2):
+        for first in range(0, X.shape[0], 16):
+            rows = X[first:first + 16]
+            _, g = ref.loss_and_grad(rows, y[first:first + 16])
+            step += 1
+            skip = np.zeros(SIZES[0], bool)
+            skip[np.setdiff1d(np.arange(SIZES[0]), rows.indices)] = True
+            live = ~np.concatenate([np.repeat(skip, SIZES[1]),
+                                    np.zeros(ref.params.size - n_w1, bool)])
+            m[live] = 0.9 * m[live] + 0.1 * g[live]
+            v[live] = 0.999 * v[live] + 0.001 * g[live] ** 2
+            ref.params[live] -= (0.01 / (1 - 0.9 ** step) * m[live]
+                                 / (np.sqrt(v[live]) / np.sqrt(1 - 0.999 ** step) + 1e-8))
+    assert relative(model.params, ref.params) < 1e-9
+
+
+def test_lazy_update_refuses_dense_rows_and_l2():
+    X, y, _ = data()
+    with pytest.raises(ValueError, match="lazy update is for sparse X"):
+        cdnn.Trainer(net(), cdnn.Adam(), lazy_update=True).fit(X.toarray(), y, verbose=0)
+    with pytest.raises(ValueError, match="use the optimizer's weight_decay"):
+        cdnn.Trainer(net(l2=0.1), cdnn.Adam(), lazy_update=True).fit(X, y, verbose=0)
