@@ -213,7 +213,7 @@ class TrainingSteps:
         self.params, self.optimizer, self.batch_size = params, optimizer, batch_size
         state = optimizer.state_for(params)
         self.team = min(batch_size, team_for(6 * engine.params_per_row(train.X) * batch_size))
-        touched = None
+        lazy_buffers = ()
         if lazy:
             if not isinstance(train.X, SparseRows):
                 raise ValueError("the lazy update is for sparse X (scipy.sparse); dense rows "
@@ -222,14 +222,15 @@ class TrainingSteps:
                 raise ValueError("the lazy update skips the first layer's rows without "
                                  "gradient, but the network's l2 penalty gives every row one; "
                                  "use the optimizer's weight_decay instead")
-            touched = np.zeros(engine.n_inputs, np.uint8)
+            lazy_buffers = _lazy_buffers(engine, train.X, batch_size)
         self.grad = np.zeros_like(params) if lazy else np.empty_like(params)   # lazy: dW₁ = 0
-        self.saved = [np.empty_like(a) for a in (params, *state)]
+        # the lazy update restores a failed step itself: no copy of every parameter per run
+        self.saved = [] if lazy else [np.empty_like(a) for a in (params, *state)]
         self.native = _network.TrainingSteps(
             engine.network, params, self.grad, *state, optimizer.kernel_config(), *train,
             np.empty(batch_size * engine.network.row_width, params.dtype),
             np.empty(batch_size, dtype=np.intc), _batch_buffer(train.X, batch_size),
-            self.team, clip_norm, seed, touched)
+            self.team, clip_norm, seed, *lazy_buffers)
 
     def run(self, lrs: np.ndarray, order: np.ndarray, losses: np.ndarray,
             corrects: np.ndarray) -> tuple[int, str | None]:
@@ -253,6 +254,15 @@ class TrainingSteps:
         return self.native.run(order, self.batch_size, lrs, self.optimizer.steps, losses,
                                corrects)
 
+
+
+def _lazy_buffers(engine: Engine, X: SparseRows, batch_size: int) -> tuple:
+    """The lazy update's marks (one per input column), room for the rows of W₁ a batch can
+    touch, and its undo buffer (their values, and the other parameters', three times)."""
+    rooms = min(X.batch_entries_bound(batch_size), engine.n_inputs)
+    rest = engine.n_params - engine.n_inputs * engine.n_hidden_1
+    return (np.zeros(engine.n_inputs, np.uint8), np.empty(max(rooms, 1), np.intp),
+            np.empty(3 * (max(rooms, 1) * engine.n_hidden_1 + rest), engine.dtype))
 
 
 def _batch_buffer(X, batch_size: int):

@@ -249,12 +249,14 @@ cdef class TrainingSteps:
 
     def __init__(self, Network net, params, grad, state1, state2, dict optimizer, X, labels,
                  targets, weights, workspace, label_buffer, batch_buffer, int n_threads=1,
-                 double clip_norm=0, uint64_t seed=0, touched=None):
+                 double clip_norm=0, uint64_t seed=0, touched=None, touched_rows=None,
+                 undo=None):
         """batch_buffer receives each gathered batch: for dense X, an array of the workspace's
         rows × n_0; for CSR rows, CSR rows of as many rows (indptr zeroed) whose indices and
         values hold the largest batch's entries (run() checks every batch against it).
-        touched, for the lazy update of CSR rows (step.pxd), is n_0 zeroed bytes, and grad
-        must then be zero."""
+        touched, for the lazy update of CSR rows (step.pxd), is n_0 zeroed bytes (grad must
+        then be zero), touched_rows room (intp) for the most rows of W₁ a batch can touch, and
+        undo 3 × (that × n_1 + the other parameters) of params' dtype."""
         if n_threads < 1:
             raise ValueError("n_threads must be positive")
         if (batch_buffer.__class__ is np.ndarray) != (X.__class__ is np.ndarray):
@@ -262,7 +264,7 @@ cdef class TrainingSteps:
         self.net, self.n_threads, self.n_rows = net, n_threads, X.shape[0]
         self.double_precision = params.dtype == np.float64
         self.keep = [params, grad, state1, state2, X, labels, targets, weights, workspace,
-                     label_buffer, batch_buffer, touched]
+                     label_buffer, batch_buffer, touched, touched_rows, undo]
         self.partial = np.zeros((n_threads, N_PARTIALS))
         if self.double_precision:
             _bind_step[double](&self.step, &net.layout, params, grad, state1, state2, X, labels,
@@ -272,18 +274,31 @@ cdef class TrainingSteps:
                               targets, weights, workspace, label_buffer, batch_buffer)
         self.entry_room = len(batch_buffer.indices) if self.step.data.x.kind == CSR_ROWS else 0
         cdef Step* S = &self.step
-        cdef unsigned char[::1] marks
         S.touched = NULL
         if touched is not None:
-            marks = touched
-            if S.data.x.kind != CSR_ROWS or marks.shape[0] != net.layout.sizes[0]:
-                raise ValueError("the lazy update needs CSR rows and a mark per input column")
-            S.touched, S.batch.clean_grad = &marks[0], True
+            self._bind_lazy(touched, touched_rows, undo)
         S.opt = make_config(optimizer)
         S.clip_norm, S.seed = clip_norm, seed
         S.exchange, S.exchange_context = NULL, NULL
         S.partial = &self.partial[0, 0]
         S.gscale, S.status = 1, STEP_OK
+
+    cdef _bind_lazy(self, unsigned char[::1] touched, Py_ssize_t[::1] touched_rows, undo):
+        cdef Step* S = &self.step
+        cdef Py_ssize_t n_0 = S.L.sizes[0], n_1 = S.L.sizes[1]
+        cdef Py_ssize_t rest = S.L.n_params - n_0 * n_1
+        cdef cnp.ndarray buffer = undo
+        if S.data.x.kind != CSR_ROWS or touched.shape[0] != n_0:
+            raise ValueError("the lazy update needs CSR rows and a mark per input column")
+        if touched_rows.shape[0] < min(self.entry_room, n_0):
+            raise ValueError("touched_rows holds fewer rows than a batch can touch")
+        if (buffer.dtype != (np.float64 if self.double_precision else np.float32)
+                or not buffer.flags.c_contiguous
+                or buffer.size < 3 * (touched_rows.shape[0] * n_1 + rest)):
+            raise ValueError("undo is too small, or not of params' dtype")
+        S.touched, S.touched_rows, S.batch.clean_grad = &touched[0], &touched_rows[0], True
+        S.n_rooms, S.undo_part = touched_rows.shape[0], touched_rows.shape[0] * n_1 + rest
+        S.undo = cnp.PyArray_DATA(buffer)
 
     def run(self, const Py_ssize_t[::1] order, int batch_size, const double[::1] lrs,
             long step0, double[::1] losses, double[::1] corrects):
@@ -315,7 +330,7 @@ cdef class TrainingSteps:
         failure = STEP_FAILURES.get(S.status) if done < n_steps else None
         if failure is not None and S.status != 4:   # the step failed before its update
             losses[done] = S.loss
-        return done, failure, S.status == 4
+        return done, failure, S.status == 4 and S.touched == NULL   # lazy: restored already
 
 
 cdef int _bind_step(Step* S, const Layout* L, floating[::1] params, floating[::1] grad,

@@ -65,9 +65,14 @@ cdef struct Step:
     exchange_fn exchange
     void* exchange_context
     double* partial             # (threads asked, N_PARTIALS)
-    unsigned char* touched      # the lazy update (CSR rows only; NULL: exact): (n_0,), 1 for
-                                # the rows of W₁ whose column the batch holds. Between steps
-                                # it is all 0, and so are the rows of dW₁ outside it.
+    # the lazy update (CSR rows only; touched NULL: exact). Between steps every mark is 0,
+    # and so is dW₁.
+    unsigned char* touched      # (n_0,): 1 for the rows of W₁ whose column the batch holds
+    Py_ssize_t* touched_rows    # those rows, in the order first seen (room for the most a
+    Py_ssize_t n_touched        #   batch can touch: n_rooms)
+    Py_ssize_t n_rooms
+    void* undo                  # 3 parts of undo_part = n_rooms × n_1 + the other parameters:
+    Py_ssize_t undo_part        #   the values the lazy update overwrote, restored if it fails
     # written by thread 0 between barriers, read by the team
     double scale, gscale, loss, correct
     int status
@@ -85,7 +90,7 @@ cdef inline void gather(Step* S, const floating* params, const Py_ssize_t* idx,
     cdef const floating* weights = <const floating*>S.data.weights
     gather_rows(&S.batch, &S.data.x, idx, mine)
     if S.touched != NULL and tid == 0:      # one writer: no two threads store to one mark
-        mark_columns(S.touched, &S.data.x, idx, rows)
+        S.n_touched = mark_columns(S.touched, S.touched_rows, &S.data.x, idx, rows)
     for i in range(mine.first, mine.first + mine.count):
         if S.data.labels != NULL:
             S.labels[i] = S.data.labels[idx[i]]
@@ -98,13 +103,21 @@ cdef inline void gather(Step* S, const floating* params, const Py_ssize_t* idx,
     barrier(team)
 
 
-cdef inline void mark_columns(unsigned char* touched, const Input* x, const Py_ssize_t* idx,
-                              Py_ssize_t rows) noexcept nogil:
-    """touched[c] := 1 for every column c with an entry in the rows idx[:rows] of x (CSR)"""
-    cdef Py_ssize_t i, k
+cdef inline Py_ssize_t mark_columns(unsigned char* touched, Py_ssize_t* touched_rows,
+                                    const Input* x, const Py_ssize_t* idx,
+                                    Py_ssize_t rows) noexcept nogil:
+    """touched[c] := 1 for every column c with an entry in the rows idx[:rows] of x (CSR),
+    listed in touched_rows; returns how many"""
+    cdef Py_ssize_t i, k, n = 0
+    cdef int c
     for i in range(rows):
         for k in range(x.indptr[idx[i]], x.indptr[idx[i] + 1]):
-            touched[x.indices[k]] = 1
+            c = x.indices[k]
+            if not touched[c]:
+                touched[c] = 1
+                touched_rows[n] = c
+                n += 1
+    return n
 
 
 cdef inline void loss(Step* S, const floating* out, Py_ssize_t rows, int tid,
@@ -191,6 +204,8 @@ cdef inline void update(Step* S, const floating* params, floating lr, long step,
         if bad:
             S.status = UPDATE_NOT_FINITE
     barrier(team)
+    if S.touched != NULL:
+        lazy_finish(S, params, S.status == UPDATE_NOT_FINITE, tid, team)
 
 
 # --- the lazy update (opt-in): the rows of W₁ the batch has no entry for are left alone -------
@@ -199,36 +214,63 @@ cdef inline void update(Step* S, const floating* params, floating lr, long step,
 
 cdef inline int lazy_update(Step* S, const floating* params, floating lr, long step, int tid,
                             int team) noexcept nogil:
-    """This thread's share of the touched rows of W₁ and of the other parameters: updated,
-    then (W₁) their gradient and mark cleared for the next step; non-zero if a parameter
-    became non-finite"""
-    cdef Py_ssize_t n_1 = S.L.sizes[1], w1 = <Py_ssize_t>S.L.sizes[0] * n_1, c, at
-    cdef Part rows = share(S.L.sizes[0], tid, team), rest = share(S.L.n_params - w1, tid, team)
+    """This thread's share of the touched rows of W₁ and of the other parameters, updated after
+    putting their values aside in undo; non-zero if a parameter became non-finite"""
+    cdef Py_ssize_t n_1 = S.L.sizes[1], w1 = <Py_ssize_t>S.L.sizes[0] * n_1, j, at
+    cdef Part mine = share(S.n_touched, tid, team), rest = share(S.L.n_params - w1, tid, team)
     cdef int bad = 0
-    for c in range(rows.first, rows.first + rows.count):
-        if S.touched[c]:
-            at = c * n_1
-            bad |= optimizer_update(&S.opt, lr, step, <floating*>S.params + at,
-                                    <floating*>S.grad + at, <floating*>S.state1 + at,
-                                    <floating*>S.state2 + at, n_1, <floating>S.gscale)
-            memset(<floating*>S.grad + at, 0, n_1 * sizeof(floating))
-            S.touched[c] = 0
-    at = w1 + rest.first
-    bad |= optimizer_update(&S.opt, lr, step, <floating*>S.params + at, <floating*>S.grad + at,
-                            <floating*>S.state1 + at, <floating*>S.state2 + at, rest.count,
+    for j in range(mine.first, mine.first + mine.count):
+        at = S.touched_rows[j] * n_1
+        bad |= lazy_run(S, lr, step, at, n_1, j * n_1)
+    return bad | lazy_run(S, lr, step, w1 + rest.first, rest.count,
+                          S.n_rooms * n_1 + rest.first)
+
+
+cdef inline int lazy_run(Step* S, floating lr, long step, Py_ssize_t at, Py_ssize_t n,
+                         Py_ssize_t slot) noexcept nogil:
+    """The parameters at..at+n (and their state) into undo at slot, then updated"""
+    cdef floating* undo = <floating*>S.undo + slot
+    cdef Py_ssize_t part = S.undo_part
+    memcpy(undo, <floating*>S.params + at, n * sizeof(floating))
+    memcpy(undo + part, <floating*>S.state1 + at, n * sizeof(floating))
+    memcpy(undo + 2 * part, <floating*>S.state2 + at, n * sizeof(floating))
+    return optimizer_update(&S.opt, lr, step, <floating*>S.params + at, <floating*>S.grad + at,
+                            <floating*>S.state1 + at, <floating*>S.state2 + at, n,
                             <floating>S.gscale)
-    return bad
+
+
+cdef inline void lazy_finish(Step* S, const floating* params, bint failed, int tid,
+                             int team) noexcept nogil:
+    """After the update: when it failed, this thread's share restored from undo (no parameter
+    keeps the failed step); then its touched rows' gradient and marks cleared for the next step"""
+    cdef Py_ssize_t n_1 = S.L.sizes[1], w1 = <Py_ssize_t>S.L.sizes[0] * n_1, j, at
+    cdef Part mine = share(S.n_touched, tid, team), rest = share(S.L.n_params - w1, tid, team)
+    cdef floating* undo = <floating*>S.undo
+    cdef Py_ssize_t part = S.undo_part, size = sizeof(floating)
+    for j in range(mine.first, mine.first + mine.count):
+        at = S.touched_rows[j] * n_1
+        if failed:
+            memcpy(<floating*>S.params + at, undo + j * n_1, n_1 * size)
+            memcpy(<floating*>S.state1 + at, undo + part + j * n_1, n_1 * size)
+            memcpy(<floating*>S.state2 + at, undo + 2 * part + j * n_1, n_1 * size)
+        memset(<floating*>S.grad + at, 0, n_1 * size)
+        S.touched[S.touched_rows[j]] = 0
+    if failed:
+        at = S.n_rooms * n_1 + rest.first
+        memcpy(<floating*>S.params + w1 + rest.first, undo + at, rest.count * size)
+        memcpy(<floating*>S.state1 + w1 + rest.first, undo + part + at, rest.count * size)
+        memcpy(<floating*>S.state2 + w1 + rest.first, undo + 2 * part + at, rest.count * size)
+    barrier(team)       # every mark is clear before thread 0 marks the next batch
 
 
 cdef inline double lazy_sum_of_squares(Step* S, const floating* params, int tid,
                                        int team) noexcept nogil:
     """This thread's share of ‖grad‖², reading only the touched rows of dW₁"""
-    cdef Py_ssize_t n_1 = S.L.sizes[1], w1 = <Py_ssize_t>S.L.sizes[0] * n_1, c
-    cdef Part rows = share(S.L.sizes[0], tid, team), rest = share(S.L.n_params - w1, tid, team)
+    cdef Py_ssize_t n_1 = S.L.sizes[1], w1 = <Py_ssize_t>S.L.sizes[0] * n_1, j
+    cdef Part mine = share(S.n_touched, tid, team), rest = share(S.L.n_params - w1, tid, team)
     cdef double total = sum_of_squares(<floating*>S.grad + w1 + rest.first, rest.count)
-    for c in range(rows.first, rows.first + rows.count):
-        if S.touched[c]:
-            total += sum_of_squares(<floating*>S.grad + c * n_1, n_1)
+    for j in range(mine.first, mine.first + mine.count):
+        total += sum_of_squares(<floating*>S.grad + S.touched_rows[j] * n_1, n_1)
     return total
 
 

@@ -294,3 +294,17 @@ def test_lazy_update_refuses_dense_rows_and_l2():
         cdnn.Trainer(net(), cdnn.Adam(), lazy_update=True).fit(X.toarray(), y, verbose=0)
     with pytest.raises(ValueError, match="use the optimizer's weight_decay"):
         cdnn.Trainer(net(l2=0.1), cdnn.Adam(), lazy_update=True).fit(X, y, verbose=0)
+
+
+def test_a_failed_lazy_step_leaves_the_last_finite_parameters():
+    """Diverging (float32, a huge learning rate), the lazy step restores what it overwrote:
+    the parameters are the exact path's after the same failure (plain SGD: one semantics)."""
+    X, y, _ = data()
+    params = []
+    for lazy in (False, True):
+        model = cdnn.MLP(SIZES, seed=0)
+        with pytest.raises(FloatingPointError, match="diverged"):
+            cdnn.Trainer(model, cdnn.SGD(1e36), batch_size=16, lazy_update=lazy).fit(
+                X, y, epochs=3, verbose=0)
+        params.append(model.params)
+    assert np.isfinite(params[1]).all() and np.array_equal(params[0], params[1])
