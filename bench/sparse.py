@@ -14,6 +14,7 @@ tf-idf rows are). A contender that is not installed is skipped with a note.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 import warnings
@@ -44,11 +45,12 @@ def make_sparse_classification(n_rows: int, n_features: int, n_classes: int, per
     return X, y
 
 
-def run_cdnn(X, y, X_test, y_test, seed):
+def run_cdnn(X, y, X_test, y_test, seed, lazy=False):
     import cdnn
     net = cdnn.MLP([X.shape[1], HIDDEN, int(y.max()) + 1], dtype=X.dtype.name, seed=seed)
     start = time.perf_counter()
-    cdnn.Trainer(net, cdnn.Adam(LR), batch_size=BATCH, seed=seed).fit(X, y, verbose=0)
+    cdnn.Trainer(net, cdnn.Adam(LR), batch_size=BATCH, seed=seed, lazy_update=lazy).fit(
+        X, y, verbose=0)
     seconds = time.perf_counter() - start
     return seconds, float((net.predict(X_test) == y_test).mean())
 
@@ -103,6 +105,7 @@ def run_torch(X, y, X_test, y_test, seed):
 
 CONTENDERS = {
     "cdnn float32": (run_cdnn, np.float32),
+    "cdnn float32, lazy update (opt-in)": (functools.partial(run_cdnn, lazy=True), np.float32),
     "scikit-learn float64": (run_sklearn, np.float64),
     "scikit-learn float32": (run_sklearn, np.float32),
     "pytorch float32 (sparse_csr_tensor)": (run_torch, np.float32),
