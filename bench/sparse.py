@@ -81,6 +81,8 @@ def run_torch(X, y, X_test, y_test, seed):
     opt = torch.optim.Adam(params, lr=LR)
     labels = torch.from_numpy(y)
 
+    warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant)")
+
     def batch_tensor(rows):
         return torch.sparse_csr_tensor(torch.from_numpy(rows.indptr.astype(np.int64)),
                                        torch.from_numpy(rows.indices.astype(np.int64)),
