@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data", nargs=2, metavar=("X", "Y"), help="train on your own data "
                        "instead: X as .npy, .csv or .npz (a sparse matrix from "
                        "scipy.sparse.save_npz), Y the class indices as .npy or .csv; the last "
-                       f"{TEST_FRACTION:.0%} of the rows are the test set")
+                       f"{TEST_FRACTION:.0%}% of the rows are the test set")
     train.add_argument("--hidden", type=_sizes, default=None,
                        help="hidden layer widths, e.g. 256,128 (default: 128 for digits, "
                        "256 for MNIST)")
