@@ -165,10 +165,10 @@ def bad_X(case):
         X = X.astype(object)
     elif case == "complex":
         X = X + 1j
-    elif case == "sparse":
-        X = scipy.sparse.csr_matrix(X)
-    elif case == "sparse array":
-        X = scipy.sparse.csr_array(X)
+    elif case == "sparse nan":      # sparse X is accepted: its bad values are named as dense
+        X = scipy.sparse.csr_matrix(bad_X("nan"))
+    elif case == "sparse array features":
+        X = scipy.sparse.csr_array(bad_X("features"))
     elif case == "None":
         X = None
     return X
@@ -185,8 +185,8 @@ X_CASES = [
     ("strings", TypeError, "X must hold numbers, got dtype <U"),
     ("object", TypeError, "X must hold numbers, got dtype object"),
     ("complex", TypeError, "X must hold numbers, got dtype complex128"),
-    ("sparse", TypeError, r"X is a sparse matrix.*X.toarray\(\)"),
-    ("sparse array", TypeError, r"X is a sparse matrix.*X.toarray\(\)"),
+    ("sparse nan", ValueError, r"X holds a non-finite value \(nan\) at row 3, column 2"),
+    ("sparse array features", ValueError, "X has 3 features per row, the network expects 4"),
     ("None", TypeError, "X must hold numbers, got dtype object"),
 ]
 
