@@ -96,20 +96,28 @@ cdef inline void _elementwise(int direction, floating* z, floating* a, floating*
                               const floating* bias, Py_ssize_t rows, Py_ssize_t cols,
                               Py_ssize_t ld, int kind, floating slope) noexcept nogil:
     """FORWARD: z += bias (kept only for GELU), a := f(z); BACKWARD: d := d · f'(z)"""
-    cdef Py_ssize_t i, j, row
+    cdef Py_ssize_t i, j
     cdef floating v
+    cdef floating* zr
+    cdef floating* ar
+    cdef floating* dr
     cdef bint keep = keeps_preactivation(kind)
-    for i in range(rows):
-        row = i * ld
-        if direction == FORWARD:
+    if direction == FORWARD:
+        for i in range(rows):
+            zr = z + i * ld
+            ar = a + i * ld
             for j in range(cols):
-                v = z[row + j] + bias[j]
+                v = zr[j] + bias[j]
                 if keep:
-                    z[row + j] = v
-                a[row + j] = activate(v, kind, slope)
-        else:
+                    zr[j] = v
+                ar[j] = activate(v, kind, slope)
+    else:
+        for i in range(rows):
+            dr = d + i * ld
+            ar = a + i * ld
+            zr = z + i * ld
             for j in range(cols):
-                d[row + j] = d[row + j] * derivative(a[row + j], z[row + j], kind, slope)
+                dr[j] = dr[j] * derivative(ar[j], zr[j], kind, slope)
 
 
 # d is dL/dz (rows, cols); dbias is (cols,). Threads that share a batch each take a range of
