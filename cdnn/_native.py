@@ -8,8 +8,20 @@ variable CDNN_KERNELS chooses: "auto" (the default: the fastest this CPU runs), 
 "avx2" (an error where that build cannot run).
 """
 import os
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
 
-from cdnn import _network
+try:
+    from cdnn import _network
+except ImportError:
+    # A source tree (e.g. the repository root on sys.path) has the package but not the
+    # compiled modules; Python would call that a circular import, which sends users astray.
+    _here = Path(__file__).parent
+    if not any((_here / f"_network{suffix}").exists() for suffix in EXTENSION_SUFFIXES):
+        raise ImportError(f"cdnn's compiled kernels are missing from {_here}: this is the source "
+                          "tree; build it in place (pip install -e .) or run from another "
+                          "folder so that the installed cdnn is imported") from None
+    raise
 
 CHOICES = ("auto", "portable", "avx2")
 
