@@ -35,6 +35,7 @@ class History:
         self.interrupted = False
 
     def append(self, epoch: int, logs: dict):
+        """Record one epoch's metrics (Trainer.fit calls this after each epoch)."""
         self.epoch.append(epoch)
         for key, value in logs.items():
             self.history.setdefault(key, []).append(value)
@@ -69,10 +70,11 @@ class History:
 class Trainer:
     """Trains an MLP with an optimizer on mini-batches.
 
-    schedule: optional callable (step_numbers, steps_per_epoch) -> learning-rate multipliers
-        of optimizer.lr, one per optimizer step (see cdnn.schedules).
-    clip_norm: if set, scale each step's gradient to at most this global L2 norm.
-    seed: the shuffling and dropout stream (default: the network's seed).
+    Args:
+        schedule: optional callable (step_numbers, steps_per_epoch) -> learning-rate multipliers
+            of optimizer.lr, one per optimizer step (see cdnn.schedules).
+        clip_norm: if set, scale each step's gradient to at most this global L2 norm.
+        seed: the shuffling and dropout stream (default: the network's seed).
     """
 
     def __init__(self, net: MLP, optimizer: Optimizer, batch_size: int = 32, *,

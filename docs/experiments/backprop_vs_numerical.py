@@ -23,7 +23,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 import cdnn  # noqa: E402
-from common import figure_path, output_folder, markdown_table, pyplot, write_report  # noqa: E402
+from common import figure_path, markdown_table, output_folder, pyplot, write_report  # noqa: E402
 
 WIDTHS = (2, 4, 8, 16, 32, 64, 128, 256, 512)
 N_IN, N_OUT, ROWS, SEED = 32, 10, 64, 0

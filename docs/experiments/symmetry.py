@@ -20,7 +20,8 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 import cdnn  # noqa: E402
-from common import figure_path, output_folder, load_data, markdown_table, pyplot, write_report  # noqa: E402
+from common import (  # noqa: E402
+    figure_path, load_data, markdown_table, output_folder, pyplot, write_report)
 
 HIDDEN = [64, 64]
 ACTIVATIONS = ("relu", "sigmoid")
