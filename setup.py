@@ -77,8 +77,8 @@ def builds_avx2() -> bool:
 
 def extensions() -> list[Extension]:
     """One extension per .pyx, plus an AVX2 variant of those the library runs. Cython runs once
-    per module (and only when src/ changed); a variant compiles the same C file with its module
-    init function renamed."""
+    per module (and only when src/ changed); a variant compiles the same C through a two-line
+    file of its own (its own object file, and its module's init function renamed)."""
     c_dir = BUILD / "cython"
     # setup.py too: its directives and flags shape the output
     newest_source = max(p.stat().st_mtime for p in [*Path("src").glob("*.p*"), Path(__file__)])
@@ -93,12 +93,15 @@ def extensions() -> list[Extension]:
                   define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
     exts = []
     for pyx in SOURCES:
-        c_file = [str(c_dir / pyx.with_suffix(".c"))]
-        exts.append(Extension(f"cdnn.{pyx.stem}", c_file, **common))
+        c_file = c_dir / pyx.with_suffix(".c")
+        exts.append(Extension(f"cdnn.{pyx.stem}", [str(c_file)], **common))
         if builds_avx2() and pyx.stem not in PORTABLE_ONLY:
-            macros = common["define_macros"] + [(f"PyInit_{pyx.stem}", f"PyInit_{pyx.stem}_avx2")]
-            exts.append(Extension(f"cdnn.{pyx.stem}_avx2", c_file, **{**common,
-                                                                       "define_macros": macros}))
+            variant = c_file.with_name(f"{pyx.stem}_avx2.c")
+            text = f'#define PyInit_{pyx.stem} PyInit_{pyx.stem}_avx2\n#include "{c_file.name}"\n'
+            if not variant.exists() or variant.read_text() != text:
+                variant.write_text(text)
+            exts.append(Extension(f"cdnn.{pyx.stem}_avx2", [str(variant)], depends=[str(c_file)],
+                                  **common))
     return exts
 
 
