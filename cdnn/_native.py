@@ -4,8 +4,8 @@ setup.py builds src/_network.pyx (the engine) and src/_testing.pyx (wrappers onl
 call) for any x86-64 CPU (cdnn._network, cdnn._testing) and, on x86-64, the engine again with
 AVX2 (cdnn._network_avx2). The two compute the same bits (tests/test_native.py checks it), so
 the test wrappers have the portable build only; the AVX2 build's element-wise loops are twice
-as wide. The environment variable CDNN_KERNELS chooses: "auto" (the default: the fastest this CPU runs), "portable" or
-"avx2" (an error where that build cannot run).
+as wide. The environment variable CDNN_KERNELS chooses: "auto" (the default: the fastest this
+CPU runs), "portable" or "avx2" (an error where that build cannot run).
 """
 import os
 from importlib.machinery import EXTENSION_SUFFIXES
