@@ -13,8 +13,8 @@ argument before a kernel runs). CDNN_DEBUG=1 builds with them on, unoptimised an
 for running the test suite under checks; it builds in build/debug, apart from the release's
 build/release.
 
-Build time: Cython translates each .pyx once (its AVX2 variant compiles the same C), and the
-build directory keeps the C and the compiled modules, so another `pip install .` from the same
+Build time: Cython translates each .pyx once, at build_ext (its AVX2 variant compiles the same
+C), and the build directory keeps the C and the compiled modules, so another `pip install .` from the same
 checkout (the README's test command after its install command) compiles only what src/ changed.
 """
 import os
@@ -75,33 +75,43 @@ def builds_avx2() -> bool:
             and "arm64" not in os.environ.get("ARCHFLAGS", ""))
 
 
-def extensions() -> list[Extension]:
-    """One extension per .pyx, plus an AVX2 variant of those the library runs. Cython runs once
-    per module (and only when src/ changed); a variant compiles the same C through a two-line
-    file of its own (its own object file, and its module's init function renamed)."""
-    c_dir = BUILD / "cython"
-    # setup.py too: its directives and flags shape the output
+def c_file(pyx: Path) -> Path:
+    return BUILD / "cython" / pyx.with_suffix(".c")
+
+
+def variant_file(pyx: Path) -> Path:
+    """The AVX2 variant's C: the module's C with its init function renamed, in a file of its
+    own so that the two builds never share an object file."""
+    return c_file(pyx).with_name(f"{pyx.stem}_avx2.c")
+
+
+def translate():
+    """Cython: the modules whose C is older than src/ or setup.py (whose directives shape it)."""
     newest_source = max(p.stat().st_mtime for p in [*Path("src").glob("*.p*"), Path(__file__)])
-    stale = [p for p in SOURCES if not (c_dir / p.with_suffix(".c")).exists()
-             or (c_dir / p.with_suffix(".c")).stat().st_mtime < newest_source]
+    stale = [p for p in SOURCES if not c_file(p).exists()
+             or c_file(p).stat().st_mtime < newest_source]
     if stale:
         # force: Cython's own check also looks at numpy's and scipy's .pxd files, which are new
         # in every isolated build environment, and so would translate everything every time
         cythonize([Extension(f"cdnn.{p.stem}", [str(p)]) for p in stale], include_path=["src"],
-                  compiler_directives=directives, build_dir=str(c_dir), force=True)
+                  compiler_directives=directives, build_dir=str(BUILD / "cython"), force=True)
+    for pyx in SOURCES:
+        text = f'#define PyInit_{pyx.stem} PyInit_{pyx.stem}_avx2\n#include "{c_file(pyx).name}"\n'
+        if not variant_file(pyx).exists() or variant_file(pyx).read_text() != text:
+            variant_file(pyx).write_text(text)
+
+
+def extensions() -> list[Extension]:
+    """One extension per .pyx, plus an AVX2 variant of those the library runs; their C is made
+    by translate() when they are built (an sdist needs none)."""
     common = dict(include_dirs=[np.get_include()],
                   define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
     exts = []
     for pyx in SOURCES:
-        c_file = c_dir / pyx.with_suffix(".c")
-        exts.append(Extension(f"cdnn.{pyx.stem}", [str(c_file)], **common))
+        exts.append(Extension(f"cdnn.{pyx.stem}", [str(c_file(pyx))], **common))
         if builds_avx2() and pyx.stem not in PORTABLE_ONLY:
-            variant = c_file.with_name(f"{pyx.stem}_avx2.c")
-            text = f'#define PyInit_{pyx.stem} PyInit_{pyx.stem}_avx2\n#include "{c_file.name}"\n'
-            if not variant.exists() or variant.read_text() != text:
-                variant.write_text(text)
-            exts.append(Extension(f"cdnn.{pyx.stem}_avx2", [str(variant)], depends=[str(c_file)],
-                                  **common))
+            exts.append(Extension(f"cdnn.{pyx.stem}_avx2", [str(variant_file(pyx))],
+                                  depends=[str(c_file(pyx))], **common))
     return exts
 
 
@@ -115,6 +125,7 @@ class build_ext_per_compiler(build_ext):
             self.parallel = os.cpu_count() or 1
 
     def build_extensions(self):
+        translate()
         kind = self.compiler.compiler_type
         flags = MSVC if kind == "msvc" else GCC_LIKE
         omp_compile, omp_link = openmp_flags(kind)
