@@ -42,6 +42,7 @@ class Callback:
         self.trainer = trainer
 
     def set_params(self, params: dict):
+        """Called by Trainer.fit before on_train_begin: sets self.params (what fit will do)."""
         self.params = params
 
     def on_train_begin(self, logs=None):

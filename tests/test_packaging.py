@@ -54,3 +54,9 @@ def test_every_public_name_has_a_docstring(module_name):
                     if not ((vars(obj).get("__doc__") if inspect.isclass(obj)
                              else inspect.getdoc(obj)) or "").strip()]
     assert not undocumented, f"public names without a docstring: {undocumented}"
+
+
+def test_the_api_reference_lists_every_public_name():
+    reference = (Path(__file__).resolve().parents[1] / "docs" / "api" / "reference.rst").read_text()
+    missing = [name for name in cdnn.__all__ if f"cdnn.{name}\n" not in reference]
+    assert not missing, f"add these to docs/api/reference.rst: {missing}"
