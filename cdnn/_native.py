@@ -1,21 +1,33 @@
 """The compiled kernels: the AVX2 build where the CPU has AVX2, else the portable one.
 
 setup.py builds src/_network.pyx (the engine) and src/_testing.pyx (wrappers only the tests
-call) for any x86-64 CPU (cdnn._network, cdnn._testing) and, on x86-64, again with AVX2
-(cdnn._network_avx2, cdnn._testing_avx2). The two
-compute the same bits; the AVX2 build's element-wise loops are twice as wide. The environment
-variable CDNN_KERNELS chooses: "auto" (the default: the fastest this CPU runs), "portable" or
-"avx2" (an error where that build cannot run).
+call) for any x86-64 CPU (cdnn._network, cdnn._testing) and, on x86-64, the engine again with
+AVX2 (cdnn._network_avx2). The two compute the same bits (tests/test_native.py checks it), so
+the test wrappers have the portable build only; the AVX2 build's element-wise loops are twice
+as wide. The environment variable CDNN_KERNELS chooses: "auto" (the default: the fastest this
+CPU runs), "portable" or "avx2" (an error where that build cannot run).
 """
 import os
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
 
-from cdnn import _network
+try:
+    from cdnn import _network
+except ImportError:
+    # A source tree (e.g. the repository root on sys.path) has the package but not the
+    # compiled modules; Python would call that a circular import, which sends users astray.
+    _here = Path(__file__).parent
+    if not any((_here / f"_network{suffix}").exists() for suffix in EXTENSION_SUFFIXES):
+        raise ImportError(f"cdnn's compiled kernels are missing from {_here}: this is the source "
+                          "tree; build it in place (pip install -e .) or run from another "
+                          "folder so that the installed cdnn is imported") from None
+    raise
 
 CHOICES = ("auto", "portable", "avx2")
 
 
 def _avx2_build():
-    """The AVX2 modules, or why this machine cannot run them"""
+    """The AVX2 engine, or why this machine cannot run it"""
     if not _network.cpu_supports_avx2():
         return "this CPU (or its OS) does not support AVX2"
     try:
@@ -40,10 +52,10 @@ if _choice != "portable":
 
 
 def testing_kernels():
-    """The test-only kernel wrappers of the build the library runs (imported on demand, so
-    that production never loads them)."""
-    import importlib
-    return importlib.import_module("cdnn._testing" + ("_avx2" if VARIANT == "avx2" else ""))
+    """The test-only kernel wrappers, the portable build (imported on demand, so that
+    production never loads them)."""
+    from cdnn import _testing
+    return _testing
 
 
 __all__ = ["VARIANT", "_network", "testing_kernels"]

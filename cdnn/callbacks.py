@@ -32,26 +32,30 @@ from cdnn._validation import check_positive_int, check_real
 
 
 class Callback:
+    """Base class of callbacks: override the hooks you need (each does nothing here)."""
+
     trainer = None
     params: dict = {}
 
     def set_trainer(self, trainer):
+        """Called by Trainer.fit before on_train_begin: sets self.trainer."""
         self.trainer = trainer
 
     def set_params(self, params: dict):
+        """Called by Trainer.fit before on_train_begin: sets self.params (what fit will do)."""
         self.params = params
 
     def on_train_begin(self, logs=None):
-        pass
+        """Once, before the first epoch."""
 
     def on_epoch_begin(self, epoch: int, logs=None):
-        pass
+        """Before each epoch; epoch counts from 0 within this fit."""
 
     def on_epoch_end(self, epoch: int, logs=None):
-        pass
+        """After each epoch's steps and validation; logs holds the epoch's metrics."""
 
     def on_train_end(self, logs=None):
-        pass
+        """Once at the end, also after an early stop, an error or Ctrl-C."""
 
 
 def _improvement_test(monitor: str, mode: str, min_delta: float):

@@ -21,17 +21,18 @@ ACTIVATIONS = tuple(_network.ACTIVATIONS)
 class MLP:
     """A fully-connected feedforward network.
 
-    layer_sizes: widths from input to output, e.g. [784, 512, 512, 10].
-    activation: of the hidden layers — one name, or one per hidden layer. The output layer is
-        linear; the loss applies softmax or sigmoid to it.
-    loss: "softmax_cross_entropy" (labels: class indices or one-hot rows),
-        "sigmoid_cross_entropy" (binary or multi-label targets in [0, 1]) or
-        "mean_squared_error" (regression).
-    init: a weight initialiser name (he_uniform for the ReLU family, glorot_uniform otherwise);
-        biases start at zero. "zeros" never breaks the symmetry between units.
-    dropout: rate on the output of each hidden layer (one number or one per hidden layer),
-        active only while training.
-    l2: penalty l2/2 · Σ‖W‖² on the weights (not biases), added to the loss.
+    Args:
+        layer_sizes: widths from input to output, e.g. [784, 512, 512, 10].
+        activation: of the hidden layers — one name, or one per hidden layer. The output layer is
+            linear; the loss applies softmax or sigmoid to it.
+        loss: "softmax_cross_entropy" (labels: class indices or one-hot rows),
+            "sigmoid_cross_entropy" (binary or multi-label targets in [0, 1]) or
+            "mean_squared_error" (regression).
+        init: a weight initialiser name (he_uniform for the ReLU family, glorot_uniform otherwise);
+            biases start at zero. "zeros" never breaks the symmetry between units.
+        dropout: rate on the output of each hidden layer (one number or one per hidden layer),
+            active only while training.
+        l2: penalty l2/2 · Σ‖W‖² on the weights (not biases), added to the loss.
     """
 
     def __init__(self, layer_sizes: Sequence[int], activation: str | Sequence[str] = "relu",
@@ -85,10 +86,12 @@ class MLP:
 
     @property
     def n_inputs(self) -> int:
+        """The number of input features (layer_sizes[0])."""
         return self.layer_sizes[0]
 
     @property
     def n_outputs(self) -> int:
+        """The number of outputs (layer_sizes[-1])."""
         return self.layer_sizes[-1]
 
     def get_config(self) -> dict:

@@ -16,6 +16,8 @@ import numpy as np
 
 from cdnn._validation import check_positive_int, check_real
 
+__all__ = ["Schedule", "StepDecay", "ExponentialDecay", "CosineWithWarmup"]
+
 
 class Schedule:
     """Base class: subclasses implement factors(steps, steps_per_epoch) on a float array."""
@@ -28,6 +30,7 @@ class Schedule:
         return self.factors(steps.astype(np.float64), steps_per_epoch)
 
     def factors(self, steps: np.ndarray, steps_per_epoch: int) -> np.ndarray:
+        """The multiplier of lr at each of steps (float optimizer step numbers from 0)."""
         raise NotImplementedError
 
     def __repr__(self):

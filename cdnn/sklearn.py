@@ -5,11 +5,13 @@
 Same constructor parameters, fitted attributes and methods as scikit-learn's, plus `dtype`
 (float32 by default). Training runs through cdnn.MLP and cdnn.Trainer: one native call per run
 of mini-batches, with this module's callback doing scikit-learn's per-epoch bookkeeping
-(loss_curve_, tol / n_iter_no_change, early stopping, the 'invscaling' and 'adaptive' learning
+(`loss_curve_`, tol / n_iter_no_change, early stopping, the 'invscaling' and 'adaptive' learning
 rates). solver='lbfgs' runs scipy's L-BFGS-B over the flat parameter buffer.
 
-How scikit-learn's objective maps onto cdnn's. scikit-learn descends, per batch of B rows,
+How scikit-learn's objective maps onto cdnn's. scikit-learn descends, per batch of B rows::
+
     Σ_rows Σ_outputs ℓ / B  +  alpha / (2B) · Σ‖W‖²        (ℓ: log loss, or ½ squared error)
+
 cdnn's losses are means: over rows for softmax, over rows × k outputs for sigmoid and squared
 error (whose ℓ has no ½). So cdnn's gradient is c × scikit-learn's, with c = 1 (softmax),
 1/k (sigmoid) or 2/k (squared error); we pass MLP(l2 = c·alpha/B), divide SGD's learning rate
@@ -387,7 +389,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Multi-layer perceptron classifier: scikit-learn's MLPClassifier, trained by cdnn.
 
     Multiclass targets train a softmax output; binary and multi-label (indicator matrix)
-    targets a sigmoid output per label. Class labels may be any values (classes_ maps them).
+    targets a sigmoid output per label. Class labels may be any values (`classes_` maps them).
     """
 
     _score_function = staticmethod(accuracy_score)
@@ -457,7 +459,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             proba.ravel() if self.n_outputs_ == 1 else proba)
 
     def predict_proba(self, X) -> np.ndarray:
-        """Probability of each class, columns in the order of classes_."""
+        """Probability of each class, columns in the order of `classes_`."""
         check_is_fitted(self)
         proba = self._net.predict_proba(self._check_X(X))
         if self.n_outputs_ == 1:

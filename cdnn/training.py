@@ -35,6 +35,7 @@ class History:
         self.interrupted = False
 
     def append(self, epoch: int, logs: dict):
+        """Record one epoch's metrics (Trainer.fit calls this after each epoch)."""
         self.epoch.append(epoch)
         for key, value in logs.items():
             self.history.setdefault(key, []).append(value)
@@ -69,14 +70,16 @@ class History:
 class Trainer:
     """Trains an MLP with an optimizer on mini-batches.
 
-    schedule: optional callable (step_numbers, steps_per_epoch) -> learning-rate multipliers
-        of optimizer.lr, one per optimizer step (see cdnn.schedules).
-    clip_norm: if set, scale each step's gradient to at most this global L2 norm.
-    seed: the shuffling and dropout stream (default: the network's seed).
-    lazy_update: opt-in, for sparse X: update only the rows of the first layer's weights whose
-        input column the batch holds (PyTorch's SparseAdam semantics: the other rows' momentum
-        and moments do not decay, weight decay skips them). Much faster for wide inputs, but a
-        different optimizer: the default updates every row, as the dense path does.
+    Args:
+        schedule: optional callable (step_numbers, steps_per_epoch) -> learning-rate multipliers
+            of optimizer.lr, one per optimizer step (see cdnn.schedules).
+        clip_norm: if set, scale each step's gradient to at most this global L2 norm.
+        seed: the shuffling and dropout stream (default: the network's seed).
+        lazy_update: opt-in, for sparse X: update only the rows of the first layer's weights
+            whose input column the batch holds (PyTorch's SparseAdam semantics: the other rows'
+            momentum and moments do not decay, weight decay skips them). Much faster for wide
+            inputs, but a different optimizer: the default updates every row, as the dense
+            path does.
     """
 
     def __init__(self, net: MLP, optimizer: Optimizer, batch_size: int = 32, *,

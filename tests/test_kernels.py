@@ -7,7 +7,7 @@ from cdnn import _native
 from cdnn._native import _network
 from conftest import DTYPES, RTOL
 
-kernels = _native.testing_kernels()   # the build the library runs
+kernels = _native.testing_kernels()   # portable: test_native.py shows the AVX2 engine matches it
 
 ACTIVATIONS = ["identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu"]
 # (rows, n_in, n_out): one row, one unit, widths that are not multiples of 8

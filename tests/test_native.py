@@ -65,7 +65,8 @@ def test_the_library_runs_the_fastest_build_this_cpu_can():
     expected = "avx2" if HAS_AVX2_BUILD and _network.cpu_supports_avx2() else "portable"
     assert _native.VARIANT == expected
     assert _native._network.__name__.endswith("_avx2") == (expected == "avx2")
-    assert _native.testing_kernels().__name__.endswith("_avx2") == (expected == "avx2")
+    # one build of the test wrappers (setup.py): the bits of the two engines are compared below
+    assert _native.testing_kernels().__name__ == "cdnn._testing"
 
 
 def variant_under(kernels):

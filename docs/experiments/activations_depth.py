@@ -8,7 +8,7 @@ initialisation and after training, and the test accuracy reached. One more run t
 sigmoid network with Adam, which divides each parameter's step by that parameter's recent
 gradient size, to see how much a tiny gradient still matters then.
 
-Run: python docs/experiments/activations_depth.py   (about 3 minutes on 2 cores)
+Run: python docs/experiments/activations_depth.py [--out DIR]  (about 3 minutes on 2 cores)
 """
 import os
 
@@ -21,7 +21,8 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 import cdnn  # noqa: E402
-from common import FIGURES, load_data, markdown_table, pyplot, write_report  # noqa: E402
+from common import (  # noqa: E402
+    figure_path, load_data, markdown_table, output_folder, pyplot, write_report)
 
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "gelu")
 DEPTH, WIDTH = 8, 64
@@ -44,6 +45,7 @@ def layer_grad_norms(net, X, y) -> np.ndarray:
 
 
 def main():
+    out = output_folder(__doc__)
     started = time.perf_counter()
     X, y, X_test, y_test, data_name = load_data(N_TRAIN)
     probe = X[:PROBE_ROWS], y[:PROBE_ROWS]
@@ -75,7 +77,7 @@ def main():
               f"{before[1] / before[DEPTH - 1]:.2g} at init, {after[1] / after[DEPTH - 1]:.2g} "
               f"after; test accuracy {[round(a, 4) for a in accs]}", flush=True)
 
-    plot(results, data_name)
+    plot(results, data_name, out)
     table = markdown_table(
         ["activation", "init", "optimizer", "‖∂L/∂W₁‖ at init", "‖∂L/∂W₉‖ at init", "W₂/W₈ at init",
          "growth per layer toward the output, at init", "‖∂L/∂W₁‖ trained", "‖∂L/∂W₉‖ trained",
@@ -88,10 +90,10 @@ def main():
                 f"the seeds. W₁ ({sizes[0]} × {WIDTH}) and W₉ ({WIDTH} × 10) differ in size "
                 f"from the rest, so the ratios compare W₂ and W₈ (both {WIDTH} × {WIDTH}); the "
                 f"growth per layer is (‖∂L/∂W₈‖ / ‖∂L/∂W₂‖)^(1/{DEPTH - 2}).")
-    write_report("activations_depth", "Activations and depth", settings, table, started)
+    write_report(out, "activations_depth", "Activations and depth", settings, table, started)
 
 
-def plot(results, data_name):
+def plot(results, data_name, out):
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     layers = np.arange(1, DEPTH + 2)
@@ -118,7 +120,7 @@ def plot(results, data_name):
                  f"Adam ({data_name})",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(FIGURES / "activations_depth.png", dpi=120)
+    fig.savefig(figure_path(out, "activations_depth"), dpi=120)
     plt.close(fig)
 
 

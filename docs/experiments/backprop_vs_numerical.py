@@ -10,7 +10,7 @@ For the largest networks a full finite-difference gradient would take minutes, s
 measured on a random sample of coordinates and scaled by P / sample (every coordinate costs the
 same two forward passes); the agreement is then checked on that sample. The table marks these.
 
-Run: python docs/experiments/backprop_vs_numerical.py   (about 1 minute on 2 cores)
+Run: python docs/experiments/backprop_vs_numerical.py [--out DIR]  (about 1 minute on 2 cores)
 """
 import os
 
@@ -23,7 +23,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 import cdnn  # noqa: E402
-from common import FIGURES, markdown_table, pyplot, write_report  # noqa: E402
+from common import figure_path, markdown_table, output_folder, pyplot, write_report  # noqa: E402
 
 WIDTHS = (2, 4, 8, 16, 32, 64, 128, 256, 512)
 N_IN, N_OUT, ROWS, SEED = 32, 10, 64, 0
@@ -59,6 +59,7 @@ def finite_differences(net, X, y, coords) -> tuple[float, np.ndarray]:
 
 
 def main():
+    out = output_folder(__doc__)
     started = time.perf_counter()
     rng = np.random.default_rng(SEED)
     X = rng.standard_normal((ROWS, N_IN))
@@ -92,7 +93,7 @@ def main():
     big = P >= 1000
     slope_bp = np.polyfit(np.log(P[big]), np.log(t_bp[big]), 1)[0]
     slope_fd = np.polyfit(np.log(P[big]), np.log(t_fd[big]), 1)[0]
-    plot(points, slope_bp, slope_fd)
+    plot(points, slope_bp, slope_fd, out)
     table = markdown_table(["network", "parameters P", "backprop (ms)",
                             "finite differences (s)", "ratio", "coordinates compared",
                             "max relative error", "median relative error",
@@ -104,11 +105,11 @@ def main():
                 f"Fitted log-log slopes for P ≥ 1000: backprop {slope_bp:.2f}, finite "
                 f"differences {slope_fd:.2f}. Elementwise relative error: "
                 f"|g − ĝ| / max(|g|, |ĝ|, 10⁻⁶·max|g|).")
-    write_report("backprop_vs_numerical", "Backpropagation vs numerical differentiation",
+    write_report(out, "backprop_vs_numerical", "Backpropagation vs numerical differentiation",
                  settings, table, started)
 
 
-def plot(points, slope_bp, slope_fd):
+def plot(points, slope_bp, slope_fd, out):
     plt = pyplot()
     P, t_bp, t_fd, full, rel, normwise, median = (np.array([p[k] for p in points])
                                                   for k in range(7))
@@ -132,7 +133,7 @@ def plot(points, slope_bp, slope_fd):
     for ax in (ax_t, ax_e):
         ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    fig.savefig(FIGURES / "backprop_vs_numerical.png", dpi=120)
+    fig.savefig(figure_path(out, "backprop_vs_numerical"), dpi=120)
     plt.close(fig)
 
 

@@ -5,7 +5,7 @@ network has (within 2%) as many parameters as the 1-layer network of width 64. S
 optimizer, batch size and epochs for all; 3 seeds each. Prints test accuracy (mean ± sd) and
 writes the learning curves to docs/figures/deep_vs_wide.png.
 
-Run: python docs/experiments/deep_vs_wide.py   (about 3 minutes on 2 cores)
+Run: python docs/experiments/deep_vs_wide.py [--out DIR]  (about 3 minutes on 2 cores)
 """
 import os
 
@@ -18,7 +18,8 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 import cdnn  # noqa: E402
-from common import FIGURES, load_data, markdown_table, pyplot, write_report  # noqa: E402
+from common import (  # noqa: E402
+    figure_path, load_data, markdown_table, output_folder, pyplot, write_report)
 
 DEPTHS = (1, 2, 4, 8)
 BASE_WIDTH = 64           # the 1-hidden-layer network sets the parameter budget
@@ -38,6 +39,7 @@ def width_for(n_in: int, depth: int, n_out: int, budget: int) -> int:
 
 
 def main():
+    out = output_folder(__doc__)
     started = time.perf_counter()
     X, y, X_test, y_test, data_name = load_data(N_TRAIN)
     n_in, n_out = X.shape[1], 10
@@ -66,7 +68,7 @@ def main():
         print(f"depth {depth}: width {width}, {count} params, test accuracy "
               f"{[round(a, 4) for a in accs]}", flush=True)
 
-    plot(curves, data_name)
+    plot(curves, data_name, out)
     table = markdown_table(["hidden layers", "width", "parameters", "vs budget",
                             "test accuracy % (mean ± sd, 3 seeds)", "best seed %",
                             "train s / run"], rows)
@@ -74,11 +76,11 @@ def main():
                 f"batch {BATCH}, {EPOCHS} epochs, seeds {list(SEEDS)}; the parameter budget is "
                 f"the 1×{BASE_WIDTH} network's {budget:,}. Accuracy is on the test set after the "
                 f"last epoch.")
-    write_report("deep_vs_wide", "Deep vs wide at an equal parameter count", settings, table,
+    write_report(out, "deep_vs_wide", "Deep vs wide at an equal parameter count", settings, table,
                  started)
 
 
-def plot(curves, data_name):
+def plot(curves, data_name, out):
     plt = pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = np.arange(1, EPOCHS + 1)
@@ -97,7 +99,7 @@ def plot(curves, data_name):
     fig.suptitle(f"Equal parameter count ({data_name}); mean ± sd over {len(SEEDS)} seeds",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(FIGURES / "deep_vs_wide.png", dpi=120)
+    fig.savefig(figure_path(out, "deep_vs_wide"), dpi=120)
     plt.close(fig)
 
 

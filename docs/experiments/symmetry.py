@@ -7,7 +7,7 @@ each initialisation and, after every epoch, counts the distinct columns of the f
 layer's weights (exact equality) and their mean pairwise distance; it also reports the test
 accuracy reached. Biases start at zero in every case.
 
-Run: python docs/experiments/symmetry.py   (about 1 minute on 2 cores)
+Run: python docs/experiments/symmetry.py [--out DIR]  (about 1 minute on 2 cores)
 """
 import os
 
@@ -20,7 +20,8 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 import cdnn  # noqa: E402
-from common import FIGURES, load_data, markdown_table, pyplot, write_report  # noqa: E402
+from common import (  # noqa: E402
+    figure_path, load_data, markdown_table, output_folder, pyplot, write_report)
 
 HIDDEN = [64, 64]
 ACTIVATIONS = ("relu", "sigmoid")
@@ -76,6 +77,7 @@ def run(activation: str, init: str, dtype: str, data):
 
 
 def main():
+    out = output_folder(__doc__)
     started = time.perf_counter()
     X, y, X_test, y_test, data_name = load_data(N_TRAIN)
     results, rows = {}, []
@@ -90,7 +92,7 @@ def main():
         print(f"{activation:8s} {label:15s} {dtype} distinct {spread[0][0]}→{spread[-1][0]} "
               f"(at tolerance {spread[-1][1]}), test accuracy {acc[-1]:.4f}", flush=True)
 
-    plot(results, data_name)
+    plot(results, data_name, out)
     table = markdown_table(
         ["activation", "initial weights", "dtype",
          f"distinct units (of {HIDDEN[0]}), bit for bit, start → end",
@@ -104,10 +106,10 @@ def main():
                 f"matrix ({n_in} × {HIDDEN[0]}). Bit for bit: the number of different columns; "
                 f"at tolerance: columns within {TOLERANCE:g} × the RMS column norm of each other "
                 f"count as one unit.")
-    write_report("symmetry", "Initialisation and symmetry", settings, table, started)
+    write_report(out, "symmetry", "Initialisation and symmetry", settings, table, started)
 
 
-def plot(results, data_name):
+def plot(results, data_name, out):
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
     epochs = np.arange(EPOCHS + 1)
@@ -135,7 +137,7 @@ def plot(results, data_name):
     fig.suptitle(f"The units of hidden layer 1 under each initialisation ({data_name})",
                  fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.83, 1))
-    fig.savefig(FIGURES / "symmetry.png", dpi=120)
+    fig.savefig(figure_path(out, "symmetry"), dpi=120)
     plt.close(fig)
 
 

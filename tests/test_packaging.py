@@ -1,0 +1,62 @@
+"""How cdnn meets a new user: importing it from a source tree without compiled kernels says in
+one line what to do (issue 17: it was a confusing "circular import"), and every public name has
+the docstring that the API reference (docs/api) is generated from."""
+import importlib
+import inspect
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import cdnn
+
+PUBLIC_MODULES = ["cdnn", "cdnn.datasets", "cdnn.schedules", "cdnn.sklearn"]
+
+# An editable install's import hook would supply the kernels from its own tree; a user's plain
+# source tree has no such hook, so the child drops it.
+IMPORT_WITHOUT_EDITABLE_HOOKS = (
+    "import sys; sys.meta_path[:] = [f for f in sys.meta_path "
+    "if 'editable' not in getattr(f, '__module__', '') + repr(f)]; import cdnn")
+
+
+def test_a_source_tree_without_kernels_says_what_to_do(tmp_path):
+    shutil.copytree(Path(cdnn.__file__).parent, tmp_path / "cdnn",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    child = subprocess.run([sys.executable, "-c", IMPORT_WITHOUT_EDITABLE_HOOKS], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60)
+    assert child.returncode != 0
+    last = child.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: cdnn's compiled kernels are missing"), child.stderr
+    assert "pip install -e ." in last and "circular" not in child.stderr
+
+
+def public_names(module):
+    """(qualified name, object) for each name in __all__, and each class's public methods and
+    properties (an inherited docstring counts: an override documents itself by its base)."""
+    for name in module.__all__:
+        obj = getattr(module, name)
+        yield f"{module.__name__}.{name}", obj
+        if inspect.isclass(obj):
+            for attr, value in inspect.getmembers(obj):
+                if not attr.startswith("_") and (callable(value) or isinstance(value, property)):
+                    yield f"{module.__name__}.{name}.{attr}", value
+
+
+@pytest.mark.parametrize("module_name", PUBLIC_MODULES)
+def test_every_public_name_has_a_docstring(module_name):
+    if module_name == "cdnn.sklearn":
+        pytest.importorskip("sklearn")
+    module = importlib.import_module(module_name)
+    # a class must have its own docstring (getdoc would fall back on its base class's)
+    undocumented = [name for name, obj in public_names(module)
+                    if not ((vars(obj).get("__doc__") if inspect.isclass(obj)
+                             else inspect.getdoc(obj)) or "").strip()]
+    assert not undocumented, f"public names without a docstring: {undocumented}"
+
+
+def test_the_api_reference_lists_every_public_name():
+    reference = (Path(__file__).resolve().parents[1] / "docs" / "api" / "reference.rst").read_text()
+    missing = [name for name in cdnn.__all__ if f"cdnn.{name}\n" not in reference]
+    assert not missing, f"add these to docs/api/reference.rst: {missing}"
