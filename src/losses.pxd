@@ -13,6 +13,7 @@ cdef enum Loss:
     SOFTMAX_CROSS_ENTROPY = 0
     SIGMOID_CROSS_ENTROPY = 1
     MEAN_SQUARED_ERROR = 2
+    POISSON = 3
 
 
 cdef inline double softmax_cross_entropy(const floating* logits, const int* labels,
@@ -90,6 +91,27 @@ cdef inline double mean_squared_error(const floating* outputs, const floating* t
     return scale * total
 
 
+cdef inline double poisson(const floating* outputs, const floating* targets,
+                          const floating* weights, floating scale, floating* delta,
+                          Py_ssize_t rows, Py_ssize_t k) noexcept nogil:
+    """ℓ = Σ_j t·(log t − y) − t + eʸ, half the Poisson deviance of the mean μ = eʸ (0 when
+    μ = t; t·log t is 0 at t = 0); delta = scale·w·(eʸ − t)"""
+    cdef Py_ssize_t i, j
+    cdef floating y, t, w, mu
+    cdef double total = 0, row_loss
+    for i in range(rows):
+        w = weights[i] if weights != NULL else 1
+        row_loss = 0
+        for j in range(k):
+            y = outputs[i * k + j]
+            t = targets[i * k + j]
+            mu = fexp(y)
+            row_loss += (t * (flog(t) - y) - t if t > 0 else 0) + mu
+            delta[i * k + j] = scale * w * (mu - t)
+        total += w * row_loss
+    return scale * total
+
+
 cdef inline double loss_forward_backward(int loss, const floating* outputs, const int* labels,
                                          const floating* targets, const floating* weights,
                                          floating scale, floating* delta,
@@ -98,6 +120,8 @@ cdef inline double loss_forward_backward(int loss, const floating* outputs, cons
         return softmax_cross_entropy(outputs, labels, targets, weights, scale, delta, rows, k)
     if loss == SIGMOID_CROSS_ENTROPY:
         return sigmoid_cross_entropy(outputs, targets, weights, scale, delta, rows, k)
+    if loss == POISSON:
+        return poisson(outputs, targets, weights, scale, delta, rows, k)
     return mean_squared_error(outputs, targets, weights, scale, delta, rows, k)
 
 
@@ -127,7 +151,7 @@ cdef inline double count_correct(int loss, const floating* outputs, const int* l
     divided by k (sigmoid); 0 for regression"""
     cdef Py_ssize_t i, j, best
     cdef double total = 0, hits
-    if loss == MEAN_SQUARED_ERROR:
+    if loss == MEAN_SQUARED_ERROR or loss == POISSON:
         return 0
     for i in range(rows):
         if loss == SOFTMAX_CROSS_ENTROPY:
