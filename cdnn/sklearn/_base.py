@@ -10,13 +10,13 @@ import scipy.optimize
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import validate_data
 
 from cdnn._validation import (check_choice, check_dtype, check_positive_int, check_real,
                               check_sample_weight)
-from cdnn.network import ACTIVATIONS, MLP
 from cdnn.convert import estimator_to_onnx
-from cdnn.sklearn._stochastic import NON_FINITE, fit_stochastic
+from cdnn.network import ACTIVATIONS, MLP
+from cdnn.sklearn._stochastic import NON_FINITE, fit_stochastic, squared_weights
 
 # scikit-learn's activation names that cdnn spells differently
 ACTIVATION_NAMES = {"logistic": "sigmoid"}
@@ -247,17 +247,6 @@ class _BaseMLP(BaseEstimator):
         p = penalty() if self.alpha > 0 else 0.0
         return (loss - p) / k + p
 
-    def _squared_weights(self, params=None) -> float:
-        net = self._net
-        if params is None:
-            return sum(float(np.dot(W.ravel(), W.ravel())) for W in net.weights)
-        start, total = 0, 0.0
-        for W, b in zip(net.weights, net.biases):
-            w = params[start:start + W.size]
-            total += float(np.dot(w, w))
-            start += W.size + b.size
-        return total
-
     def _fit_lbfgs(self, X, targets, weights):
         c = self._grad_scale()
         total = len(X) if weights is None else float(weights.sum())
@@ -266,9 +255,8 @@ class _BaseMLP(BaseEstimator):
         def loss_and_grad(p):
             net.params[...] = p
             loss, grad = net.loss_and_grad(X, targets, weights)
-            return (self._reported_loss(
-                loss, c, lambda: 0.5 * self.alpha * self._squared_weights(p) / total),
-                grad.astype(np.float64) / c)
+            penalty = lambda: 0.5 * self.alpha * squared_weights(net) / total  # noqa
+            return self._reported_loss(loss, c, penalty), grad.astype(np.float64) / c
 
         result = scipy.optimize.minimize(
             loss_and_grad, self._net.params.astype(np.float64), method="L-BFGS-B", jac=True,
@@ -291,9 +279,6 @@ class _BaseMLP(BaseEstimator):
         if y_pred.dtype.kind == "f" and not np.isfinite(y_pred).all():
             return np.nan
         return self._score_function(y, y_pred, sample_weight=sample_weight)
-
-    def _fitted_check(self):
-        check_is_fitted(self, "_net")
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

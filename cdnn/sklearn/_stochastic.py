@@ -119,7 +119,7 @@ class _Epoch:
         X, T, W = self.X, self.targets, self.weights
         if order is not None:
             X, T, W = X[order], T[order], None if W is None else W[order]
-        before = est._squared_weights()
+        before = squared_weights(est._net)
         total = 0.0
         for trainer, start, stop in self.runs:
             history = _train(trainer, est._net, X[start:stop], T[start:stop],
@@ -129,7 +129,7 @@ class _Epoch:
             total += history["loss"][0] * (stop - start)
         n = len(X)
         return total / n, lambda: (0.25 * est.alpha * self.n_batches
-                                   * (before + est._squared_weights()) / n)
+                                   * (before + squared_weights(est._net)) / n)
 
 
 def _train(trainer: Trainer, main, X, T, W):
@@ -143,6 +143,11 @@ def _train(trainer: Trainer, main, X, T, W):
     finally:
         if net is not main:
             main.params[...] = net.params
+
+
+def squared_weights(net) -> float:
+    """Σ‖W‖² over the weight matrices (scikit-learn's L2 term leaves out the intercepts)."""
+    return sum(float(np.dot(W.ravel(), W.ravel())) for W in net.weights)
 
 
 def _make_optimizer(est, c: float):
