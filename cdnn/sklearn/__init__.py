@@ -22,6 +22,9 @@ Where a fit still differs from scikit-learn's (beyond rounding):
   per-batch penalty that cdnn does not see; it is taken at the epoch's start and end weights;
 - scikit-learn clips probabilities to [eps, 1 − eps] in its reported log loss (not in the
   gradient); cdnn's loss is exact, so they differ once a probability is within eps of 0 or 1;
+- a warm-started fit with early stopping keeps its best epoch's weights; scikit-learn 1.9
+  trains its saved best weights in place there (coefs_ and _best_coefs are the same arrays
+  after the first fit), so it keeps the last epoch's when that fit never beats the first;
 - sparse input is not accepted (densify it).
 
 This package is the only part of cdnn that imports scikit-learn (an optional dependency).
