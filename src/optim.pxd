@@ -1,9 +1,9 @@
 # Optimizer updates over the flat parameter buffer, with PyTorch's semantics and order of
-# operations (torch.optim.SGD, Adam, AdamW, RMSprop); Adam also in scikit-learn's form. p, g and the state buffers share one
-# layout of n elements; g is read, never written. gscale multiplies the gradient first (global
-# norm clipping). step counts from 1. Each update returns whether a new parameter (or a squared-
-# gradient average) is not finite (x − x ≠ 0 only for inf and NaN; an integer OR, so the check
-# vectorises with the pass).
+# operations (torch.optim.SGD, Adam, AdamW, RMSprop; Adam also in scikit-learn's form). p, g and
+# the state buffers share one layout of n elements; g is read, never written. gscale multiplies
+# the gradient first (global norm clipping). step counts from 1. Each update returns whether a
+# new parameter (or a squared-gradient average) is not finite (x − x ≠ 0 only for inf and NaN;
+# an integer OR, so the check vectorises with the pass).
 
 from cython cimport floating
 from mathf cimport fsqrt
