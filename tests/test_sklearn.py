@@ -322,7 +322,7 @@ def test_warm_start_continues_from_the_fitted_weights(digits):
         est.fit(X[y < 5], y[y < 5])
 
 
-# --- coefs_ and intercepts_ are the model -------------------------------------------------------
+# --- coefs_ and intercepts_ are the model -----------------------------------------------------
 
 def test_assigning_coefs_and_intercepts_takes_effect(digits):
     (X, y), (X_test, _) = digits
@@ -344,7 +344,7 @@ def test_assigning_coefs_and_intercepts_takes_effect(digits):
         MLPClassifier().coefs_ = []
 
 
-# --- divergence, as scikit-learn -------------------------------------------------------------------
+# --- divergence, as scikit-learn --------------------------------------------------------------
 
 DIVERGING = dict(hidden_layer_sizes=(50,), activation="identity", solver="sgd",
                  learning_rate_init=1.0, max_iter=20, random_state=0)
@@ -384,7 +384,7 @@ def test_core_trainer_keeps_its_floating_point_error():
                                                                  verbose=0)
 
 
-# --- dtype ------------------------------------------------------------------------------------------
+# --- dtype ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("input_dtype", [np.float32, np.float64])
 def test_dtype_none_follows_the_input(input_dtype):
