@@ -174,10 +174,8 @@ class _BaseMLP(BaseEstimator):
         dtype = (self._dtype or X.dtype) if first_pass else self._net.dtype
         X = self._as_model_dtype(X, dtype, True)
         targets = targets.astype(np.intc if targets.dtype.kind in "iu" else dtype)
-        weights = check_sample_weight(sample_weight, len(X), dtype)
-        if weights is not None and not weights.any():
-            raise ValueError("sample_weight is all zero: at least one sample needs a "
-                             "non-zero weight")
+        # as given, not scaled: scikit-learn's L2 term is divided by the weights' sum
+        weights = check_sample_weight(sample_weight, len(X), dtype, scaled=False)
         self._random_state = check_random_state(self.random_state)
         if first_pass:
             self._initialize(X.shape[1], n_outputs, dtype)
