@@ -121,7 +121,10 @@ class Engine:
                 columns = "column" if targets.shape[1] == 1 else "columns"
                 raise ValueError(f"y has {targets.shape[1]} {columns}, the network {k} "
                                  f"output{'s' if k > 1 else ''}")
-            if self.loss != "mean_squared_error" and ((targets < 0) | (targets > 1)).any():
+            if self.loss == "poisson" and (targets < 0).any():
+                raise ValueError("targets for poisson must be ≥ 0")
+            if self.loss not in ("mean_squared_error", "poisson") and (
+                    (targets < 0) | (targets > 1)).any():
                 raise ValueError(f"targets for {self.loss} must lie in [0, 1]")
             if self.loss == "softmax_cross_entropy":
                 _check_distributions(targets)

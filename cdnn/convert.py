@@ -18,7 +18,7 @@ from cdnn.network import ACTIVATIONS, MLP
 
 # scikit-learn's out_activation_ -> the cdnn loss whose predict_proba/predict applies it
 SKLEARN_OUTPUTS = {"softmax": "softmax_cross_entropy", "logistic": "sigmoid_cross_entropy",
-                   "identity": "mean_squared_error"}
+                   "identity": "mean_squared_error", "exp": "poisson"}
 SKLEARN_ACTIVATIONS = {"logistic": "sigmoid"}
 # torch layer class -> cdnn activation; Identity and Dropout (a no-op when predicting) vanish
 TORCH_ACTIVATIONS = {"ReLU": "relu", "LeakyReLU": "leaky_relu", "Sigmoid": "sigmoid",
@@ -60,9 +60,9 @@ def from_sklearn(estimator) -> MLP:
     with the same predictions and the dtype of its `coefs_`. The hidden activation is the
     estimator's; the loss is the one whose output function is `out_activation_` (softmax:
     softmax_cross_entropy; logistic, binary or multi-label: sigmoid_cross_entropy; identity:
-    mean_squared_error). A classifier's labels are kept as `net.classes_` (predict returns
-    class indices: `net.classes_[net.predict(X)]` is the estimator's predict for a multiclass
-    or binary model); they are not saved by net.save."""
+    mean_squared_error; exp: poisson). A classifier's labels are kept as `net.classes_`
+    (predict returns class indices: `net.classes_[net.predict(X)]` is the estimator's predict
+    for a multiclass or binary model); they are not saved by net.save."""
     _check_estimator(estimator)
     out = estimator.out_activation_
     if out not in SKLEARN_OUTPUTS:

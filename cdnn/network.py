@@ -27,7 +27,8 @@ class MLP:
             linear; the loss applies softmax or sigmoid to it.
         loss: "softmax_cross_entropy" (labels: class indices or one-hot rows),
             "sigmoid_cross_entropy" (binary or multi-label targets in [0, 1]) or
-            "mean_squared_error" (regression).
+            "mean_squared_error" (regression) or "poisson" (counts or rates ≥ 0: half the
+            Poisson deviance of the mean exp(output), which predict returns).
         init: a weight initialiser name (he_uniform for the ReLU family, glorot_uniform otherwise);
             biases start at zero. "zeros" never breaks the symmetry between units.
         dropout: rate on the output of each hidden layer (one number or one per hidden layer),
@@ -148,6 +149,8 @@ class MLP:
             return out.argmax(axis=1)
         if self.loss == "sigmoid_cross_entropy":
             out = (out > 0).astype(np.int64)
+        if self.loss == "poisson":          # the output is the log of the mean
+            out = np.exp(out)
         return out[:, 0] if self.n_outputs == 1 else out
 
     def evaluate(self, X, y, sample_weight=None) -> dict:
@@ -159,7 +162,7 @@ class MLP:
         """evaluate's metrics for rows the engine has already validated (engine.prepare)."""
         loss, correct = self.engine.evaluate(self.params, batch)
         metrics = {"loss": loss}
-        if self.loss != "mean_squared_error":
+        if self.loss not in ("mean_squared_error", "poisson"):
             total = len(batch.X) if batch.weights is None else float(batch.weights.sum())
             metrics["accuracy"] = correct / total if total > 0 else float("nan")
         return metrics

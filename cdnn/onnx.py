@@ -7,8 +7,8 @@
 The graph (opset 17) takes one input "X", shape [N, n_inputs], FLOAT for float32 models and
 DOUBLE for float64. Each layer is a Gemm and its activation; the output of a network is
 "probabilities" (softmax or sigmoid: what predict_proba returns) for the cross-entropy losses
-and "predictions" (the raw outputs, as predict) for mean_squared_error. An estimator's model
-follows skl2onnx's convention for classifiers, label first: "label" [N] (the class labels;
+and "predictions" (as predict: the raw outputs for mean_squared_error, their exp for poisson).
+An estimator's model follows skl2onnx's convention for classifiers, label first: "label" [N] (the class labels;
 [N, n_labels] 0/1 for multi-label) and "probabilities" [N, n_classes], a plain tensor
 (skl2onnx's zipmap=False); a regressor's single output is "variable" [N, n_outputs].
 The metadata_props hold the network's get_config() as JSON and the cdnn version.
@@ -162,11 +162,13 @@ def to_onnx(net, path=None, *, classes=None, sklearn_outputs: bool = False):
                         f"estimators: cdnn.convert.estimator_to_onnx)")
     graph = _Graph(_import_onnx(), net.dtype)
     logits = _network(graph, net, "X")
-    if sklearn_outputs and net.loss != "mean_squared_error":
+    if sklearn_outputs and net.loss not in ("mean_squared_error", "poisson"):
         outputs = _label_and_probabilities(graph, net, logits, classes)
     else:
         name, value = ("variable" if sklearn_outputs else "predictions"), logits
-        if net.loss != "mean_squared_error":
+        if net.loss == "poisson":           # predict's mean
+            value = graph.op("Exp", logits)
+        elif net.loss != "mean_squared_error":
             name = "probabilities"
             value = graph.op("Softmax", logits, axis=-1) \
                 if net.loss == "softmax_cross_entropy" else graph.op("Sigmoid", logits)

@@ -185,7 +185,7 @@ class Trainer:
                     if ctrl_c.pressed:
                         raise KeyboardInterrupt
                 logs = {"loss": float(losses @ rows / n)}
-                if net.loss != "mean_squared_error":
+                if net.loss not in ("mean_squared_error", "poisson"):
                     logs["accuracy"] = float(corrects.sum() / total_weight)
                 if val is not None:
                     metrics = net.evaluate_batch(val)

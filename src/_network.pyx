@@ -19,7 +19,8 @@ from team cimport team_size, share
 from passes cimport (DENSE_ROWS, CSR_ROWS, Input, Rows, forward_chunks, forward_one, rows_pass,
                      l2_penalty, loss_scale, finite)
 from step cimport Step, train_steps, STEP_OK, N_PARTIALS
-from losses cimport SOFTMAX_CROSS_ENTROPY, SIGMOID_CROSS_ENTROPY, MEAN_SQUARED_ERROR, softmax
+from losses cimport (SOFTMAX_CROSS_ENTROPY, SIGMOID_CROSS_ENTROPY, MEAN_SQUARED_ERROR, POISSON,
+                     softmax)
 from optim cimport OptimizerConfig, make_config, optimizer_update
 
 cdef extern from *:
@@ -41,7 +42,7 @@ ACTIVATIONS = {"identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU,
                "sigmoid": SIGMOID, "tanh": TANH, "gelu": GELU}
 LOSSES = {"softmax_cross_entropy": SOFTMAX_CROSS_ENTROPY,
           "sigmoid_cross_entropy": SIGMOID_CROSS_ENTROPY,
-          "mean_squared_error": MEAN_SQUARED_ERROR}
+          "mean_squared_error": MEAN_SQUARED_ERROR, "poisson": POISSON}
 # Why a training step stopped (step.pxd's Status)
 STEP_FAILURES = {1: "the loss is not finite", 2: "the gradient's norm is not finite",
                  3: "the gradient exchange failed",

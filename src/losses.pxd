@@ -13,6 +13,7 @@ cdef enum Loss:
     SOFTMAX_CROSS_ENTROPY = 0
     SIGMOID_CROSS_ENTROPY = 1
     MEAN_SQUARED_ERROR = 2
+    POISSON = 3
 
 
 cdef inline double softmax_cross_entropy(const floating* logits, const int* labels,
@@ -53,39 +54,39 @@ cdef inline double softmax_cross_entropy(const floating* logits, const int* labe
     return scale * total
 
 
-cdef inline double sigmoid_cross_entropy(const floating* logits, const floating* targets,
-                                         const floating* weights, floating scale,
-                                         floating* delta, Py_ssize_t rows, Py_ssize_t k) noexcept nogil:
-    """ℓ = Σ_j max(z,0) − z·t + log(1 + e^−|z|); delta = scale·w·(σ(z) − t)"""
+cdef inline double element_loss(int loss, floating y, floating t, floating* grad) noexcept nogil:
+    """ℓ(y, t) of one output and target, and grad := dℓ/dy, for the losses taken output by
+    output:
+    sigmoid cross-entropy  ℓ = max(y,0) − y·t + log(1 + e^−|y|)    dℓ/dy = σ(y) − t
+    Poisson                ℓ = t·(log t − y) − t + eʸ              dℓ/dy = eʸ − t
+        (half the Poisson deviance of the mean μ = eʸ: 0 when μ = t; t·log t is 0 at t = 0)
+    squared error          ℓ = (y − t)²                            dℓ/dy = 2(y − t)"""
+    cdef floating mu, r
+    if loss == SIGMOID_CROSS_ENTROPY:
+        grad[0] = sigmoid(y) - t
+        return (y if y > 0 else 0) - y * t + flog1p(fexp(-y if y > 0 else y))
+    if loss == POISSON:
+        mu = fexp(y)
+        grad[0] = mu - t
+        return (t * (flog(t) - y) - t if t > 0 else 0) + mu
+    r = y - t
+    grad[0] = 2 * r
+    return r * r
+
+
+cdef inline double elementwise_loss(int loss, const floating* outputs, const floating* targets,
+                                    const floating* weights, floating scale, floating* delta,
+                                    Py_ssize_t rows, Py_ssize_t k) noexcept nogil:
+    """Σ_rows w·Σ_j ℓ(y_j, t_j) · scale; delta = scale·w·dℓ/dy (ℓ: element_loss)"""
     cdef Py_ssize_t i, j
-    cdef floating z, t, w
+    cdef floating w, g
     cdef double total = 0, row_loss
     for i in range(rows):
         w = weights[i] if weights != NULL else 1
         row_loss = 0
         for j in range(k):
-            z = logits[i * k + j]
-            t = targets[i * k + j]
-            row_loss += (z if z > 0 else 0) - z * t + flog1p(fexp(-z if z > 0 else z))
-            delta[i * k + j] = scale * w * (sigmoid(z) - t)
-        total += w * row_loss
-    return scale * total
-
-
-cdef inline double mean_squared_error(const floating* outputs, const floating* targets,
-                                      const floating* weights, floating scale,
-                                      floating* delta, Py_ssize_t rows, Py_ssize_t k) noexcept nogil:
-    """ℓ = Σ_j (y − t)²; delta = scale·w·2(y − t)"""
-    cdef Py_ssize_t i, j
-    cdef floating r, w
-    cdef double total = 0, row_loss
-    for i in range(rows):
-        w = weights[i] if weights != NULL else 1
-        row_loss = 0
-        for j in range(k):
-            r = outputs[i * k + j] - targets[i * k + j]
-            row_loss += r * r
-            delta[i * k + j] = scale * w * 2 * r
+            row_loss += element_loss(loss, outputs[i * k + j], targets[i * k + j], &g)
+            delta[i * k + j] = scale * w * g
         total += w * row_loss
     return scale * total
 
@@ -96,9 +97,7 @@ cdef inline double loss_forward_backward(int loss, const floating* outputs, cons
                                          Py_ssize_t rows, Py_ssize_t k) noexcept nogil:
     if loss == SOFTMAX_CROSS_ENTROPY:
         return softmax_cross_entropy(outputs, labels, targets, weights, scale, delta, rows, k)
-    if loss == SIGMOID_CROSS_ENTROPY:
-        return sigmoid_cross_entropy(outputs, targets, weights, scale, delta, rows, k)
-    return mean_squared_error(outputs, targets, weights, scale, delta, rows, k)
+    return elementwise_loss(loss, outputs, targets, weights, scale, delta, rows, k)
 
 
 # logits and probs are (rows, k), and may be the same buffer.
@@ -127,7 +126,7 @@ cdef inline double count_correct(int loss, const floating* outputs, const int* l
     divided by k (sigmoid); 0 for regression"""
     cdef Py_ssize_t i, j, best
     cdef double total = 0, hits
-    if loss == MEAN_SQUARED_ERROR:
+    if loss == MEAN_SQUARED_ERROR or loss == POISSON:
         return 0
     for i in range(rows):
         if loss == SOFTMAX_CROSS_ENTROPY:

@@ -1,9 +1,9 @@
 # Optimizer updates over the flat parameter buffer, with PyTorch's semantics and order of
-# operations (torch.optim.SGD, Adam, AdamW, RMSprop). p, g and the state buffers share one
-# layout of n elements; g is read, never written. gscale multiplies the gradient first (global
-# norm clipping). step counts from 1. Each update returns whether a new parameter (or a squared-
-# gradient average) is not finite (x − x ≠ 0 only for inf and NaN; an integer OR, so the check
-# vectorises with the pass).
+# operations (torch.optim.SGD, Adam, AdamW, RMSprop; Adam also in scikit-learn's form). p, g and
+# the state buffers share one layout of n elements; g is read, never written. gscale multiplies
+# the gradient first (global norm clipping). step counts from 1. Each update returns whether a
+# new parameter (or a squared-gradient average) is not finite (x − x ≠ 0 only for inf and NaN;
+# an integer OR, so the check vectorises with the pass).
 
 from cython cimport floating
 from mathf cimport fsqrt
@@ -18,6 +18,8 @@ cdef struct OptimizerConfig:
     double momentum, weight_decay     # SGD, RMSprop (and Adam's coupled decay)
     bint nesterov                     # SGD
     double beta1, beta2, eps          # Adam, AdamW (eps also RMSprop)
+    bint eps_inside                   # Adam as scikit-learn's: ε added to √v before v's
+                                      # bias correction, not after (PyTorch's)
     bint decoupled                    # AdamW: decay the weights, not the gradient
     double alpha                      # RMSprop
 
@@ -31,6 +33,7 @@ cdef inline OptimizerConfig make_config(dict o) except *:
     c.nesterov = o.get("nesterov", False)
     c.beta1, c.beta2 = o.get("betas", (0.9, 0.999))
     c.eps = o.get("eps", 1e-8)
+    c.eps_inside = o.get("eps_inside", False)
     c.decoupled = o.get("decoupled", False)
     c.alpha = o.get("alpha", 0.99)
     return c
@@ -57,9 +60,12 @@ cdef inline int sgd_update(const OptimizerConfig* c, floating lr, floating* p, c
 cdef inline int adam_update(const OptimizerConfig* c, floating lr, long step, floating* p,
                              const floating* g, floating* m, floating* v, Py_ssize_t n,
                              floating gscale) noexcept nogil:
-    """m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²; p −= lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + ε)"""
+    """m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²; p −= lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + ε),
+    or with eps_inside p −= lr/(1−β1ᵗ) · m / ((√v + ε)/√(1−β2ᵗ)) (scikit-learn's)"""
     cdef Py_ssize_t i
-    cdef floating gi, b1 = c.beta1, b2 = c.beta2, eps = c.eps, wd = c.weight_decay
+    cdef floating gi, b1 = c.beta1, b2 = c.beta2, wd = c.weight_decay
+    cdef floating eps_v = c.eps if c.eps_inside else 0      # added to √v
+    cdef floating eps = 0 if c.eps_inside else c.eps        # added after the correction
     cdef floating step_size = lr / (1 - c.beta1 ** step)
     cdef floating bc2_sqrt = fsqrt(<floating>(1 - c.beta2 ** step))
     cdef floating shrink = 1 - lr * wd, pi
@@ -74,7 +80,7 @@ cdef inline int adam_update(const OptimizerConfig* c, floating lr, long step, fl
             gi = gi + wd * pi
         m[i] += (gi - m[i]) * (1 - b1)
         v[i] = b2 * v[i] + (1 - b2) * gi * gi
-        pi = pi - step_size * (m[i] / (fsqrt(v[i]) / bc2_sqrt + eps))
+        pi = pi - step_size * (m[i] / ((fsqrt(v[i]) + eps_v) / bc2_sqrt + eps))
         p[i] = pi
         bad |= (pi - pi != 0) | (v[i] - v[i] != 0)    # an overflowed g² would stall p silently
     return bad

@@ -1,6 +1,6 @@
 """Plain numpy references for every kernel: slow, obviously correct, float64 throughout."""
 import numpy as np
-from scipy.special import erf, log_softmax, softmax
+from scipy.special import erf, log_softmax, softmax, xlogy
 
 
 def activate(z, name, slope=0.01):
@@ -28,7 +28,7 @@ def derivative(z, name, slope=0.01):
 
 def loss_and_delta(name, z, targets, weights):
     """(Σ w·ℓ / normaliser, dL/dz) with targets as dense rows; the mean over rows (softmax) or
-    over all elements (sigmoid, MSE), weighted by the rows' weights."""
+    over all elements (sigmoid, MSE, Poisson), weighted by the rows' weights."""
     n, k = z.shape
     w = np.ones(n) if weights is None else weights
     if name == "softmax_cross_entropy":
@@ -39,6 +39,11 @@ def loss_and_delta(name, z, targets, weights):
         p = 1 / (1 + np.exp(-z))
         rows = -(targets * np.log(p) + (1 - targets) * np.log(1 - p)).sum(axis=1)
         grad = p - targets
+        norm = w.sum() * k
+    elif name == "poisson":     # half the Poisson deviance of the mean exp(z), as scikit-learn's
+        mu = np.exp(z)
+        rows = (xlogy(targets, targets / mu) - targets + mu).sum(axis=1)
+        grad = mu - targets
         norm = w.sum() * k
     else:
         rows = ((z - targets) ** 2).sum(axis=1)
@@ -66,13 +71,16 @@ def sgd(p, g, buf, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
 
 
 def adam(p, g, m, v, lr, step, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-         decoupled=False):
+         decoupled=False, eps_inside=False):
     if decoupled:
         p = p * (1 - lr * weight_decay)
     else:
         g = g + weight_decay * p
     m[...] = betas[0] * m + (1 - betas[0]) * g
     v[...] = betas[1] * v + (1 - betas[1]) * g * g
+    if eps_inside:      # scikit-learn's form: the bias corrections folded into the rate
+        lr_t = lr * np.sqrt(1 - betas[1] ** step) / (1 - betas[0] ** step)
+        return p - lr_t * m / (np.sqrt(v) + eps)
     m_hat = m / (1 - betas[0] ** step)
     v_hat = v / (1 - betas[1] ** step)
     return p - lr * m_hat / (np.sqrt(v_hat) + eps)

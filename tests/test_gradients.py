@@ -6,7 +6,7 @@ import pytest
 import cdnn
 
 ACTIVATIONS = ["identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu"]
-LOSSES = ["softmax_cross_entropy", "sigmoid_cross_entropy", "mean_squared_error"]
+LOSSES = ["softmax_cross_entropy", "sigmoid_cross_entropy", "mean_squared_error", "poisson"]
 DEPTHS = {1: [4, 3], 2: [4, 5, 3], 4: [4, 6, 5, 4, 3]}
 
 
@@ -15,6 +15,8 @@ def make_targets(rng, loss, n, k):
         return rng.integers(0, k, n)
     if loss == "sigmoid_cross_entropy":
         return (rng.uniform(size=(n, k)) > 0.5).astype(float)
+    if loss == "poisson":
+        return rng.poisson(1.5, size=(n, k)).astype(float)
     return rng.normal(size=(n, k))
 
 

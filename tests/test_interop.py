@@ -98,10 +98,21 @@ def test_from_sklearn_bad_input(data):
     for wrong in (LogisticRegression(), cdnn.MLP([2, 2]), "MLPClassifier"):
         with pytest.raises(TypeError, match="MLPClassifier or MLPRegressor"):
             cdnn.from_sklearn(wrong)
-    poisson = neural_network.MLPRegressor(hidden_layer_sizes=(3,), loss="poisson",
-                                          max_iter=5).fit(X, np.abs(scores[:, 0]))
-    with pytest.raises(ValueError, match="out_activation_ 'exp'"):
-        cdnn.from_sklearn(poisson)
+    identity_out = neural_network.MLPRegressor(hidden_layer_sizes=(3,), max_iter=5).fit(
+        X, scores[:, 0])
+    identity_out.out_activation_ = "tanh"
+    with pytest.raises(ValueError, match="out_activation_ 'tanh'"):
+        cdnn.from_sklearn(identity_out)
+
+
+def test_from_sklearn_poisson_regressor_predicts_the_mean(data):
+    neural_network = pytest.importorskip("sklearn.neural_network")
+    X, scores = data
+    est = neural_network.MLPRegressor(hidden_layer_sizes=(3,), loss="poisson",
+                                      max_iter=5).fit(X, np.abs(scores[:, 0]))
+    net = cdnn.from_sklearn(est)
+    assert net.loss == "poisson"
+    np.testing.assert_allclose(net.predict(X), est.predict(X), rtol=1e-12)
 
 
 # --- PyTorch -------------------------------------------------------------------------------

@@ -161,12 +161,14 @@ def _targets(rng, name, rows, k):
         return labels, np.eye(k)[labels]
     if name == "sigmoid_cross_entropy":
         return None, rng.uniform(size=(rows, k))
+    if name == "poisson":
+        return None, rng.poisson(2.0, size=(rows, k)).astype(float)   # counts, zeros among them
     return None, rng.normal(size=(rows, k))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", ["softmax_cross_entropy", "sigmoid_cross_entropy",
-                                  "mean_squared_error"])
+                                  "mean_squared_error", "poisson"])
 @pytest.mark.parametrize("rows,k", [(1, 1), (1, 3), (7, 10), (33, 2)])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("dense_targets", [False, True])
@@ -212,6 +214,8 @@ OPTIMIZERS = [
      lambda p, g, s1, s2, lr, t: ref.sgd(p, g, s1, lr, 0.8, True)),
     ({"kind": "adam", "weight_decay": 0.1},
      lambda p, g, s1, s2, lr, t: ref.adam(p, g, s1, s2, lr, t, weight_decay=0.1)),
+    ({"kind": "adam", "eps": 1e-3, "eps_inside": True},     # scikit-learn's Adam
+     lambda p, g, s1, s2, lr, t: ref.adam(p, g, s1, s2, lr, t, eps=1e-3, eps_inside=True)),
     ({"kind": "adam", "weight_decay": 0.1, "decoupled": True},
      lambda p, g, s1, s2, lr, t: ref.adam(p, g, s1, s2, lr, t, weight_decay=0.1,
                                           decoupled=True)),

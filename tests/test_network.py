@@ -112,6 +112,17 @@ def test_predict_shapes_for_each_loss(rng):
         regressor.predict_proba(X)
 
 
+def test_poisson_predicts_the_mean_exp_output_and_takes_counts(rng):
+    net = cdnn.MLP([4, 5, 2], loss="poisson", dtype="float64", seed=0)
+    X, counts = rng.normal(size=(6, 4)), rng.poisson(3.0, size=(6, 2))
+    np.testing.assert_allclose(net.predict(X), np.exp(net.forward(X)))
+    mu = np.exp(net.forward(X))     # the mean half deviance, as scikit-learn's poisson loss
+    deviance = np.where(counts > 0, counts * np.log(np.maximum(counts, 1) / mu), 0) - counts + mu
+    assert net.evaluate(X, counts) == {"loss": pytest.approx(deviance.mean(), rel=1e-12)}
+    with pytest.raises(ValueError, match="≥ 0"):
+        net.loss_and_grad(X, -counts)
+
+
 @pytest.mark.parametrize("threads", [2, 3, 5])
 @pytest.mark.parametrize("sizes", [[6, 7, 5, 3], [6, 2], [4, 600, 1]])
 def test_threads_sharing_each_layers_units_compute_every_output(rng, threads, sizes):

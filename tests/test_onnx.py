@@ -16,7 +16,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 ACTIVATIONS = ["identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu"]
-LOSSES = ["softmax_cross_entropy", "sigmoid_cross_entropy", "mean_squared_error"]
+LOSSES = ["softmax_cross_entropy", "sigmoid_cross_entropy", "mean_squared_error", "poisson"]
 DTYPES = ["float32", "float64"]
 # a few iterations are enough to compare predictions
 pytestmark = pytest.mark.filterwarnings("ignore:Stochastic Optimizer:Warning")
@@ -41,7 +41,7 @@ def random_net(activation, loss, dtype, seed=0, sizes=(5, 8, 7, 3)):
 
 
 def cdnn_output(net, X):
-    return net.predict(X).reshape(len(X), -1) if net.loss == "mean_squared_error" \
+    return net.predict(X).reshape(len(X), -1) if net.loss in ("mean_squared_error", "poisson") \
         else net.predict_proba(X)
 
 
@@ -179,6 +179,16 @@ def test_regressor_exports_variable(data, n_targets):
     assert model.graph.output[0].name == "variable" and variable.shape == (len(X), n_targets)
     np.testing.assert_allclose(variable, est.predict(X).reshape(len(X), -1), rtol=1e-5,
                                atol=1e-5)
+
+
+def test_poisson_regressor_exports_the_mean(data):
+    pytest.importorskip("sklearn")
+    from cdnn.sklearn import MLPRegressor
+    X, scores = data
+    est = MLPRegressor(loss="poisson", hidden_layer_sizes=(5,), max_iter=20, random_state=0,
+                       dtype="float64").fit(X, np.abs(scores[:, 0]))
+    (variable,) = run(est.to_onnx(), X.astype(np.float64))
+    np.testing.assert_allclose(variable[:, 0], est.predict(X), rtol=1e-10)
 
 
 def test_unfitted_estimator_is_a_clear_error():

@@ -3,6 +3,7 @@ scikit-learn's MLPClassifier / MLPRegressor (same updates in float64, same accur
 import pickle
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -51,6 +52,8 @@ def one_thread():
 
 # scikit-learn's own test suite runs its MLPs with max_iter=100 too
 @parametrize_with_checks([MLPClassifier(max_iter=100), MLPRegressor(max_iter=100),
+                          MLPClassifier(dtype="float64", max_iter=100),
+                          MLPRegressor(dtype="float64", max_iter=100),
                           MLPClassifier(solver="lbfgs", dtype="float64", max_iter=100)],
                          expected_failed_checks=_expected_failures)
 def test_scikit_learn_estimator_checks(estimator, check):
@@ -68,43 +71,6 @@ def test_import_cdnn_does_not_import_sklearn(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=tmp_path)
     assert out.stdout.strip() == "False"
-
-
-# --- the same updates as scikit-learn ---------------------------------------------------------
-
-RNG = np.random.default_rng(0)
-X_SMALL = RNG.normal(size=(40, 5))
-TARGETS = {
-    "multiclass": (SkClassifier, MLPClassifier, np.arange(40) % 3),
-    "binary": (SkClassifier, MLPClassifier, np.array(["no", "yes"])[np.arange(40) % 2]),
-    "multilabel": (SkClassifier, MLPClassifier, (RNG.random((40, 3)) > 0.5).astype(int)),
-    "regression": (SkRegressor, MLPRegressor, RNG.normal(size=40)),
-    "multi-output": (SkRegressor, MLPRegressor, RNG.normal(size=(40, 2))),
-}
-
-
-@pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("learning_rate, nesterov", [("constant", True), ("invscaling", False)])
-def test_sgd_updates_match_scikit_learn(target, learning_rate, nesterov):
-    """From the same weights, three full-batch SGD epochs (momentum, L2, the learning-rate
-    schedule) give scikit-learn's weights: the loss, penalty and rate mapping is exact."""
-    sk_cls, cd_cls, y = TARGETS[target]
-    params = dict(hidden_layer_sizes=(7,), activation="tanh", solver="sgd", alpha=0.3,
-                  batch_size=40, shuffle=False, learning_rate_init=0.1,
-                  learning_rate=learning_rate, momentum=0.5, nesterovs_momentum=nesterov,
-                  max_iter=1, warm_start=True, random_state=0)
-    sk = sk_cls(**params).fit(X_SMALL, y)
-    ours = cd_cls(dtype="float64", **params).fit(X_SMALL, y)
-    sk.coefs_ = [W.copy() for W in ours.coefs_]
-    sk.intercepts_ = [b.copy() for b in ours.intercepts_]
-    for est in (sk, ours):
-        est.set_params(max_iter=3).fit(X_SMALL, y)
-    for a, b in zip(sk.coefs_ + sk.intercepts_, ours.coefs_ + ours.intercepts_):
-        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
-    # loss_ is scikit-learn's quantity (for several outputs the penalty is taken at the
-    # epoch's end, so it is close rather than equal)
-    assert ours.loss_ == pytest.approx(sk.loss_, rel=1e-12 if target != "multi-output" else 1e-3)
-    assert ours.n_iter_ == sk.n_iter_ == 3 and ours.t_ == sk.t_
 
 
 def test_digits_accuracy_comparable_to_scikit_learn(digits):
@@ -185,7 +151,7 @@ def test_binary_uses_one_logistic_output(digits):
 def test_multilabel_classification(digits):
     (X, y), (X_test, y_test) = digits
     labels = lambda d: np.column_stack([d % 2 == 0, d >= 5, d % 3 == 0]).astype(int)  # noqa
-    est = MLPClassifier(hidden_layer_sizes=(32,), max_iter=40, random_state=0)
+    est = MLPClassifier(hidden_layer_sizes=(32,), max_iter=80, random_state=0)
     est.fit(X, labels(y))
     assert est.out_activation_ == "logistic" and est.n_outputs_ == 3
     pred, proba = est.predict(X_test), est.predict_proba(X_test)
@@ -238,15 +204,20 @@ def test_early_stopping_keeps_the_best_epoch(digits):
     assert est.best_loss_ is None
     # the final weights are the best epoch's: re-scoring the held-out rows reproduces it
     from sklearn.model_selection import train_test_split
-    _, X_val, _, y_val = train_test_split(X, y, test_size=0.1, stratify=y,
-                                          random_state=_rng_after_init(0))
+    # (scikit-learn's split: RandomState(0) after the initial weights, not stratified for
+    # several classes)
+    _, X_val, _, y_val = train_test_split(X, y, test_size=0.1,
+                                          random_state=_rng_after_init(0, est))
     assert est.score(X_val, y_val) == pytest.approx(est.best_validation_score_)
 
 
-def _rng_after_init(seed):
-    """The RandomState the estimator splits with: its seed, after drawing the init seed."""
+def _rng_after_init(seed, est):
+    """The RandomState the estimator splits with: its seed, after drawing the initial
+    weights and intercepts."""
     rng = np.random.RandomState(seed)
-    rng.randint(2**31 - 1)
+    for W, b in zip(est.coefs_, est.intercepts_):
+        rng.uniform(size=W.shape)
+        rng.uniform(size=b.shape)
     return rng
 
 
@@ -319,9 +290,21 @@ def test_bad_parameters_fail_at_fit(params, message):
         est.fit(np.zeros((4, 2)), [0, 1, 0, 1])
 
 
-def test_regressor_rejects_poisson_loss():
-    with pytest.raises(ValueError, match="poisson"):
-        MLPRegressor(loss="poisson").fit(np.zeros((4, 2)), np.zeros(4))
+def test_poisson_regressor_predicts_positive_means():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(600, 3))
+    mean = np.exp(0.8 * X[:, 0] - 0.5 * X[:, 1] + 0.3)
+    y = rng.poisson(mean).astype(float)
+    est = MLPRegressor(loss="poisson", hidden_layer_sizes=(16,), learning_rate_init=0.01,
+                       max_iter=100, random_state=0).fit(X[:500], y[:500])
+    assert est.out_activation_ == "exp" and est._net.loss == "poisson"
+    pred = est.predict(X[500:])
+    assert (pred > 0).all()
+    assert np.corrcoef(pred, mean[500:])[0, 1] > 0.9
+    with pytest.raises(ValueError, match="y ≥ 0"):
+        MLPRegressor(loss="poisson").fit(X[:5], -np.ones(5))
+    with pytest.raises(ValueError, match="loss"):
+        MLPRegressor(loss="huber").fit(X[:5], y[:5])
 
 
 def test_early_stopping_with_partial_fit_is_refused():
@@ -339,3 +322,106 @@ def test_warm_start_continues_from_the_fitted_weights(digits):
     assert est._net is net and est.loss_ < first
     with pytest.raises(ValueError, match="same classes"):
         est.fit(X[y < 5], y[y < 5])
+
+
+# --- coefs_ and intercepts_ are the model -----------------------------------------------------
+
+def test_assigning_coefs_and_intercepts_takes_effect(digits):
+    (X, y), (X_test, _) = digits
+    est = MLPClassifier(hidden_layer_sizes=(16,), max_iter=3, random_state=0).fit(X, y)
+    est.coefs_ = [np.zeros_like(W) for W in est.coefs_]
+    est.intercepts_[-1] = np.arange(10.0)        # one array, by index: also copied in
+    assert (est.predict(X_test) == 9).all()
+    np.testing.assert_allclose(est.predict_proba(X_test)[0],
+                               np.exp(np.arange(10)) / np.exp(np.arange(10)).sum(), rtol=1e-6)
+    est.partial_fit(X, y)                         # training continues from the new weights
+    assert np.shares_memory(est.coefs_[0], est._net.params) and est.coefs_[0].any()
+    with pytest.raises(ValueError, match=r"list of 2 arrays"):
+        est.coefs_ = est.coefs_[:1]
+    with pytest.raises(ValueError, match=r"coefs_\[1\] must have shape \(16, 10\)"):
+        est.coefs_ = [est.coefs_[0], np.zeros((16, 9))]
+    with pytest.raises(ValueError, match="real numbers"):
+        est.intercepts_[0] = np.array(["a"] * 16)
+    with pytest.raises(AttributeError, match="before it is fitted"):
+        MLPClassifier().coefs_ = []
+
+
+# --- divergence, as scikit-learn --------------------------------------------------------------
+
+DIVERGING = dict(hidden_layer_sizes=(50,), activation="identity", solver="sgd",
+                 learning_rate_init=1.0, max_iter=20, random_state=0)
+
+
+def test_divergence_with_early_stopping_keeps_the_best_epoch():
+    """scikit-learn's own non-regression test (a diverging fit on iris with early stopping
+    does not raise): NaN scores after the divergence, the best epoch's weights kept."""
+    from sklearn.datasets import load_iris
+    X, y = load_iris(return_X_y=True)
+    for cls in (SkRegressor, MLPRegressor):
+        est = cls(early_stopping=True, **DIVERGING)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            est.fit(X, y)
+        assert np.isnan(est.validation_scores_[-1]) and est.n_iter_ == 20
+        assert all(np.isfinite(W).all() for W in est.coefs_)
+        assert any(issubclass(w.category, RuntimeWarning) for w in caught)
+        assert np.isfinite(est.predict(X)).all()
+
+
+def test_divergence_without_early_stopping_raises_scikit_learns_error():
+    from sklearn.datasets import load_iris
+    X, y = load_iris(return_X_y=True)
+    message = "Solver produced non-finite parameter weights"
+    for cls in (SkRegressor, MLPRegressor):
+        with warnings.catch_warnings(), pytest.raises(ValueError, match=message):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            cls(**DIVERGING).fit(X, y)
+
+
+def test_core_trainer_keeps_its_floating_point_error():
+    X, y = np.random.default_rng(0).normal(size=(30, 3)), np.zeros(30)
+    net = cdnn.MLP([3, 8, 1], loss="mse", dtype="float64", seed=0)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        cdnn.Trainer(net, cdnn.SGD(lr=1e6), batch_size=10).fit(X * 1e3, y + 1e3, epochs=5,
+                                                                 verbose=0)
+
+
+# --- dtype ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("input_dtype", [np.float32, np.float64])
+def test_dtype_none_follows_the_input(input_dtype):
+    rng = np.random.default_rng(5)
+    X, y = rng.normal(size=(40, 3)).astype(input_dtype), rng.normal(size=40)
+    est = MLPRegressor(hidden_layer_sizes=(4,), max_iter=3, dtype=None).fit(X, y)
+    assert est.coefs_[0].dtype == input_dtype and est.intercepts_[0].dtype == input_dtype
+    assert est.predict(X).dtype == input_dtype
+    assert est.predict(X.astype(np.float64)).dtype == np.float64   # X @ coefs_ promotes
+    sk = SkRegressor(hidden_layer_sizes=(4,), max_iter=3).fit(X, y)
+    assert sk.coefs_[0].dtype == est.coefs_[0].dtype and sk.predict(X).dtype == input_dtype
+
+
+def test_float32_default_on_float32_input_predicts_float32():
+    rng = np.random.default_rng(6)
+    X, y = rng.normal(size=(40, 3)).astype(np.float32), rng.normal(size=40)
+    est = MLPRegressor(hidden_layer_sizes=(4,), max_iter=3).fit(X, y)
+    assert est.coefs_[0].dtype == np.float32 and est.predict(X).dtype == np.float32
+    est64 = MLPRegressor(hidden_layer_sizes=(4,), max_iter=3, dtype="float64").fit(X, y)
+    assert est64.coefs_[0].dtype == np.float64
+
+
+def test_values_beyond_float32_range_fail_with_scikit_learns_message():
+    """scikit-learn's test_nonfinite_params: float64 data near float64's maximum. scikit-learn
+    fits it and ends with non-finite weights; cdnn's float32 default cannot hold it, and says
+    so with the same message."""
+    rng = np.random.RandomState(0)
+    X = np.finfo(np.float64).max * rng.uniform(size=(10, 2))
+    y = rng.standard_normal(size=10)
+    message = "Solver produced non-finite parameter weights. The input data may contain large"
+    with warnings.catch_warnings(), pytest.raises(ValueError, match=message):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        SkRegressor().fit(X, y)
+    with pytest.raises(ValueError, match=message):
+        MLPRegressor().fit(X, y)
+    fitted = MLPRegressor(max_iter=2).fit(X / 1e300, y)
+    with pytest.raises(ValueError, match="float32"):
+        fitted.predict(X)
