@@ -151,13 +151,13 @@ class Distributed:
     # --- state --------------------------------------------------------------------------------
 
     def broadcast_state(self, trainer):
-        """Rank 0's parameters, optimizer state, step count, learning rate and shuffling
-        state to every rank."""
+        """Rank 0's parameters, optimizer state, step count, learning rate, shuffling state
+        and dropout seed to every rank."""
         opt, net = trainer.optimizer, trainer.net
         for array in (net.params, *opt.state_for(net.params)):
             self.comm.Bcast(array, root=0)
-        opt.steps, opt.lr, rng_state = self.comm.bcast(
-            (opt.steps, opt.lr, trainer.rng.bit_generator.state), root=0)
+        opt.steps, opt.lr, trainer.dropout_seed, rng_state = self.comm.bcast(
+            (opt.steps, opt.lr, trainer.dropout_seed, trainer.rng.bit_generator.state), root=0)
         trainer.rng.bit_generator.state = rng_state
 
     def check_identical(self, trainer):
