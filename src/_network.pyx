@@ -380,11 +380,12 @@ cdef class MPIExchange:
         self.ctx.n_factors, self.ctx.next = self.factors.shape[0], 0
 
     def allreduce(self, a):
-        """a := Σ a over the processes, through the native call (float32/float64, 1-D): the
-        check that the handles are right, and the benchmark's probe"""
+        """a := Σ a over the processes through the native call, as a step sums its gradient
+        (in place when the library's MPI_IN_PLACE is known): a contiguous 1-D float32 or
+        float64 array. The check that the handles are right, and the benchmark's probe."""
         cdef cnp.ndarray arr = a
-        cdef int err
         cdef intptr_t dtype = self.ctx.double_type
+        cdef int err
         if arr.ndim != 1 or not arr.flags.c_contiguous or arr.dtype not in (np.float32,
                                                                             np.float64):
             raise ValueError("allreduce takes a contiguous 1-D float32 or float64 array")
@@ -392,15 +393,16 @@ cdef class MPIExchange:
             if self.ctx.itemsize != 4:
                 raise ValueError("this exchange sums float64 arrays")
             dtype = self.ctx.grad_type
-        cdef cnp.ndarray out = np.empty_like(arr)
-        cdef void* send = cnp.PyArray_DATA(arr)
+        cdef cnp.ndarray out = arr if self.ctx.in_place != NULL else np.empty_like(arr)
+        cdef void* send = self.ctx.in_place if self.ctx.in_place != NULL else cnp.PyArray_DATA(arr)
         cdef void* recv = cnp.PyArray_DATA(out)
         cdef Py_ssize_t count = arr.shape[0], itemsize = arr.itemsize
         with nogil:
             err = mpi_allreduce(&self.ctx, send, recv, count, dtype, itemsize)
         if err != 0:
             raise RuntimeError(f"MPI_Allreduce failed with error code {err}")
-        arr[...] = out
+        if out is not arr:
+            arr[...] = out
 
 
 cdef int _bind_step(Step* S, const Layout* L, floating[::1] params, floating[::1] grad,

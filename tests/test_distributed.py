@@ -63,3 +63,19 @@ def test_bad_arguments_are_clear_errors():
         cdnn.Trainer(net, cdnn.SGD(), comm="world")
     with pytest.raises(ValueError, match="sharded=True is for data-parallel training"):
         cdnn.Trainer(net, cdnn.SGD()).fit(*blobs(), sharded=True)
+
+
+def test_the_command_line_trains_data_parallel(tmp_path):
+    model = tmp_path / "model.safetensors"
+    done = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-c",
+                           "import sys; from cdnn.cli import main; sys.exit(main())",
+                           "train", "--distributed", "--epochs", "3", "--verbose", "2",
+                           "--save", str(model)],
+                          capture_output=True, text=True, timeout=240,
+                          env=dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1",
+                                   OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("test accuracy") == 1 and done.stderr.count("epoch 3/3") == 1
+    accuracy = float(done.stdout.split("test accuracy ")[1].split()[0])
+    assert accuracy > 0.9 and cdnn.load(model).evaluate(
+        *cdnn.datasets.load_digits()[1])["accuracy"] == pytest.approx(accuracy, abs=1e-4)
