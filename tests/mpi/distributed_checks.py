@@ -179,3 +179,17 @@ def test_a_global_batch_smaller_than_the_ranks_pads_when_replicated():
     history, expected = (t.fit(X, y, epochs=1, verbose=0) for t in (trainer, solo))
     assert np.abs(net.params - alone.params).max() <= 1e-9 * np.abs(alone.params).max()
     assert history["accuracy"] == pytest.approx(expected["accuracy"], rel=1e-12)
+
+
+def test_sharded_sample_weights_compare_across_ranks_as_given():
+    """Each rank's weights are scaled to one largest weight over every rank, not each its own:
+    weights (1, 2) on the two ranks train differently from (1, 1), and like (3, 6)."""
+    X, y = blobs(120, seed=comm.rank)
+    results = []
+    for per_rank in ((1, 1), (1, 2), (3, 6)):
+        net, trainer = new(comm, batch_size=16)
+        trainer.fit(X, y, epochs=2, verbose=0, sharded=True,
+                    sample_weight=np.full(len(y), per_rank[comm.rank], dtype=float))
+        results.append(net.params)
+    assert not np.allclose(results[0], results[1], rtol=1e-6)
+    np.testing.assert_array_equal(results[1], results[2])
