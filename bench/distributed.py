@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -158,8 +157,9 @@ def launch(args, worker: str, threads: int = 1, ranks: int = 1) -> list[dict]:
 
 
 def mpiexec() -> str:
-    found = shutil.which("mpiexec", path=os.pathsep.join(
-        [os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+    from cdnn.distributed import find_mpiexec
+
+    found = find_mpiexec()
     if found is None:
         sys.exit("no mpiexec: pip install 'cdnn[mpi]'")
     return found

@@ -34,6 +34,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import shutil
 import sys
 import warnings
 import zlib
@@ -60,6 +61,12 @@ def mpi_library():
                 ctypes.CDLL(path).MPI_Allreduce
                 return path
     raise RuntimeError("cannot find the MPI library that mpi4py loaded")
+
+
+def find_mpiexec() -> str | None:
+    """mpiexec beside this Python (pip's mpich puts it there), else on PATH."""
+    return shutil.which("mpiexec", path=os.pathsep.join(
+        [os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
 
 
 def native_exchange(comm, dtype, n: int):
@@ -95,7 +102,11 @@ class Distributed:
     """One fit's ranks: status agreement, broadcasts, reductions and the data's split."""
 
     def __init__(self, comm):
-        from mpi4py import MPI
+        try:
+            from mpi4py import MPI
+        except ImportError as e:
+            raise ImportError("Trainer(comm=...) needs mpi4py and an MPI: pip install "
+                              "'cdnn[mpi]'", name="mpi4py") from e
 
         if not isinstance(comm, MPI.Comm) or comm == MPI.COMM_NULL:
             raise TypeError(f"comm must be an mpi4py communicator such as MPI.COMM_WORLD, "

@@ -2,7 +2,6 @@
 here with a timeout (a hang fails, never blocks the suite), and what one process can check.
 Skips without mpi4py or an mpiexec."""
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,14 +10,14 @@ import numpy as np
 import pytest
 
 import cdnn
+from cdnn.distributed import find_mpiexec
 
 MPI = pytest.importorskip("mpi4py.MPI")
 CHECKS = Path(__file__).parent / "mpi" / "distributed_checks.py"
 
 
 def mpiexec():
-    found = shutil.which("mpiexec", path=os.pathsep.join(
-        [os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+    found = find_mpiexec()
     if found is None:
         pytest.skip("no mpiexec (pip install 'cdnn[mpi]')")
     return found
