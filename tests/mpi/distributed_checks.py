@@ -193,3 +193,18 @@ def test_sharded_sample_weights_compare_across_ranks_as_given():
         results.append(net.params)
     assert not np.allclose(results[0], results[1], rtol=1e-6)
     np.testing.assert_array_equal(results[1], results[2])
+
+
+def test_sparse_rows_reproduce_one_process():
+    sparse = pytest.importorskip("scipy.sparse")
+    X = sparse.random(203, 50, density=0.1, format="csr", random_state=0)
+    y = np.random.default_rng(0).integers(0, 3, 203)
+    results = []
+    for c in (comm, None):
+        net = cdnn.MLP([50, 16, 3], dtype="float64", seed=1)
+        cdnn.Trainer(net, cdnn.Adam(lr=0.01), batch_size=20, comm=c).fit(
+            X, y, epochs=2, verbose=0, validation_split=0.2)
+        results.append(net.params)
+    assert np.abs(results[0] - results[1]).max() <= 1e-9 * np.abs(results[1]).max()
+    with pytest.raises(ValueError, match="lazy_update is for one process"):
+        cdnn.Trainer(net, cdnn.Adam(), comm=comm, lazy_update=True)
