@@ -184,9 +184,12 @@ class Engine:
         return loss, grads[0] if team == 1 else grads[0].copy()
 
     def training_steps(self, params: np.ndarray, optimizer, train: Batch, batch_size: int,
-                       clip_norm: float, seed: int, lazy: bool = False) -> TrainingSteps:
-        """The training steps of one fit over the rows of train (built once per fit)."""
-        return TrainingSteps(self, params, optimizer, train, batch_size, clip_norm, seed, lazy)
+                       clip_norm: float, seed: int, lazy: bool = False,
+                       exchange=None) -> TrainingSteps:
+        """The training steps of one fit over the rows of train (built once per fit); with
+        exchange (cdnn.distributed), each step's gradient is summed across processes."""
+        return TrainingSteps(self, params, optimizer, train, batch_size, clip_norm, seed, lazy,
+                             exchange)
 
 
 def _finite_outputs(out: np.ndarray) -> np.ndarray:
@@ -212,7 +215,8 @@ class TrainingSteps:
     and writes all of them (and their optimizer state) every step."""
 
     def __init__(self, engine: Engine, params: np.ndarray, optimizer, train: Batch,
-                 batch_size: int, clip_norm: float, seed: int, lazy: bool = False):
+                 batch_size: int, clip_norm: float, seed: int, lazy: bool = False,
+                 exchange=None):
         self.params, self.optimizer, self.batch_size = params, optimizer, batch_size
         state = optimizer.state_for(params)
         self.team = min(batch_size, team_for(6 * engine.params_per_row(train.X) * batch_size))
@@ -234,12 +238,15 @@ class TrainingSteps:
             np.empty(batch_size * engine.network.row_width, params.dtype),
             np.empty(batch_size, dtype=np.intc), _batch_buffer(train.X, batch_size),
             self.team, clip_norm, seed, *lazy_buffers)
+        self.exchange = exchange
+        self.native.exchange_over(exchange)
 
     def run(self, lrs: np.ndarray, order: np.ndarray, losses: np.ndarray,
-            corrects: np.ndarray) -> tuple[int, str | None]:
+            corrects: np.ndarray, factors=None) -> tuple[int, str | None]:
         """Run len(lrs) steps over the rows in order; return how many completed and, when a
         step failed (training diverged), why: the parameters are then those after the last
-        completed step."""
+        completed step. factors: the steps' (loss factors, uniform) for the exchange."""
+        self.factors = factors
         live = (self.params, *self.optimizer.state)
         for saved, array in zip(self.saved, live):
             np.copyto(saved, array)
@@ -254,6 +261,8 @@ class TrainingSteps:
         return done, failure
 
     def _call(self, lrs, order, losses, corrects):
+        if self.factors is not None:        # from the first step again, also for a replay
+            self.exchange.set_factors(*self.factors)
         return self.native.run(order, self.batch_size, lrs, self.optimizer.steps, losses,
                                corrects)
 

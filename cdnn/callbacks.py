@@ -147,7 +147,8 @@ class ModelCheckpoint(Callback):
             self.best = current
         path = self._path(epoch, logs)
         optimizer = self.trainer.optimizer if self.save_optimizer else None
-        self.trainer.net.save(path, optimizer)
+        if getattr(self.trainer, "is_chief", True):     # data-parallel: rank 0 writes
+            self.trainer.net.save(path, optimizer)
         self.last_saved = path
 
     def _path(self, epoch: int, logs: dict) -> str:

@@ -16,6 +16,7 @@ with the status of a process killed by SIGPIPE (141).
 from __future__ import annotations
 
 import argparse
+import builtins
 import os
 import shutil
 import signal
@@ -121,6 +122,9 @@ def _parser() -> argparse.ArgumentParser:
                        "a terminal), 2 one line per epoch")
     train.add_argument("--save", metavar="PATH", help="write the trained model here "
                        "(safetensors; read it back with cdnn.load)")
+    train.add_argument("--distributed", action="store_true", help="data-parallel over MPI: "
+                       "launch as mpiexec -n N cdnn train --distributed …; --batch-size is "
+                       "the global batch, rank 0 prints and saves (needs cdnn[mpi])")
 
     evaluate = commands.add_parser("evaluate", help="a saved model's loss and accuracy on a "
                                    "test set", description="Print a saved model's loss and "
@@ -334,10 +338,17 @@ def train(args) -> int:
     net = cdnn.MLP([X.shape[1], *hidden, int(y.max()) + 1], activation=args.activation,
                    dtype=args.dtype, seed=args.seed, dropout=args.dropout)
     optimizer = _optimizer(args)
-    trainer = cdnn.Trainer(net, optimizer, batch_size=batch, clip_norm=args.clip_norm)
+    comm = None
+    if args.distributed:
+        from mpi4py import MPI
+        comm = MPI.COMM_WORLD
+    trainer = cdnn.Trainer(net, optimizer, batch_size=batch, clip_norm=args.clip_norm,
+                           comm=comm)
+    print = builtins.print if trainer.is_chief else (lambda *_, **__: None)   # rank 0 reports
     print(f"{name}: {X.shape[0]} training and {X_test.shape[0]} test samples; network "
           f"{'-'.join(map(str, net.layer_sizes))} ({net.params.size} parameters)", flush=True)
-    progress = [_Progress(bar=args.verbose == 1 and sys.stderr.isatty())] if args.verbose else []
+    progress = [_Progress(bar=args.verbose == 1 and sys.stderr.isatty())
+                ] if args.verbose and trainer.is_chief else []
     start = time.perf_counter()
     try:
         trainer.fit(X, y, epochs=epochs, validation_data=(X_test, y_test), verbose=0,
@@ -349,7 +360,7 @@ def train(args) -> int:
     seconds = time.perf_counter() - start
     accuracy = net.evaluate(X_test, y_test)["accuracy"]
     print(f"test accuracy {accuracy:.4f} after {epochs} epochs in {seconds:.2f} s")
-    if args.save:
+    if args.save and trainer.is_chief:
         net.save(args.save)
         print(f"saved the model to {args.save}")
     return 0

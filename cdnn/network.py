@@ -91,6 +91,11 @@ class MLP:
         return self.layer_sizes[0]
 
     @property
+    def is_classifier(self) -> bool:
+        """Whether the loss is a cross-entropy, whose predictions have an accuracy."""
+        return self.loss in ("softmax_cross_entropy", "sigmoid_cross_entropy")
+
+    @property
     def n_outputs(self) -> int:
         """The number of outputs (layer_sizes[-1])."""
         return self.layer_sizes[-1]
@@ -162,7 +167,7 @@ class MLP:
         """evaluate's metrics for rows the engine has already validated (engine.prepare)."""
         loss, correct = self.engine.evaluate(self.params, batch)
         metrics = {"loss": loss}
-        if self.loss not in ("mean_squared_error", "poisson"):
+        if self.is_classifier:
             total = len(batch.X) if batch.weights is None else float(batch.weights.sum())
             metrics["accuracy"] = correct / total if total > 0 else float("nan")
         return metrics

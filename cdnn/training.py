@@ -7,6 +7,7 @@ allocated once per fit, so a training step allocates nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import sys
@@ -15,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from cdnn import threads
 from cdnn._validation import check_positive_int, check_real, scaled_weights
 from cdnn.callbacks import Callback
 from cdnn._engine import Batch
@@ -84,7 +86,7 @@ class Trainer:
 
     def __init__(self, net: MLP, optimizer: Optimizer, batch_size: int = 32, *,
                  schedule=None, clip_norm: float | None = None, seed: int | None = None,
-                 lazy_update: bool = False):
+                 lazy_update: bool = False, comm=None):
         if not isinstance(net, MLP):
             raise TypeError(f"net must be a cdnn.MLP, got {type(net).__name__}")
         if not isinstance(optimizer, Optimizer):
@@ -100,21 +102,109 @@ class Trainer:
         self.dropout_seed = int(self.rng.integers(2**63))
         self.stop_training = False
         self.lazy_update = bool(lazy_update)
+        self.dist = None        # data-parallel over MPI: cdnn.distributed
+        if comm is not None:
+            if self.lazy_update:
+                raise ValueError("lazy_update is for one process: each rank's batch touches "
+                                 "other rows of the first layer, and the ranks must apply "
+                                 "the same update")
+            from cdnn.distributed import Distributed
+            self.dist = Distributed(comm)
+            if threads._num_threads is None and not threads._open_limits:   # the node's
+                # cores, shared by its ranks
+                threads.set_num_threads(self.dist.threads_per_rank())
+
+    @property
+    def is_chief(self) -> bool:
+        """Whether this process prints and writes files: rank 0, or the only process."""
+        return self.dist is None or self.dist.rank == 0
 
     def fit(self, X, y, epochs: int = 1, *, validation_data=None,
             validation_split: float = 0.0, shuffle: bool = True, sample_weight=None,
-            class_weight=None, callbacks: Sequence[Callback] = (), verbose: int = 1) -> History:
+            class_weight=None, callbacks: Sequence[Callback] = (), verbose: int = 1,
+            sharded: bool = False) -> History:
         """Train for `epochs` passes over (X, y); returns the History. Stops early when a
         callback sets trainer.stop_training, and cleanly on Ctrl-C (the model keeps the last
-        completed step; history.interrupted is set)."""
-        net = self.net
+        completed step; history.interrupted is set). With Trainer(comm=...), sharded=True says
+        each rank passes only its own rows (cdnn.distributed)."""
         epochs = check_positive_int(epochs, "epochs", 0)
         if verbose not in (0, 1, 2):
             raise ValueError("verbose must be 0 (silent), 1 (progress bar) or 2 (a line per epoch)")
+        if sharded and self.dist is None:
+            raise ValueError("sharded=True is for data-parallel training: "
+                             "Trainer(..., comm=MPI.COMM_WORLD)")
+        with self._section("checking the data"):
+            train, val = self._prepare(X, y, sample_weight, validation_data, validation_split,
+                                       class_weight, sharded)
+        self._agree()
+        if sharded:     # each rank's weights were scaled to its own largest: to one scale
+            val_weights = validation_data[2] if validation_data is not None and len(
+                validation_data) == 3 else (sample_weight if validation_split else None)
+            train = self.dist.common_weight_scale(train, sample_weight)
+            if val is not None:
+                val = self.dist.common_weight_scale(val, val_weights)
+        plan, steps = self._plan(train, shuffle, sharded)
+        history = History()
+        self.stop_training = False
+        with self._section("on_train_begin"):
+            self._begin(plan.steps, epochs, val is not None, callbacks)
+        self._agree()
+        ctrl_c = _DeferredInterrupt()
+        try:
+            ctrl_c.install()
+            for epoch in range(epochs):
+                logs = self._epoch(epoch, epochs, plan, steps, val, sharded, callbacks,
+                                   ctrl_c, verbose if self.is_chief else 0)   # and validation
+                history.append(epoch, logs)
+                with self._section("on_epoch_end"):
+                    for cb in callbacks:
+                        cb.on_epoch_end(epoch, logs)
+                self._agree(ctrl_c.pressed)
+                if self.dist is not None:
+                    self.stop_training = self.dist.any(self.stop_training)
+                    self.dist.check_identical(self)
+                if self.stop_training:
+                    break
+                if ctrl_c.pressed:
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            history.interrupted = True
+            print(f"\ninterrupted: the model keeps the parameters of its last completed step "
+                  f"({self.optimizer.steps} steps in all)", file=sys.stderr)
+        finally:
+            ctrl_c.restore()
+            for cb in callbacks:
+                cb.on_train_end()
+        return history
+
+    def _begin(self, steps_per_epoch: int, epochs: int, validating: bool, callbacks):
+        """Check the schedule's every rate (a schedule that fails at step 10 fails before
+        step 1) and start the callbacks."""
+        opt = self.optimizer
+        for epoch in range(epochs if self.schedule is not None else 0):
+            self._learning_rates(opt, steps_per_epoch, steps_per_epoch,
+                                 opt.steps + epoch * steps_per_epoch)
+        metrics = ["loss"] + (["accuracy"] if self.net.is_classifier else [])
+        metrics += [f"val_{m}" for m in metrics if validating] + ["lr"]
+        for cb in callbacks:   # callbacks check their settings against params in on_train_begin
+            cb.set_trainer(self)
+            cb.set_params({"epochs": epochs, "steps": steps_per_epoch, "metrics": metrics})
+            cb.on_train_begin()
+
+    def _prepare(self, X, y, sample_weight, validation_data, validation_split, class_weight,
+                 sharded):
+        """The training and validation rows, validated (val None without validation)."""
+        net = self.net
         check_real(validation_split, "validation_split", 0, 1, high_open=True)
         if validation_data is not None and validation_split:
             raise ValueError("give validation_data or validation_split, not both")
         train = net.engine.prepare(X, y, sample_weight)
+        if sharded and len(train.X) == 0:
+            raise ValueError("this rank's shard holds no rows")
+        if sharded and class_weight is not None:
+            raise ValueError("class_weight is per shard with sharded=True; pass the weights "
+                             "as sample_weight")
+
         if validation_split:
             train, val = _split(train, validation_split)
         elif validation_data is not None:
@@ -128,86 +218,92 @@ class Trainer:
             train = _with_class_weight(train, class_weight, net.n_outputs)
             train = train._replace(weights=scaled_weights(train.weights,
                                                           "class_weight (times sample_weight)"))
+        return train, val
 
-        n = len(train.X)
-        batch = min(self.batch_size, n)
-        steps_per_epoch = math.ceil(n / batch)
-        run = max(1, math.ceil(steps_per_epoch / CALLS_PER_EPOCH))
-        opt = self.optimizer
-        steps = net.engine.training_steps(net.params, opt, train, batch, self.clip_norm,
-                                          self.dropout_seed, self.lazy_update)
-        losses, corrects = np.empty(steps_per_epoch), np.empty(steps_per_epoch)
-        lrs = np.empty(steps_per_epoch)
-        rows = np.full(steps_per_epoch, batch)
-        rows[-1] = n - batch * (steps_per_epoch - 1)
-        total_weight = n if train.weights is None else float(train.weights.sum())
-        order = np.arange(n)
+    def _plan(self, train, shuffle: bool, sharded: bool):
+        """The epochs' split of the rows (cdnn.distributed) and the fit's training steps;
+        under MPI, rank 0's state goes to every rank first."""
+        from cdnn.distributed import Replicated, Sharded, check_exchange, native_exchange
 
-        for epoch in range(epochs if self.schedule is not None else 0):
-            # every step's rate, now: a schedule that fails at step 10 fails before step 1
-            self._learning_rates(opt, steps_per_epoch, steps_per_epoch,
-                                 opt.steps + epoch * steps_per_epoch)
-        metrics = ["loss"] + (["accuracy"] if net.loss != "mean_squared_error" else [])
-        metrics += [f"val_{m}" for m in metrics if val is not None] + ["lr"]
+        net, dist, seed = self.net, self.dist, self.dropout_seed
+        if dist is None:
+            plan, exchange = Replicated(train, self.batch_size), None
+        else:
+            dist.broadcast_state(self)
+            counts = dist.comm.allgather(len(train.X))
+            with self._section("setting up"):
+                plan = (Sharded(train, self.batch_size, dist.rank, counts, self.rng, shuffle)
+                        if sharded else Replicated(train, self.batch_size, dist.rank, dist.size))
+                exchange = native_exchange(dist.comm, net.params.dtype, net.params.size)
+                seed = (seed + dist.rank) % 2**63      # each rank its own dropout masks
+            self._agree()
+            check_exchange(exchange, dist.comm)
+        plan.shuffled = shuffle
+        steps = net.engine.training_steps(net.params, self.optimizer, train, plan.local_batch,
+                                          self.clip_norm, seed, self.lazy_update, exchange)
+        return plan, steps
 
-        history = History()
-        self.stop_training = False
-        for cb in callbacks:   # callbacks check their settings against params in on_train_begin
-            cb.set_trainer(self)
-            cb.set_params({"epochs": epochs, "steps": steps_per_epoch, "metrics": metrics})
-            cb.on_train_begin()
-        ctrl_c = _DeferredInterrupt()
-        try:
-            ctrl_c.install()
-            for epoch in range(epochs):
-                for cb in callbacks:
-                    cb.on_epoch_begin(epoch)
-                if shuffle:
-                    self.rng.shuffle(order)
-                bar = _progress(verbose, steps_per_epoch, epoch, epochs)
-                step = 0
-                while step < steps_per_epoch:
-                    count = min(run, steps_per_epoch - step)
-                    lrs[step:step + count] = self._learning_rates(opt, count, steps_per_epoch,
-                                                                  opt.steps)
-                    done, failure = steps.run(lrs[step:step + count],
-                                              order[step * batch:min((step + count) * batch, n)],
-                                              losses[step:], corrects[step:])
-                    step += done
-                    if bar is not None:
-                        bar.update(done)
-                    if failure is not None:
-                        raise FloatingPointError(
-                            f"training diverged at epoch {epoch + 1}, step {step + 1}: "
-                            f"{failure}; the model keeps its last finite parameters. Try a "
-                            f"lower learning rate (now {opt.lr:g}), gradient clipping "
-                            f"(Trainer(clip_norm=1.0)) or scaling the inputs.")
-                    if ctrl_c.pressed:
-                        raise KeyboardInterrupt
-                logs = {"loss": float(losses @ rows / n)}
-                if net.loss not in ("mean_squared_error", "poisson"):
-                    logs["accuracy"] = float(corrects.sum() / total_weight)
-                if val is not None:
-                    metrics = net.evaluate_batch(val)
-                    logs.update({f"val_{k}": v for k, v in metrics.items()})
-                logs["lr"] = float(lrs[-1])
-                history.append(epoch, logs)
-                _report(verbose, bar, epoch, epochs, logs)
-                for cb in callbacks:
-                    cb.on_epoch_end(epoch, logs)
-                if self.stop_training:
-                    break
-                if ctrl_c.pressed:
-                    raise KeyboardInterrupt
-        except KeyboardInterrupt:
-            history.interrupted = True
-            print(f"\ninterrupted: the model keeps the parameters of its last completed step "
-                  f"({opt.steps} steps in all)", file=sys.stderr)
-        finally:
-            ctrl_c.restore()
+    def _epoch(self, epoch, epochs, plan, steps, val, sharded, callbacks, ctrl_c, verbose):
+        """One epoch's steps, validation and callbacks; returns its logs."""
+        net, opt, dist = self.net, self.optimizer, self.dist
+        with self._section("on_epoch_begin"):
             for cb in callbacks:
-                cb.on_train_end()
-        return history
+                cb.on_epoch_begin(epoch)
+            if plan.shuffled:
+                plan.shuffle(self.rng)
+        self._agree(ctrl_c.pressed)
+        order, table = plan.epoch(dist.columns if dist is not None else None)
+        factors = uniform = None
+        if table is not None:
+            from cdnn.distributed import step_factors
+            factors, uniform = step_factors(table, dist.rank)
+        n_steps, batch = plan.steps, plan.local_batch
+        losses, corrects, lrs = np.empty(n_steps), np.empty(n_steps), np.empty(n_steps)
+        bar = _progress(verbose, n_steps, epoch, epochs)
+        step = 0
+        run = max(1, math.ceil(n_steps / CALLS_PER_EPOCH))
+        while step < n_steps:
+            count = min(run, n_steps - step)
+            with self._section("the learning-rate schedule"):
+                lrs[step:step + count] = self._learning_rates(opt, count, n_steps, opt.steps)
+            self._agree(ctrl_c.pressed)
+            done, failure = steps.run(
+                lrs[step:step + count], order[step * batch:min((step + count) * batch,
+                                                               len(order))],
+                losses[step:], corrects[step:],
+                None if factors is None else (factors[step:step + count],
+                                              uniform[step:step + count]))
+            step += done
+            if bar is not None:
+                bar.update(done)
+            if failure is not None:     # the same on every rank: the steps agree natively
+                raise FloatingPointError(
+                    f"training diverged at epoch {epoch + 1}, step {step + 1}: "
+                    f"{failure}; the model keeps its last finite parameters. Try a "
+                    f"lower learning rate (now {opt.lr:g}), gradient clipping "
+                    f"(Trainer(clip_norm=1.0)) or scaling the inputs.")
+            if ctrl_c.pressed and dist is None:
+                raise KeyboardInterrupt
+        logs = {"loss": float(losses @ plan.rows / plan.rows.sum())}
+        if net.is_classifier:
+            logs["accuracy"] = float(corrects.sum() / plan.total_weight)
+        self._agree(ctrl_c.pressed)
+        if val is not None:
+            metrics = (net.evaluate_batch(val) if dist is None
+                       else dist.evaluate(net, val, sharded))
+            logs.update({f"val_{k}": v for k, v in metrics.items()})
+        logs["lr"] = float(lrs[-1])
+        _report(verbose, bar, epoch, epochs, logs)
+        return logs
+
+    def _section(self, what: str):
+        """A block where this rank alone may fail; under MPI the error waits for _agree."""
+        return contextlib.nullcontext() if self.dist is None else self.dist.section(what)
+
+    def _agree(self, interrupted: bool = False):
+        """Under MPI: every rank raises if any failed (cdnn.distributed.Distributed.agree)."""
+        if self.dist is not None:
+            self.dist.agree(interrupted)
 
     def _learning_rates(self, opt: Optimizer, count: int, steps_per_epoch: int,
                         first: int) -> np.ndarray:

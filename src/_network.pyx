@@ -10,7 +10,7 @@ import numpy as np
 cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport parallel, threadid
-from libc.stdint cimport uint64_t
+from libc.stdint cimport intptr_t, uint64_t
 
 from activations cimport (IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH, GELU,
                           keeps_preactivation, activate)
@@ -19,6 +19,7 @@ from team cimport team_size, share
 from passes cimport (DENSE_ROWS, CSR_ROWS, Input, Rows, forward_chunks, forward_one, rows_pass,
                      l2_penalty, loss_scale, finite)
 from step cimport Step, train_steps, STEP_OK, N_PARTIALS
+from exchange cimport MPIContext, mpi_allreduce, mpi_exchange
 from losses cimport (SOFTMAX_CROSS_ENTROPY, SIGMOID_CROSS_ENTROPY, MEAN_SQUARED_ERROR, POISSON,
                      softmax)
 from optim cimport OptimizerConfig, make_config, optimizer_update
@@ -247,6 +248,7 @@ cdef class TrainingSteps:
     cdef Py_ssize_t n_rows, entry_room
     cdef bint double_precision
     cdef double[:, ::1] partial
+    cdef MPIExchange mpi
 
     def __init__(self, Network net, params, grad, state1, state2, dict optimizer, X, labels,
                  targets, weights, workspace, label_buffer, batch_buffer, int n_threads=1,
@@ -301,6 +303,16 @@ cdef class TrainingSteps:
         S.n_rooms, S.undo_part = touched_rows.shape[0], touched_rows.shape[0] * n_1 + rest
         S.undo = cnp.PyArray_DATA(buffer)
 
+    def exchange_over(self, MPIExchange mpi=None):
+        """Sum each step's gradient across processes through mpi (None: one process)"""
+        if mpi is not None and (mpi.ctx.itemsize != (8 if self.double_precision else 4)
+                                or mpi.n != self.step.L.n_params):
+            raise ValueError("the exchange was made for another network or dtype")
+        self.mpi = mpi
+        self.step.exchange, self.step.exchange_context = NULL, NULL
+        if mpi is not None:
+            self.step.exchange, self.step.exchange_context = mpi_exchange, &mpi.ctx
+
     def run(self, const Py_ssize_t[::1] order, int batch_size, const double[::1] lrs,
             long step0, double[::1] losses, double[::1] corrects):
         """Run len(lrs) training steps (step.pxd's train_steps) over the rows in order, batch
@@ -332,6 +344,66 @@ cdef class TrainingSteps:
         if failure is not None and S.status != 4:   # the step failed before its update
             losses[done] = S.loss
         return done, failure, S.status == 4 and S.touched == NULL   # lazy: restored already
+
+
+cdef class MPIExchange:
+    """The exchange phase over MPI (exchange.pxd): MPI_Allreduce's address and the handles it
+    takes, found at run time by cdnn/distributed.py, for n parameters of itemsize bytes."""
+    cdef MPIContext ctx
+    cdef readonly Py_ssize_t n
+    cdef object recv, factors, uniform
+
+    def __init__(self, intptr_t allreduce, bint pointer_handles, intptr_t comm,
+                 intptr_t op_sum, intptr_t grad_type, intptr_t double_type, intptr_t in_place,
+                 Py_ssize_t n, int itemsize):
+        if allreduce == 0 or itemsize not in (4, 8) or n < 1:
+            raise ValueError("MPIExchange needs MPI_Allreduce's address, n > 0, itemsize 4 or 8")
+        self.n = n
+        self.ctx.allreduce, self.ctx.pointer_handles = <void*>allreduce, pointer_handles
+        self.ctx.comm, self.ctx.op_sum = comm, op_sum
+        self.ctx.grad_type, self.ctx.double_type = grad_type, double_type
+        self.ctx.in_place, self.ctx.itemsize = <void*>in_place, itemsize
+        self.ctx.recv = NULL
+        if in_place == 0:
+            self.recv = np.empty(n * itemsize, dtype=np.uint8)
+            self.ctx.recv = <void*>cnp.PyArray_DATA(self.recv)
+        self.set_factors(np.ones(0), np.ones(0, dtype=np.uint8))
+
+    def set_factors(self, factors, uniform):
+        """The next steps' loss factors f and whether each is the same on every process
+        (exchange.pxd); the steps after them use f = 1, as one process does"""
+        self.factors = np.ascontiguousarray(factors, dtype=np.float64)
+        self.uniform = np.ascontiguousarray(uniform, dtype=np.uint8)
+        if self.factors.shape != self.uniform.shape or self.factors.ndim != 1:
+            raise ValueError("factors and uniform must be 1-D of one length")
+        self.ctx.factors = <const double*>cnp.PyArray_DATA(self.factors)
+        self.ctx.uniform = <const char*>cnp.PyArray_DATA(self.uniform)
+        self.ctx.n_factors, self.ctx.next = self.factors.shape[0], 0
+
+    def allreduce(self, a):
+        """a := Σ a over the processes through the native call, as a step sums its gradient
+        (in place when the library's MPI_IN_PLACE is known): a contiguous 1-D float32 or
+        float64 array. The check that the handles are right, and the benchmark's probe."""
+        cdef cnp.ndarray arr = a
+        cdef intptr_t dtype = self.ctx.double_type
+        cdef int err
+        if arr.ndim != 1 or not arr.flags.c_contiguous or arr.dtype not in (np.float32,
+                                                                            np.float64):
+            raise ValueError("allreduce takes a contiguous 1-D float32 or float64 array")
+        if arr.dtype == np.float32:
+            if self.ctx.itemsize != 4:
+                raise ValueError("this exchange sums float64 arrays")
+            dtype = self.ctx.grad_type
+        cdef cnp.ndarray out = arr if self.ctx.in_place != NULL else np.empty_like(arr)
+        cdef void* send = self.ctx.in_place if self.ctx.in_place != NULL else cnp.PyArray_DATA(arr)
+        cdef void* recv = cnp.PyArray_DATA(out)
+        cdef Py_ssize_t count = arr.shape[0], itemsize = arr.itemsize
+        with nogil:
+            err = mpi_allreduce(&self.ctx, send, recv, count, dtype, itemsize)
+        if err != 0:
+            raise RuntimeError(f"MPI_Allreduce failed with error code {err}")
+        if out is not arr:
+            arr[...] = out
 
 
 cdef int _bind_step(Step* S, const Layout* L, floating[::1] params, floating[::1] grad,

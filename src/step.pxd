@@ -27,10 +27,20 @@ from optim cimport OptimizerConfig, optimizer_update, sum_of_squares
 
 
 # The exchange phase's contract: called by one thread while the others wait, with the full
-# gradient of this process's rows in grad (n parameters of the network's dtype); it sums grad
-# across processes in place and returns 0, or non-zero to stop training. No thread touches the
-# parameters until it returns. NULL: one process, nothing to exchange.
-ctypedef int (*exchange_fn)(void* context, void* grad, Py_ssize_t n) noexcept nogil
+# gradient of this process's rows in grad (n parameters of the network's dtype) and the step's
+# local results in x. It sums across processes: grad in place (unless x.failed says some
+# process's step failed: then grad is left alone), and x's loss, correct and failed; it sets
+# x.gscale to the factor the update still applies to the summed gradient. Returns 0, or
+# non-zero to stop training. No thread touches the parameters until it returns. NULL: one
+# process, nothing to exchange.
+cdef struct Exchange:
+    double loss                 # in: this process's loss; out: the step's, over all processes
+    double correct              # likewise, the weighted count of correct predictions
+    int failed                  # in: this process's loss is not finite; out: any process's is
+    double gscale               # out: the summed gradient's factor (1: none)
+
+ctypedef int (*exchange_fn)(void* context, void* grad, Py_ssize_t n,
+                            Exchange* x) noexcept nogil
 
 cdef enum Status:
     STEP_OK = 0
@@ -142,7 +152,9 @@ cdef inline void loss(Step* S, const floating* out, Py_ssize_t rows, int tid,
 
 cdef inline void exchange(Step* S, const floating* params, int tid, int team) noexcept nogil:
     """Thread 0 combines the loss (the L2 penalty included) and the count of correct
-    predictions; when the loss is finite, the gradient is summed across processes"""
+    predictions; with an exchange, those and the gradient are summed across processes (and
+    gscale := the factor the summed gradient still needs)"""
+    cdef Exchange x
     cdef int i
     if tid == 0:
         S.loss = 0
@@ -151,20 +163,25 @@ cdef inline void exchange(Step* S, const floating* params, int tid, int team) no
             S.loss += S.partial[i * N_PARTIALS + LOSS]
             S.correct += S.partial[i * N_PARTIALS + CORRECT]
         S.status = STEP_OK if isfinite(S.loss) else LOSS_NOT_FINITE
-        if S.status == STEP_OK and S.exchange != NULL:
-            if S.exchange(S.exchange_context, S.grad, S.L.n_params) != 0:
+        S.gscale = 1
+        if S.exchange != NULL:      # called even when this step failed: every process agrees
+            x.loss, x.correct, x.failed, x.gscale = S.loss, S.correct, S.status != STEP_OK, 1
+            if S.exchange(S.exchange_context, S.grad, S.L.n_params, &x) != 0:
                 S.status = EXCHANGE_FAILED
+            else:
+                S.loss, S.correct, S.gscale = x.loss, x.correct, x.gscale
+                S.status = LOSS_NOT_FINITE if x.failed else STEP_OK
     barrier(team)
 
 
 cdef inline void clip(Step* S, const floating* params, int tid, int team) noexcept nogil:
-    """gscale := clip_norm / ‖grad‖ when the norm exceeds clip_norm, else 1 (any fixed split of
+    """gscale ×= clip_norm / ‖gscale·grad‖ when that norm exceeds clip_norm (any fixed split of
     the sum is deterministic)"""
     cdef Part mine
     cdef double norm = 0
     cdef int i
     if S.clip_norm <= 0:
-        return              # gscale stays 1
+        return              # gscale stays as the exchange left it
     if S.touched != NULL:   # dW₁ is zero outside the touched rows
         S.partial[tid * N_PARTIALS + NORM] = lazy_sum_of_squares(S, params, tid, team)
     else:
@@ -175,12 +192,11 @@ cdef inline void clip(Step* S, const floating* params, int tid, int team) noexce
     if tid == 0:
         for i in range(team):
             norm += S.partial[i * N_PARTIALS + NORM]
-        norm = sqrt(norm)
-        S.gscale = 1
+        norm = sqrt(norm) * S.gscale
         if not isfinite(norm):
             S.status = NORM_NOT_FINITE
         elif norm > S.clip_norm:
-            S.gscale = S.clip_norm / (norm + 1e-6)
+            S.gscale *= S.clip_norm / (norm + 1e-6)
     barrier(team)
 
 

@@ -1,0 +1,337 @@
+"""Data-parallel training over MPI: `cdnn.Trainer(net, opt, batch_size=B, comm=MPI.COMM_WORLD)`.
+
+Launch N processes (`mpiexec -n N python train.py`); every one builds the same network,
+optimizer and Trainer and calls fit. B is the global batch: each step, every rank computes the
+gradient of its part of the global batch, the step's exchange phase sums the parts across
+ranks inside the native run (MPI_Allreduce, called from C without the GIL: src/exchange.pxd),
+and every rank applies the same update, so the parameters stay identical on every rank. At the
+start of fit, rank 0's parameters, optimizer state and step count, learning rate and shuffling
+state go to every rank.
+
+The data:
+- replicated (the default): every rank passes the same X, y (e.g. np.load(path, mmap_mode="r")
+  on shared storage). Every rank draws the same permutation; rank r takes its contiguous
+  part of each global batch. N ranks reproduce one process with batch B, to rounding (dropout
+  aside: each rank draws its own masks).
+- sharded (fit(X_local, y_local, sharded=True)): each rank passes only its rows; shards may
+  differ in length. An epoch is ceil(Σ shard rows / B) steps of B rows; rank r gives
+  B // N rows to every step (the first B % N ranks one more), drawn from its own endless
+  stream of shuffled passes over its shard. With equal shards that is every row once per
+  epoch; a smaller shard's rows come round more often than a larger one's.
+
+Faults: wherever a rank can fail in Python (checking the data, between native runs,
+validation, callbacks, Ctrl-C), the ranks agree on a status collectively before anyone enters
+the next collective, and every rank raises RankError naming the rank and the cause (Ctrl-C:
+every rank stops as one process does, history.interrupted). Inside a native run the steps
+agree on their own (the exchange sums a failure flag first). A rank that dies outright is
+MPI's to handle: its launcher ends the job.
+
+mpi4py is needed only here (pip install 'cdnn[mpi]'); the compiled core has no MPI in it.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import shutil
+import sys
+import warnings
+import zlib
+
+import numpy as np
+
+from cdnn._native import _network
+from cdnn.threads import _USABLE_CORES
+
+
+class RankError(RuntimeError):
+    """A rank of a distributed fit failed; every rank raises this, naming it and the cause."""
+
+
+def mpi_library():
+    """The MPI library mpi4py loaded (its path), for MPI_Allreduce's address."""
+    with open("/proc/self/maps") if os.path.exists("/proc/self/maps") else \
+            contextlib.nullcontext(None) as maps:
+        paths = {line.split()[-1] for line in maps or () if "mpi" in line.rsplit("/", 1)[-1]
+                 and ".so" in line}
+    for path in sorted(paths) + [ctypes.util.find_library("mpi")]:
+        if path:
+            with contextlib.suppress(OSError, AttributeError):
+                ctypes.CDLL(path).MPI_Allreduce
+                return path
+    raise RuntimeError("cannot find the MPI library that mpi4py loaded")
+
+
+def find_mpiexec() -> str | None:
+    """mpiexec beside this Python (pip's mpich puts it there), else on PATH."""
+    return shutil.which("mpiexec", path=os.pathsep.join(
+        [os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+
+
+def native_exchange(comm, dtype, n: int):
+    """The exchange phase over comm for n parameters of dtype (src/exchange.pxd); no
+    collective call here (see check_exchange). MPI_IN_PLACE is a macro, not a symbol: its
+    value is known for MPICH's ABI (-1) and Open MPI's (1); with any other library the sum
+    goes to a second buffer and is copied back."""
+    from mpi4py import MPI
+
+    lib = ctypes.CDLL(mpi_library())
+    allreduce = ctypes.cast(lib.MPI_Allreduce, ctypes.c_void_p).value
+    pointer_handles = MPI._sizeof(MPI.Comm) == ctypes.sizeof(ctypes.c_void_p)
+    version = MPI.Get_library_version()
+    in_place = -1 if "MPICH" in version and not pointer_handles else (
+        1 if "Open MPI" in version else 0)
+    itemsize = np.dtype(dtype).itemsize
+    return _network.MPIExchange(allreduce, pointer_handles, MPI._handleof(comm),
+                                MPI._handleof(MPI.SUM),
+                                MPI._handleof(MPI.FLOAT if itemsize == 4 else MPI.DOUBLE),
+                                MPI._handleof(MPI.DOUBLE), in_place, n, itemsize)
+
+
+def check_exchange(mpi, comm):
+    """A collective sum through the native call: the handles are right, or this says so."""
+    probe = np.array([comm.rank + 1.0])
+    mpi.allreduce(probe)
+    if probe[0] != comm.size * (comm.size + 1) / 2:
+        raise RuntimeError(f"the native MPI_Allreduce summed {probe[0]}, not "
+                           f"{comm.size * (comm.size + 1) / 2}")
+
+
+class Distributed:
+    """One fit's ranks: status agreement, broadcasts, reductions and the data's split."""
+
+    def __init__(self, comm):
+        try:
+            from mpi4py import MPI
+        except ImportError as e:
+            raise ImportError("Trainer(comm=...) needs mpi4py and an MPI: pip install "
+                              "'cdnn[mpi]'", name="mpi4py") from e
+
+        if not isinstance(comm, MPI.Comm) or comm == MPI.COMM_NULL:
+            raise TypeError(f"comm must be an mpi4py communicator such as MPI.COMM_WORLD, "
+                            f"got {comm!r}")
+        self.MPI = MPI
+        self.comm = comm
+        self.rank, self.size = comm.rank, comm.size
+        self.error: str | None = None
+        self.interrupted = False
+
+    def threads_per_rank(self) -> int:
+        """The cores of this node shared by the ranks on it."""
+        node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
+        try:
+            return max(1, _USABLE_CORES // node.size)
+        finally:
+            node.Free()
+
+    # --- agreeing on status -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def section(self, what: str):
+        """Run a block in which this rank alone may fail: the error is kept for agree()."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.interrupted = True
+        except Exception as e:          # noqa: BLE001 - every rank must hear of it
+            if self.error is None:
+                self.error = f"{what}: {type(e).__name__}: {e}"
+                self.cause = e
+
+    def agree(self, interrupted: bool = False):
+        """Every rank calls this at the same point: if any rank failed, every rank raises
+        RankError naming it; if any was interrupted (Ctrl-C), every rank raises
+        KeyboardInterrupt."""
+        status = 2 if self.error else int(interrupted or self.interrupted)
+        worst = self.comm.allreduce(status, op=self.MPI.MAX)
+        if worst == 0:
+            return
+        reports = self.comm.allgather((status, self.error))
+        failed = [(r, why) for r, (s, why) in enumerate(reports) if s == 2]
+        if failed:
+            text = "; ".join(f"rank {r} of {self.size}: {why}" for r, why in failed)
+            raise RankError(text) from (self.cause if self.error else None)
+        ranks = ", ".join(str(r) for r, (s, _) in enumerate(reports) if s == 1)
+        print(f"rank {self.rank}: Ctrl-C on rank {ranks}: every rank stops", file=sys.stderr)
+        raise KeyboardInterrupt
+
+    def any(self, flag: bool) -> bool:
+        return bool(self.comm.allreduce(int(bool(flag)), op=self.MPI.MAX))
+
+    # --- state --------------------------------------------------------------------------------
+
+    def broadcast_state(self, trainer):
+        """Rank 0's parameters, optimizer state, step count, learning rate, shuffling state
+        and dropout seed to every rank."""
+        opt, net = trainer.optimizer, trainer.net
+        for array in (net.params, *opt.state_for(net.params)):
+            self.comm.Bcast(array, root=0)
+        opt.steps, opt.lr, trainer.dropout_seed, rng_state = self.comm.bcast(
+            (opt.steps, opt.lr, trainer.dropout_seed, trainer.rng.bit_generator.state), root=0)
+        trainer.rng.bit_generator.state = rng_state
+
+    def check_identical(self, trainer):
+        """After an epoch: the parameters' checksums agree on every rank (MPI does not promise
+        that an allreduce gives every rank the same bits, though the common algorithms do);
+        if not, rank 0's go to everyone, with a warning."""
+        crc = zlib.crc32(trainer.net.params.view(np.uint8))
+        if len(set(self.comm.allgather(crc))) > 1:
+            warnings.warn("the ranks' parameters drifted apart (MPI_Allreduce gave ranks "
+                          "different bits); resynchronising from rank 0", RuntimeWarning)
+            self.broadcast_state(trainer)
+
+    def common_weight_scale(self, batch, given):
+        """Sharded rows: the engine scaled each rank's weights (given: the caller's, or None
+        for all 1) to a largest of 1; rescale them to the largest over every rank, so that
+        weights compare across ranks as given (and the largest is still 1)."""
+        top = 1.0 if given is None else float(np.max(np.asarray(given, dtype=np.float64)))
+        overall = self.comm.allreduce(top, op=self.MPI.MAX)
+        if overall == top and (given is not None or overall == 1.0):
+            return batch
+        weights = batch.weights if batch.weights is not None else np.ones(
+            len(batch.X), batch.X.dtype)
+        return batch._replace(weights=(weights * (top / overall)).astype(batch.X.dtype))
+
+    def columns(self, mine: np.ndarray) -> np.ndarray:
+        """Every rank's 1-D float64 array of one length, side by side (length × ranks)."""
+        out = np.empty((self.size, len(mine)))
+        self.comm.Allgather(np.ascontiguousarray(mine, dtype=np.float64), out)
+        return out.T.copy()
+
+    def sum(self, values) -> np.ndarray:
+        out = np.array(values, dtype=np.float64)
+        self.comm.Allreduce(self.MPI.IN_PLACE, out, op=self.MPI.SUM)
+        return out
+
+    def evaluate(self, net, val, sharded: bool) -> dict:
+        """Validation metrics over every rank's validation rows (sharded), or over the one
+        replicated set with each rank evaluating its part."""
+        if not sharded:
+            part = slice(*np.linspace(0, len(val.X), self.size + 1).astype(int)[
+                self.rank:self.rank + 2])
+            val = type(val)(*(None if a is None else a[part] for a in val))
+        n = len(val.X)
+        weight = n if val.weights is None else float(val.weights.sum())
+        loss, correct = net.engine.evaluate(net.params, val) if n else (0.0, 0.0)
+        loss_sum, correct_sum, total = self.sum([loss * weight if n else 0.0, correct, weight])
+        metrics = {"loss": float(loss_sum / total) if total > 0 else float("nan")}
+        if net.is_classifier:
+            metrics["accuracy"] = float(correct_sum / total) if total > 0 else float("nan")
+        return metrics
+
+
+# --- the data's split: which rows each rank trains on, step by step ---------------------------
+
+def part_edges(rows: int, size: int) -> np.ndarray:
+    """Where each rank's part of a batch of `rows` rows starts (and the last ends): rank r
+    takes rows // size rows, the first rows % size ranks one more."""
+    r = np.arange(size + 1)
+    return (rows // size) * r + np.minimum(r, rows % size)
+
+
+def step_factors(table: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """From each step's part weights on every rank (steps × ranks: Σw, or the row count), this
+    rank's loss factor f = w_rank / Σ w and whether f is the same on every rank
+    (src/exchange.pxd). A step of zero weight in all gives every rank f = 1 / ranks, so the L2
+    term still counts once, as in one process."""
+    total = table.sum(axis=1)
+    zero = total == 0
+    f = np.where(zero, 1 / table.shape[1], table[:, rank] / np.where(zero, 1, total))
+    uniform = zero | (table == table[:, :1]).all(axis=1)
+    return f, uniform
+
+
+class Replicated:
+    """Every rank holds all n rows and draws the same permutation; rank r trains on its part
+    of each global batch (part_edges). A part with no rows (a last batch smaller than the
+    ranks) runs one padding row with factor 0: it counts for nothing. One process is the
+    case of one rank."""
+
+    def __init__(self, train, batch_size: int, rank: int = 0, size: int = 1):
+        self.train, self.rank, self.size = train, rank, size
+        self.n = len(train.X)
+        self.batch = min(batch_size, self.n)
+        self.steps = -(-self.n // self.batch)
+        self.full = self.n // self.batch
+        self.last = self.n - self.full * self.batch
+        edges = part_edges(self.batch, size)
+        self.local_batch = max(1, edges[rank + 1] - edges[rank])
+        self.order = np.arange(self.n)
+        self.rows = np.full(self.steps, self.batch)
+        self.rows[-1] = self.n - self.batch * (self.steps - 1)
+        self.total_weight = self.n if train.weights is None else float(train.weights.sum())
+
+    def shuffle(self, rng):
+        rng.shuffle(self.order)
+
+    def epoch(self, gather=None) -> tuple[np.ndarray, np.ndarray | None]:
+        """This rank's rows for the epoch's steps in the order they run (local_batch per step,
+        the last step maybe fewer), and the part weights (steps × ranks; None alone)."""
+        if self.size == 1:
+            return self.order, None
+        B, full = self.batch, self.full
+        pieces, tables = [], []
+        if full:
+            edges = part_edges(B, self.size)
+            lo, hi = edges[self.rank], edges[self.rank + 1]
+            batches = self.order[:full * B].reshape(full, B)
+            pieces.append((batches[:, lo:hi] if hi > lo else batches[:, :1]).ravel())
+            tables.append(self._weights(batches, edges))
+        if self.last:
+            edges = part_edges(self.last, self.size)
+            lo, hi = edges[self.rank], edges[self.rank + 1]
+            tail = self.order[full * B:]
+            pieces.append(tail[lo:hi] if hi > lo else tail[:1])
+            tables.append(self._weights(tail[None, :], edges))
+        return np.concatenate(pieces), np.concatenate(tables)
+
+    def _weights(self, batches: np.ndarray, edges: np.ndarray) -> np.ndarray:
+        """Each batch's parts' weights (batches × ranks)"""
+        if self.train.weights is None:
+            return np.tile(np.diff(edges).astype(np.float64), (len(batches), 1))
+        sums = np.cumsum(self.train.weights[batches], axis=1, dtype=np.float64)
+        sums = np.concatenate([np.zeros((len(batches), 1)), sums], axis=1)
+        return np.diff(sums[:, edges], axis=1)
+
+
+class Sharded:
+    """Each rank holds its own rows (shard sizes: counts). An epoch is ceil(Σ counts / B)
+    steps of B rows; rank r gives part_edges(B)'s share to every step, from its own endless
+    stream of passes over its shard (shuffled by its own generator)."""
+
+    def __init__(self, train, batch_size: int, rank: int, counts: list[int], rng,
+                 shuffle: bool):
+        size = len(counts)
+        if batch_size < size:
+            raise ValueError(f"batch_size={batch_size} is the global batch: it needs at "
+                             f"least one row for each of the {size} ranks")
+        self.train, self.rank, self.size = train, rank, size
+        self.batch = batch_size
+        self.n = sum(counts)
+        self.steps = -(-self.n // batch_size)
+        self.edges = part_edges(batch_size, size)
+        self.local_batch = int(self.edges[rank + 1] - self.edges[rank])
+        self.rows = np.full(self.steps, batch_size)
+        self.rng = np.random.default_rng([int(rng.integers(2**63)), rank])
+        self.shuffled = shuffle
+        self.stream = np.empty(0, dtype=np.intp)
+        self.total_weight = None        # the epoch's, from its table
+
+    def shuffle(self, rng):
+        pass            # each epoch draws from the stream, shuffled pass by pass
+
+    def epoch(self, gather) -> tuple[np.ndarray, np.ndarray]:
+        need = self.steps * self.local_batch
+        own = len(self.train.X)
+        while len(self.stream) < need:
+            one_pass = self.rng.permutation(own) if self.shuffled else np.arange(own)
+            self.stream = np.concatenate([self.stream, one_pass])
+        order, self.stream = self.stream[:need], self.stream[need:]
+        if self.train.weights is None:
+            table = np.tile(np.diff(self.edges).astype(np.float64), (self.steps, 1))
+        else:
+            mine = self.train.weights[order].reshape(self.steps, self.local_batch)
+            table = gather(mine.sum(axis=1, dtype=np.float64))
+        self.total_weight = float(table.sum())
+        return order, table
