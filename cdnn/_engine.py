@@ -15,6 +15,7 @@ pool does not survive fork.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -26,7 +27,7 @@ from cdnn._native import _network
 from cdnn._sparse import SparseRows
 from cdnn._validation import (as_float_array, check_labels, check_same_length,
                               check_sample_weight, check_X)
-from cdnn.threads import get_num_threads, single_threaded_blas
+from cdnn.threads import get_num_threads, limit_threads, single_threaded_blas
 
 # FLOPs of a call per thread of its team: below this a second thread costs more (waking it,
 # its barriers, its spinning afterwards) than it saves. 6 FLOPs per parameter and row for a
@@ -57,6 +58,18 @@ def team_for(flops: float) -> int:
     if _forked:
         return 1
     return int(max(1, min(get_num_threads(), flops // MIN_FLOPS_PER_THREAD)))
+
+
+def solver_threads(n_params: int):
+    """A context for an optimizer that alternates with cdnn's calls, such as scipy's L-BFGS-B:
+    its own BLAS work is about 50 FLOPs per parameter an iteration (a history of 10 pairs), and
+    below MIN_FLOPS_PER_THREAD of it every BLAS pool runs on one thread. OpenBLAS wakes its
+    threads for such small calls and their spinning costs more than they save: L-BFGS-B over a
+    1,201-parameter quadratic, no cdnn at all, took 8.2 ms an iteration at 2 OpenBLAS threads
+    and 0.32 ms at one on this 2-core machine (under load; bench/small_lbfgs_scipy_alone.py)."""
+    if 50 * n_params >= MIN_FLOPS_PER_THREAD or team_for(math.inf) == 1:
+        return contextlib.nullcontext()
+    return limit_threads(1)
 
 
 class Batch(NamedTuple):

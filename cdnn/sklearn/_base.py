@@ -15,6 +15,7 @@ from sklearn.utils.validation import validate_data
 
 from cdnn._validation import (check_choice, check_dtype, check_positive_int, check_real,
                               check_sample_weight)
+from cdnn._engine import solver_threads
 from cdnn.convert import estimator_to_onnx
 from cdnn.network import ACTIVATIONS, MLP
 from cdnn.sklearn._stochastic import NON_FINITE, fit_stochastic, squared_weights
@@ -260,9 +261,11 @@ class _BaseMLP(BaseEstimator):
             penalty = lambda: 0.5 * self.alpha * squared_weights(net) / total  # noqa
             return self._reported_loss(loss, c, penalty), grad.astype(np.float64) / c
 
-        result = scipy.optimize.minimize(
-            loss_and_grad, self._net.params.astype(np.float64), method="L-BFGS-B", jac=True,
-            options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol})
+        with solver_threads(net.params.size):
+            result = scipy.optimize.minimize(
+                loss_and_grad, self._net.params.astype(np.float64), method="L-BFGS-B",
+                jac=True, options={"maxfun": self.max_fun, "maxiter": self.max_iter,
+                                   "gtol": self.tol})
         self._net.params[...] = result.x
         self.n_iter_ = min(int(result.nit), self.max_iter)
         self.loss_ = float(result.fun)
