@@ -39,6 +39,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                              accept_sparse="csr")
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
+        if (incremental and hasattr(self, "classes_") and y.ndim == 1
+                and self._label_binarizer.y_type_ == "multiclass"):
+            return X, y, self._class_indices(y), len(self.classes_), None
         check_classification_targets(y)
         if not hasattr(self, "classes_") or (not self.warm_start and not incremental):
             self._label_binarizer = LabelBinarizer().fit(y)
@@ -59,6 +62,17 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         else:
             targets = Y.astype(np.float64)
         return X, y, targets, Y.shape[1], Y if Y.shape[1] == 1 else None
+
+    def _class_indices(self, y: np.ndarray) -> np.ndarray:
+        """y's positions in classes_ (a fitted multiclass model, a later partial_fit): what
+        LabelBinarizer.transform and argmax give, without scikit-learn's checks of the type of
+        y, which took most of a 50-row partial_fit; a label not in classes_ is the same error."""
+        labels, inverse = np.unique(y, return_inverse=True)
+        where = np.searchsorted(self.classes_, labels).clip(max=len(self.classes_) - 1)
+        if not np.array_equal(self.classes_[where], labels):
+            raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` "
+                             f"has {self.classes_}. 'y' has {labels}.")
+        return where[inverse].astype(np.intc)
 
     @available_if(lambda est: est._check_solver())
     def partial_fit(self, X, y, sample_weight=None, classes=None):
