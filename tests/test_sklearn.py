@@ -425,3 +425,16 @@ def test_values_beyond_float32_range_fail_with_scikit_learns_message():
     fitted = MLPRegressor(max_iter=2).fit(X / 1e300, y)
     with pytest.raises(ValueError, match="float32"):
         fitted.predict(X)
+
+
+def test_a_refit_that_fails_validation_keeps_the_fitted_model():
+    """Issue 13, row 19: a fitted classifier refit on 3-feature X with string labels and
+    sample_weight=-1 raised, but had already replaced classes_ and n_features_in_."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 4)), rng.integers(0, 3, 60)
+    clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0).fit(X, y)
+    before = clf.predict(X)
+    with pytest.raises(ValueError):
+        clf.fit(X[:, :3], np.array(["a", "b", "c"] * 20), sample_weight=-np.ones(60))
+    assert clf.n_features_in_ == 4 and list(clf.classes_) == [0, 1, 2]
+    np.testing.assert_array_equal(clf.predict(X), before)

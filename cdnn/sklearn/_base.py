@@ -67,6 +67,11 @@ def _layers_property(name: str, attribute: str):
     return property(get, set, doc=f"The network's {attribute}, as scikit-learn's {name}.")
 
 
+# what validating a fit's input sets on the estimator (scikit-learn's validate_data and the
+# classifier's label binarizer)
+VALIDATION_SETS = ("n_features_in_", "feature_names_in_", "classes_", "_label_binarizer")
+
+
 class _BaseMLP(BaseEstimator):
     """Parameters, fitting and the solvers."""
 
@@ -172,6 +177,28 @@ class _BaseMLP(BaseEstimator):
     def _fit(self, X, y, sample_weight, incremental: bool):
         self._check_params()
         first_pass = "_net" not in vars(self) or (not self.warm_start and not incremental)
+        fitted = {k: v for k, v in vars(self).items() if k in VALIDATION_SETS}
+        try:    # validation sets the input's attributes: a refit that fails keeps the old ones
+            X, y, targets, weights, n_outputs, stratify = self._validate_fit(
+                X, y, sample_weight, incremental, first_pass)
+        except Exception:
+            for name in VALIDATION_SETS:
+                vars(self).pop(name, None)
+            vars(self).update(fitted)
+            raise
+        self._random_state = check_random_state(self.random_state)
+        if first_pass:
+            self._initialize(X.shape[1], n_outputs, X.dtype)
+        if self.solver == "lbfgs":
+            self._fit_lbfgs(X, targets, weights)
+        else:
+            fit_stochastic(self, X, y, targets, weights, stratify, incremental)
+        if not np.isfinite(self._net.params).all():
+            raise ValueError(NON_FINITE)
+        return self
+
+    def _validate_fit(self, X, y, sample_weight, incremental: bool, first_pass: bool):
+        """X, y, targets and weights for a fit, in the model's dtype"""
         X, y, targets, n_outputs, stratify = self._validate_input(X, y, incremental,
                                                                   reset=first_pass)
         if not first_pass and n_outputs != self.n_outputs_:
@@ -181,16 +208,7 @@ class _BaseMLP(BaseEstimator):
         targets = targets.astype(np.intc if targets.dtype.kind in "iu" else dtype)
         # as given, not scaled: scikit-learn's L2 term is divided by the weights' sum
         weights = check_sample_weight(sample_weight, X.shape[0], dtype, scaled=False)
-        self._random_state = check_random_state(self.random_state)
-        if first_pass:
-            self._initialize(X.shape[1], n_outputs, dtype)
-        if self.solver == "lbfgs":
-            self._fit_lbfgs(X, targets, weights)
-        else:
-            fit_stochastic(self, X, y, targets, weights, stratify, incremental)
-        if not np.isfinite(self._net.params).all():
-            raise ValueError(NON_FINITE)
-        return self
+        return X, y, targets, weights, n_outputs, stratify
 
     def _initialize(self, n_features: int, n_outputs: int, dtype):
         """A new network, drawn as scikit-learn draws its own: per layer, the weights and then
