@@ -105,8 +105,8 @@ class Engine:
 
     # --- inputs ---------------------------------------------------------------------------
 
-    def check_X(self, X) -> np.ndarray | SparseRows:
-        return check_X(X, self.dtype, self.n_inputs)
+    def check_X(self, X, finite: bool = True) -> np.ndarray | SparseRows:
+        return check_X(X, self.dtype, self.n_inputs, finite)
 
     def params_per_row(self, X) -> float:
         """The parameters a row of X works with: all of them for dense rows; for sparse rows,
@@ -166,7 +166,7 @@ class Engine:
             out = self.network.forward_row(params, X)   # one ready row: no copy, no plan
             if out is not None:
                 return _finite_outputs(out)
-        X = self.check_X(X)
+        given, X = X, self.check_X(X, finite=False)   # the kernel checks each chunk's rows
         out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
         team, workspace = self._plan(X, 2)
         share_units = (team == 1 and team_for(math.inf) > 1
@@ -180,7 +180,8 @@ class Engine:
         else:
             with single_threaded_blas():
                 self.network.forward(params, X, out, workspace, team)
-        return _finite_outputs(out)
+        # the kernel gives the rows of a chunk holding NaN or ±inf NaN outputs: check_X names it
+        return _finite_outputs(out, lambda: self.check_X(given))
 
     def evaluate(self, params: np.ndarray, batch: Batch) -> tuple[float, float]:
         """(mean loss, weighted count of correct predictions); dropout off, no L2 term."""
@@ -205,10 +206,13 @@ class Engine:
                              exchange)
 
 
-def _finite_outputs(out: np.ndarray) -> np.ndarray:
+def _finite_outputs(out: np.ndarray, check_inputs=None) -> np.ndarray:
     """out, when every value is finite: finite inputs can still overflow a layer (float32 X of
-    3e38), and a NaN output would pass for a prediction"""
+    3e38), and a NaN output would pass for a prediction. Otherwise check_inputs() (when given)
+    raises first for a non-finite input."""
     if not _network.all_finite(out.reshape(-1)):
+        if check_inputs is not None:
+            check_inputs()
         row = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
         raise ValueError(f"the network's output for row {row} is not finite: its inputs or the "
                          f"parameters are too large for {out.dtype} (scale the inputs)")

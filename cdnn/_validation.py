@@ -92,9 +92,10 @@ def _where(index) -> str:
     return f"row {index[0]}" + (f", column {index[1]}" if len(index) > 1 else "")
 
 
-def as_float_array(a, name: str, dtype, ndim: int) -> np.ndarray:
+def as_float_array(a, name: str, dtype, ndim: int, finite: bool = True) -> np.ndarray:
     """a as a C-contiguous array of dtype with ndim dimensions (a (n, 1) column is accepted as
-    1-D), non-empty and finite. Integer, boolean and float16 input is converted."""
+    1-D), non-empty and finite (unless finite=False: the caller's kernel checks that itself).
+    Integer, boolean and float16 input is converted."""
     _reject_unsupported(a, name)
     a = np.asarray(a)
     if a.dtype.kind not in "biuf":
@@ -110,7 +111,7 @@ def as_float_array(a, name: str, dtype, ndim: int) -> np.ndarray:
     if a.dtype != dtype or not a.flags.c_contiguous:
         with np.errstate(over="ignore"):   # an overflow is reported below, as an error
             a = np.ascontiguousarray(a, dtype=dtype)
-    if not _network.all_finite(a.reshape(-1)):    # one native pass, no temporary the size of a
+    if finite and not _network.all_finite(a.reshape(-1)):   # one native pass, no temporary
         where = tuple(np.argwhere(~np.isfinite(a))[0])
         if np.isfinite(original[where]):   # finite before the conversion: it overflowed
             raise ValueError(f"{name} holds {original[where]:g} at {_where(where)}, too large "
@@ -120,14 +121,15 @@ def as_float_array(a, name: str, dtype, ndim: int) -> np.ndarray:
     return a
 
 
-def check_X(X, dtype, n_features: int) -> np.ndarray | SparseRows:
+def check_X(X, dtype, n_features: int, finite: bool = True) -> np.ndarray | SparseRows:
     """X as the kernels read it: a C-contiguous array of dtype or, for a scipy.sparse X,
-    validated CSR rows (cdnn._sparse)."""
+    validated CSR rows (cdnn._sparse). finite=False leaves the NaN/inf check of dense X to
+    the caller's kernel."""
     if is_sparse(X):
         return as_sparse_rows(X, dtype, n_features)
     if isinstance(X, SparseRows):     # validated already (a view of a fit's rows)
         return X
-    X = as_float_array(X, "X", dtype, 2)
+    X = as_float_array(X, "X", dtype, 2, finite)
     if X.shape[1] != n_features:
         raise ValueError(f"X has {X.shape[1]} features per row, the network expects {n_features}")
     return X

@@ -9,6 +9,7 @@
 # GEMMs are single-threaded here: the caller holds the BLAS at one thread.
 
 from cython cimport floating
+from libc.math cimport NAN
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
@@ -347,23 +348,34 @@ cdef inline void forward_chunks(const Layout* L, const floating* params, Input x
     in chunks of cap rows: a contiguous share of the rows in its own part of the workspace or,
     with share_units, every row in the whole workspace and a share of every layer's units (for
     a few rows, a share of the rows leaves threads idle, while a share of the units splits the
-    weights each thread must read). Every thread of the team calls this."""
-    cdef Py_ssize_t k = n_outputs(L), start, stop, rows, i
+    weights each thread must read). Every thread of the team calls this.
+    Dense rows are checked for NaN and ±inf here, chunk by chunk, just before the chunk's
+    product reads them (which then finds them in cache): a chunk holding one gets NaN outputs,
+    which the caller takes as its cue to find and name the value. A separate pass over all of
+    X on the calling thread took a fifth of a 10,000-row prediction on 784-128-10."""
+    cdef Py_ssize_t k = n_outputs(L), start, stop, rows, i, j
     cdef int part = tid if share_units else 0, parts = team if share_units else 1
     cdef Part mine = share(n, tid, team) if not share_units else whole(n)
     cdef Part units = share(k, part, parts)
     cdef floating* ws = workspace + (0 if share_units else tid * cap * L.row_width)
     cdef const floating* result
+    cdef floating* row
     cdef Input chunk
+    cdef bint ok
     start = mine.first
     stop = mine.first + mine.count
     while start < stop:
         rows = min(cap, stop - start)
         chunk = rows_from(x, start)
+        ok = x.kind != DENSE_ROWS or finite(<const floating*>chunk.X, rows * x.n_cols)
         result = forward(L, params, &chunk, ws, cap, rows, False, 0, 0, 0, part, parts)
         for i in range(rows):   # this thread's units of the output
-            memcpy(out + (start + i) * k + units.first, result + i * k + units.first,
-                   units.count * sizeof(floating))
+            row = out + (start + i) * k + units.first
+            if ok:
+                memcpy(row, result + i * k + units.first, units.count * sizeof(floating))
+            else:
+                for j in range(units.count):
+                    row[j] = NAN
         start += rows
 
 

@@ -1,5 +1,6 @@
 """The benchmark suite's plumbing: option parsing, the worker process, the small jobs and the
 report. No timing is asserted: a benchmark measures and prints."""
+import re
 import warnings
 
 import numpy as np
@@ -24,25 +25,69 @@ def test_unknown_workload_is_refused(capsys):
 
 
 @pytest.mark.parametrize("peer, distributions", [("torch", ["torch"]), ("jax", ["jax", "jaxlib"]),
-                                                 ("sklearn", ["scikit-learn"])])
+                                                 ("sklearn", ["scikit-learn"]),
+                                                 ("ort", ["onnxruntime", "onnx"])])
 def test_a_missing_peer_note_says_how_to_install_it(peer, distributions):
     note = _missing_note(peer)
     assert workloads.PEER_NAMES[peer] in note and "pip install 'cdnn[bench]'" in note
     command = note.split("`")[1]
     assert command.startswith("pip install ")
-    assert [word.split("=")[0] for word in command.split()[2:]] == distributions
+    assert [re.split("[<>=]", word)[0] for word in command.split()[2:]] == distributions
+
+
+def test_onnx_runtime_runs_the_predict_workloads_only():
+    ort = [wl for wl in workloads.WORKLOADS if workloads.runs("ort", wl)]
+    assert {"P1", "P1s", "PB", "PBs"} <= set(ort)
+    assert all(workloads.WORKLOADS[wl]["kind"] in workloads.PREDICT_KINDS for wl in ort)
+    assert workloads.runs("cdnn", "S") and not workloads.runs("ort", "S")
+    assert workloads.WORKLOADS["PBs"]["sizes"] == [784, 128, 10]
+
+
+def test_onnx_runtime_predicts_with_cdnns_weights_and_threads():
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from cdnn.bench.contenders import CdnnContender, OrtContender, usable_cores
+    X = np.random.default_rng(0).random((50, 12), dtype=np.float32)
+    ours, theirs = CdnnContender(), OrtContender()
+    m = theirs.build([12, 16, 5], 32, 3, X, None)
+    options = m.session.get_session_options()
+    assert options.intra_op_num_threads == usable_cores() == cdnn.get_num_threads()
+    assert options.inter_op_num_threads == 1
+    assert options.execution_mode == theirs.ort.ExecutionMode.ORT_SEQUENTIAL
+    net = ours.build([12, 16, 5], 32, 3, X, None).net
+    probabilities = m.session.run(None, {m.input: X})[0]
+    np.testing.assert_allclose(probabilities, net.predict_proba(X), atol=1e-5)
+    predict, context = theirs.predictor(m)
+    with context():
+        np.testing.assert_array_equal(predict(X), net.predict(X))
+
+
+def _worker_runs(tmp_path, contender, *tasks):
+    for name in ("X_train", "X_test"):
+        np.save(tmp_path / f"{name}.npy", np.zeros((2, 3), np.float32))
+    np.save(tmp_path / "y_train.npy", np.zeros(2, np.int64))
+    worker = Worker(contender, str(tmp_path), timeout=120)
+    try:
+        assert worker.ready.get("ready"), worker.ready
+        return [worker.run(task) for task in tasks]
+    finally:
+        worker.close()
 
 
 def test_a_peer_worker_does_not_import_cdnn(tmp_path):
-    for name in ("X_train", "X_test"):
-        np.save(tmp_path / f"{name}.npy", np.zeros((2, 3), np.float32))
-    worker = Worker("numpy", str(tmp_path), timeout=120)
-    try:
-        assert worker.ready.get("ready"), worker.ready
-        info = worker.run(dict(kind="info"))
-    finally:
-        worker.close()
+    info, = _worker_runs(tmp_path, "numpy", dict(kind="info"))
     assert info["ok"] and info["imports_cdnn"] is False
+
+
+def test_onnx_runtime_worker_predicts_without_importing_cdnn(tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    latency, info = _worker_runs(tmp_path, "ort", dict(kind="predict1", sizes=[3, 4, 2], seed=0,
+                                                        calls=5, inputs="test rows"),
+                                 dict(kind="info"))
+    assert latency["ok"] and latency["calls"] == 5 and latency["seconds"] > 0, latency
+    assert info["ok"] and info["imports_cdnn"] is False     # the export ran in a child process
+    assert info["ort_threads"] >= 1
 
 
 SMALL_JOBS = [(contender, case) for case in small.JOBS for contender in ("cdnn", "sklearn")

@@ -239,3 +239,22 @@ def test_pickle_round_trip(rng):
     X = rng.normal(size=(3, 4))
     np.testing.assert_array_equal(clone.forward(X), net.forward(X))
     assert not np.shares_memory(clone.params, net.params)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_many_rows_are_checked_for_non_finite_values_chunk_by_chunk(threads):
+    # predict checks X in its kernel, chunk by chunk: the chunk that holds the NaN gets NaN
+    # outputs (and only it), and predict names the value
+    net = cdnn.MLP([6, 5, 3], seed=0)
+    X = np.random.default_rng(0).random((3000, 6), dtype=np.float32)
+    clean = net.forward(X)
+    X[2500, 4] = np.nan
+    out = np.empty_like(clean)
+    workspace = np.empty(threads * 100 * net.engine.network.row_width, np.float32)
+    net.engine.network.forward(net.params, X, out, workspace, threads)  # chunks of 100 rows
+    bad = ~np.isfinite(out).all(axis=1)
+    assert bad[2500] and bad.sum() == 100
+    np.testing.assert_array_equal(out[~bad], clean[~bad])
+    with cdnn.limit_threads(threads), pytest.raises(ValueError,
+                                                    match=r"\(nan\) at row 2500, column 4"):
+        net.predict(X)

@@ -1,5 +1,5 @@
-"""Benchmark suite: cdnn against PyTorch, JAX and scikit-learn on MNIST-sized MLPs, and on
-small scikit-learn style jobs.
+"""Benchmark suite: cdnn against PyTorch, JAX and scikit-learn on MNIST-sized MLPs (and ONNX
+Runtime on prediction), and on small scikit-learn style jobs.
 
     cdnn bench --quick                      # a few minutes, smaller epochs
     cdnn bench --workloads small            # the small jobs only
@@ -18,7 +18,9 @@ How it measures, and why:
   warm-up is the compile of each batch shape, timed and reported separately.
 - The peers are written the way a competent user writes them: PyTorch eager with manual
   batching over a shuffled index; JAX with the whole SGD-momentum step under `jax.jit`;
-  scikit-learn's own `MLPClassifier(solver="sgd")`. Thread counts are left at their defaults.
+  scikit-learn's own `MLPClassifier(solver="sgd")`. Thread counts are left at their defaults,
+  but for ONNX Runtime (predict workloads only), which runs cdnn's own exported network at
+  cdnn's thread count: the serving set-up cdnn's predict is weighed against.
 - Benchmarks measure and print. Nothing here asserts on a timing or fails because of one.
 
 The package by concern: workloads.py (what is measured, modes, data), contenders.py (each

@@ -31,7 +31,8 @@ def _csv(choices, groups=None):
 def build_parser():
     p = argparse.ArgumentParser(
         prog="cdnn bench", description="Benchmark cdnn against PyTorch, JAX and scikit-learn: "
-        "training and prediction on MNIST-sized networks, and small scikit-learn style jobs. "
+        "training and prediction on MNIST-sized networks, and small scikit-learn style jobs; "
+        "and against ONNX Runtime on prediction. "
         "Prints tables; never fails on a timing. Peers that are not installed are left out "
         "(pip install 'cdnn[bench]' installs them all).")
     speed = p.add_mutually_exclusive_group()
@@ -45,7 +46,7 @@ def build_parser():
                    help="comma list of " + ",".join(WORKLOADS) + "; 'small' means every "
                    "small-* job (default: all of the mode's)")
     p.add_argument("--contenders", type=_csv(list(CONTENDERS)), default=list(CONTENDERS),
-                   help="comma list (default: cdnn,torch,jax,sklearn)")
+                   help="comma list (default: " + ",".join(CONTENDERS) + ")")
     p.add_argument("--data-dir", default=None,
                    help="MNIST directory (default: ../shared/data/mnist if present, "
                         "else synthetic)")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import time
 import warnings
 from types import SimpleNamespace
@@ -42,6 +44,20 @@ class Contender:
         raise ImportError(f"{self.name} has no scikit-learn style estimators")
 
 
+def cdnn_network(cdnn, sizes, seed):
+    """The network the cdnn contender trains and predicts with (and ONNX Runtime runs)."""
+    return cdnn.MLP(sizes, activation="relu", loss="softmax_cross_entropy", dtype="float32",
+                    seed=seed)
+
+
+def usable_cores():
+    """The threads cdnn uses by default: the cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:      # not on Linux
+        return os.cpu_count() or 1
+
+
 class CdnnContender(Contender):
     name = "cdnn"
 
@@ -52,8 +68,7 @@ class CdnnContender(Contender):
 
     def build(self, sizes, batch, seed, X, y):
         cdnn = self.cdnn
-        net = cdnn.MLP(sizes, activation="relu", loss="softmax_cross_entropy",
-                       dtype="float32", seed=seed)
+        net = cdnn_network(cdnn, sizes, seed)
         trainer = cdnn.Trainer(net, cdnn.SGD(lr=LR, momentum=MOMENTUM), batch_size=batch, seed=seed)
         return SimpleNamespace(net=net, trainer=trainer, X=X, y=y)
 
@@ -237,5 +252,56 @@ class SklearnContender(Contender):
         return sklearn.neural_network
 
 
+# Exports cdnn's network for (sizes, seed) with to_onnx and writes the model to stdout. It runs in
+# a child process, so the ONNX Runtime worker never loads cdnn (its OpenMP runtime).
+_EXPORT = """import sys
+sys.path.insert(0, {parent!r})
+import cdnn
+from cdnn.bench.contenders import cdnn_network
+sys.stdout.buffer.write(cdnn_network(cdnn, {sizes!r}, {seed!r}).to_onnx().SerializeToString())
+"""
+
+
+class OrtContender(Contender):
+    """ONNX Runtime on cdnn's own network (the same weights, exported with cdnn's to_onnx), at
+    cdnn's default thread count, sequential execution: what a deployment of the model runs."""
+
+    name = "ort"
+
+    def __init__(self):
+        import onnxruntime
+
+        self.ort = onnxruntime
+        self.threads = usable_cores()
+
+    def build(self, sizes, batch, seed, X, y):
+        parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        code = _EXPORT.format(parent=parent, sizes=list(sizes), seed=seed)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=600)
+        if done.returncode:
+            raise RuntimeError("exporting cdnn's network to ONNX failed: "
+                               + done.stderr.decode(errors="replace")[-2000:])
+        options = self.ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
+        session = self.ort.InferenceSession(done.stdout, options, providers=["CPUExecutionProvider"])
+        return SimpleNamespace(session=session, input=session.get_inputs()[0].name)
+
+    def train_epoch(self, m):
+        raise NotImplementedError("ONNX Runtime only predicts")
+
+    def predict(self, m, X):
+        return m.session.run(None, {m.input: X})[0].argmax(1)
+
+    def predictor(self, m):
+        run, name = m.session.run, m.input
+
+        def predict(x):     # probabilities, then the class, as cdnn's and torch's predict
+            return run(None, {name: x})[0].argmax(1)
+
+        return predict, contextlib.nullcontext
+
+
 CONTENDER_CLASSES = {c.name: c for c in (CdnnContender, TorchContender, JaxContender,
-                                           SklearnContender)}
+                                           SklearnContender, OrtContender)}

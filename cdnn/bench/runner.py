@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from .workloads import (MODES, PEER_NAMES, SLOW_WORKLOADS, SMALL_REPEATS, WORKLOADS,
-                        install_hint, load_data, task_for)
+                        install_hint, load_data, modules, runs, task_for)
 
 class Worker:
     """A subprocess serving one contender; `run` sends one task and waits for its answer."""
@@ -249,7 +249,7 @@ def _run_workload(wl, mode, args, runner, present, log):
     task, repeats = task_for(wl, mode), _repeats(wl, mode, args)
     who = _needed(present, [wl])
     if not who:
-        log(f"{wl:>5}: needs {' or '.join(WORKLOADS[wl].get('contenders', ()))}, skipped")
+        log(f"{wl:>5}: needs {' or '.join(c for c in PEER_NAMES if runs(c, wl))}, skipped")
     raw = {c: [] for c in who}
     for r in range(repeats if who else 0):
         for c in who:  # alternate contenders within every repeat
@@ -263,8 +263,7 @@ def _run_workload(wl, mode, args, runner, present, log):
 
 def _needed(contenders, workloads):
     """The contenders that run at least one of the workloads."""
-    return [c for c in contenders
-            if any(c in WORKLOADS[wl].get("contenders", (c,)) for wl in workloads)]
+    return [c for c in contenders if any(runs(c, wl) for wl in workloads)]
 
 
 def _missing_note(name):
@@ -282,7 +281,7 @@ def run_suite(args, log, report, checkpoint=lambda: None):
 
     present = []
     for name in _needed(args.contenders, workloads):
-        if importlib.util.find_spec(name) is None:
+        if any(importlib.util.find_spec(module) is None for module in modules(name)):
             notes.append(_missing_note(name))
         else:
             present.append(name)

@@ -175,6 +175,8 @@ def _task_info(c, data, t):
         info["torch_config"] = c.torch.__config__.parallel_info()
     if c is not None and c.name == "jax":
         info["jax_devices"] = [str(d) for d in c.jax.devices()]
+    if c is not None and c.name == "ort":
+        info["ort_version"], info["ort_threads"] = c.ort.__version__, c.threads
     if c is not None and c.name == "cdnn":
         info["cdnn_file"] = c.cdnn.__file__
     return info

@@ -14,11 +14,18 @@ MOMENTUM = 0.9
 N_CLASSES = 10
 MNIST_TRAIN_ROWS = 60000
 
-CONTENDERS = ("cdnn", "torch", "jax", "sklearn")   # each is also the name of its module
-PEERS = ("torch", "jax", "sklearn")
-PEER_NAMES = {"cdnn": "cdnn", "torch": "PyTorch", "jax": "JAX", "sklearn": "scikit-learn"}
+CONTENDERS = ("cdnn", "torch", "jax", "sklearn", "ort")
+PEERS = ("torch", "jax", "sklearn", "ort")
+PEER_NAMES = {"cdnn": "cdnn", "torch": "PyTorch", "jax": "JAX", "sklearn": "scikit-learn",
+              "ort": "ONNX Runtime"}
+# the modules each contender needs (by default its own name): ONNX Runtime runs the model that
+# cdnn's to_onnx writes, which needs onnx
+MODULES = {"ort": ("onnxruntime", "onnx")}
 # the distributions behind each peer, as named in pyproject.toml's [bench] extra
-DISTRIBUTIONS = {"torch": ("torch",), "jax": ("jax", "jaxlib"), "sklearn": ("scikit-learn",)}
+DISTRIBUTIONS = {"torch": ("torch",), "jax": ("jax", "jaxlib"), "sklearn": ("scikit-learn",),
+                 "ort": ("onnxruntime", "onnx")}
+PREDICT_ONLY = ("ort",)     # an inference runtime: it runs only the predict workloads
+PREDICT_KINDS = ("predict1", "predict_batch")
 
 M_SIZES = [784, 512, 512, 10]
 
@@ -43,6 +50,7 @@ WORKLOADS = {
     # skip: MNIST rows are 81 % zeros. It shows what P1s's ratio owes to them.
     "P1s-dense": dict(kind="predict1", sizes=[784, 128, 10], inputs="dense"),
     "PB": dict(kind="predict_batch", sizes=M_SIZES, rows=10000),
+    "PBs": dict(kind="predict_batch", sizes=[784, 128, 10], rows=10000),
     "TTA": dict(kind="tta", sizes=M_SIZES, batch=128, target=0.98),
     "ALLOC": dict(kind="alloc", sizes=M_SIZES, batch=128, contenders=("cdnn",)),
     "small-lbfgs": _small("lbfgs", [10, 100, 1], "MLPRegressor lbfgs, 200x10"),
@@ -59,13 +67,14 @@ SMALL_WORKLOADS = [name for name, spec in WORKLOADS.items() if spec["kind"] == "
 # The small jobs are the same in both modes: they take seconds.
 MODES = {
     "quick": dict(
-        workloads=["S", "M", "L", "D", "P1", "P1s", "P1s-dense", "PB", "ALLOC"] + SMALL_WORKLOADS,
+        workloads=(["S", "M", "L", "D", "P1", "P1s", "P1s-dense", "PB", "PBs", "ALLOC"]
+                   + SMALL_WORKLOADS),
         rows={"S": 8000, "M": 8000, "L": 2048, "D": 8000, "TTA": MNIST_TRAIN_ROWS, "ALLOC": 4000},
         repeats=3, repeats_slow=3, predict_calls=1000, batch_calls=3, tta_epochs=3,
         alloc_epochs=4, gemm_repeats=5, task_timeout=900,
     ),
     "full": dict(
-        workloads=(["S", "M", "D", "P1", "P1s", "P1s-dense", "PB", "ALLOC"] + SMALL_WORKLOADS
+        workloads=(["S", "M", "D", "P1", "P1s", "P1s-dense", "PB", "PBs", "ALLOC"] + SMALL_WORKLOADS
                    + ["L", "TTA"]),  # longest last
         rows={k: MNIST_TRAIN_ROWS for k in ("S", "M", "L", "D", "TTA", "ALLOC")},
         repeats=5, repeats_slow=3, predict_calls=2000, batch_calls=5, tta_epochs=10,
@@ -74,6 +83,19 @@ MODES = {
 }
 SLOW_WORKLOADS = ("L", "TTA")  # these use `repeats_slow` unless --repeats is given
 SMALL_REPEATS = 3              # the small jobs report the best of 3 unless --repeats is given
+
+
+def runs(contender, wl):
+    """Whether `contender` takes part in workload `wl`."""
+    spec = WORKLOADS[wl]
+    if contender in PREDICT_ONLY and spec["kind"] not in PREDICT_KINDS:
+        return False
+    return contender in spec.get("contenders", (contender,))
+
+
+def modules(contender):
+    """The modules a contender's worker imports (find_spec tells whether it is installed)."""
+    return MODULES.get(contender, (contender,))
 
 
 def param_count(sizes):
