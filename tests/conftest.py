@@ -1,5 +1,6 @@
 """Shared fixtures. The suite tests an installed package (what a wheel gives users) or an
 editable install (`pip install -e .`, whose cdnn/ holds the compiled kernels beside the source)."""
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,11 @@ if (Path(cdnn.__file__).resolve().parent == REPO / "cdnn"
         and not any((REPO / "cdnn").glob("_network*.so"))):
     raise RuntimeError("the tests imported cdnn from the source tree; install it "
                        "(pip install .) and run `pytest` from the repository root")
+
+# Subprocesses started by the tests (`python -c …`, `python -m cdnn.cli`) would put the current
+# folder first on sys.path; run from the repository root, they would then import the source
+# tree, which has no compiled kernels outside an editable install. Python 3.11+ leaves it out.
+os.environ.setdefault("PYTHONSAFEPATH", "1")
 
 DTYPES = [np.float32, np.float64]
 # per-dtype tolerance for comparing a kernel with its numpy reference
