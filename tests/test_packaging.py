@@ -3,6 +3,7 @@ one line what to do (issue 17: it was a confusing "circular import"), and every 
 the docstring that the API reference (docs/api) is generated from."""
 import importlib
 import inspect
+import os
 import shutil
 import subprocess
 import sys
@@ -24,8 +25,10 @@ IMPORT_WITHOUT_EDITABLE_HOOKS = (
 def test_a_source_tree_without_kernels_says_what_to_do(tmp_path):
     shutil.copytree(Path(cdnn.__file__).parent, tmp_path / "cdnn",
                     ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    # a user in the source tree: the current folder first on sys.path (conftest turns it off)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
     child = subprocess.run([sys.executable, "-c", IMPORT_WITHOUT_EDITABLE_HOOKS], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=60)
+                           capture_output=True, text=True, timeout=60, env=env)
     assert child.returncode != 0
     last = child.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError: cdnn's compiled kernels are missing"), child.stderr
