@@ -1,6 +1,7 @@
 """Sphinx configuration of cdnn's API reference, generated from the docstrings of the installed
 package. Build: pip install '.[docs]', then sphinx-build -W -b html docs/api docs/api/_build
-(from the repository root, against an installed cdnn: the source tree has no compiled kernels).
+(from the repository root, against an installed cdnn: PYTHONSAFEPATH=1 keeps "python -m" from
+importing the source tree, which has no compiled kernels).
 """
 import cdnn
 
