@@ -16,14 +16,15 @@ scikit-learn on MNIST-sized problems. dtype=None follows the input as scikit-lea
 (float32 input in float32, anything else in float64); "float64" always computes in float64.
 
 Where a fit still differs from scikit-learn's (beyond rounding):
+
 - sample weights with alpha > 0: scikit-learn divides each batch's L2 term by that batch's
   weight sum; cdnn's penalty is fixed per run of batches, so it uses the mean weight × rows;
-- the loss_curve_ of a multi-output squared-error fit with alpha > 0: scikit-learn reports a
+- the `loss_curve_` of a multi-output squared-error fit with alpha > 0: scikit-learn reports a
   per-batch penalty that cdnn does not see; it is taken at the epoch's start and end weights;
 - scikit-learn clips probabilities to [eps, 1 − eps] in its reported log loss (not in the
   gradient); cdnn's loss is exact, so they differ once a probability is within eps of 0 or 1;
 - a warm-started fit with early stopping keeps its best epoch's weights; scikit-learn 1.9
-  trains its saved best weights in place there (coefs_ and _best_coefs are the same arrays
+  trains its saved best weights in place there (`coefs_` and `_best_coefs` are the same arrays
   after the first fit), so it keeps the last epoch's when that fit never beats the first;
 - sparse X (scipy.sparse) is taken as CSR, never densified.
 

@@ -17,7 +17,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Multi-layer perceptron classifier: scikit-learn's MLPClassifier, trained by cdnn.
 
     Multiclass targets train a softmax output; binary and multi-label (indicator matrix)
-    targets a sigmoid output per label. Class labels may be any values (classes_ maps them).
+    targets a sigmoid output per label. Class labels may be any values (`classes_` maps them).
     dtype: "float32" (default), "float64", or None to follow the input (see cdnn.sklearn).
     """
 
@@ -64,9 +64,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return X, y, targets, Y.shape[1], Y if Y.shape[1] == 1 else None
 
     def _class_indices(self, y: np.ndarray) -> np.ndarray:
-        """y's positions in classes_ (a fitted multiclass model, a later partial_fit): what
+        """y's positions in `classes_` (a fitted multiclass model, a later partial_fit): what
         LabelBinarizer.transform and argmax give, without scikit-learn's checks of the type of
-        y, which took most of a 50-row partial_fit; a label not in classes_ is the same error."""
+        y, which took most of a 50-row partial_fit; a label not in `classes_` is the same error."""
         labels, inverse = np.unique(y, return_inverse=True)
         where = np.searchsorted(self.classes_, labels).clip(max=len(self.classes_) - 1)
         if not np.array_equal(self.classes_[where], labels):
@@ -101,7 +101,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             proba.ravel() if self.n_outputs_ == 1 else proba)
 
     def predict_proba(self, X) -> np.ndarray:
-        """Probability of each class, columns in the order of classes_."""
+        """Probability of each class, columns in the order of `classes_`."""
         check_is_fitted(self)
         X, dtype = self._check_X(X)
         proba = self._net.predict_proba(X).astype(dtype, copy=False)
@@ -125,7 +125,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     loss: "squared_error", or "poisson" (y ≥ 0; the output is exp of the last layer, and the
     loss half the Poisson deviance). dtype: "float32" (default), "float64", or None to follow
-    the input (see cdnn.sklearn). predict returns the dtype of X @ coefs_, as scikit-learn's.
+    the input (see cdnn.sklearn). predict returns the dtype of `X @ coefs_`, as scikit-learn's.
     """
 
     _score_function = staticmethod(r2_score)
