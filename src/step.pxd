@@ -200,19 +200,37 @@ cdef inline void clip(Step* S, const floating* params, int tid, int team) noexce
     barrier(team)
 
 
+cdef inline int update_range(Step* S, const floating* params, floating lr, long step,
+                             Py_ssize_t first, Py_ssize_t count) noexcept nogil:
+    """The optimizer's update of the parameters first..first + count of the flat buffer"""
+    return optimizer_update(&S.opt, lr, step, <floating*>S.params + first,
+                            <floating*>S.grad + first, <floating*>S.state1 + first,
+                            <floating*>S.state2 + first, count, <floating>S.gscale)
+
+
 cdef inline void update(Step* S, const floating* params, floating lr, long step, int tid,
                         int team) noexcept nogil:
-    """The optimizer's update of each thread's share of the flat buffer; status :=
-    UPDATE_NOT_FINITE when it made a parameter non-finite"""
-    cdef Part mine = share(S.L.n_params, tid, team)
-    cdef Py_ssize_t i = mine.first
-    cdef int t, bad = 0
+    """The optimizer's update, each thread the parameters whose gradient it computed in the
+    backward pass (its rows of each W, its entries of each b: still in its cache; an even
+    share of the flat buffer instead made D, eight 256-unit layers at batch 64, a quarter
+    slower at two threads, bench/RESULTS.md 2026-12-01); status := UPDATE_NOT_FINITE when it
+    made a parameter non-finite. The update is element-wise: any split gives the same bits."""
+    cdef const Layout* L = S.L
+    cdef Part w, b
+    cdef Py_ssize_t n_out
+    cdef int t, l, bad = 0
     if S.touched != NULL:
-        S.partial[tid * N_PARTIALS + BAD] = lazy_update(S, params, lr, step, tid, team)
+        bad = lazy_update(S, params, lr, step, tid, team)
     else:
-        S.partial[tid * N_PARTIALS + BAD] = optimizer_update(
-            &S.opt, lr, step, <floating*>S.params + i, <floating*>S.grad + i,
-            <floating*>S.state1 + i, <floating*>S.state2 + i, mine.count, <floating>S.gscale)
+        for l in range(L.n_layers):
+            n_out = L.sizes[l + 1]
+            w = share(L.sizes[l], tid, team)
+            b = share(n_out, tid, team)
+            bad |= update_range(S, params, lr, step, L.w_off[l] + w.first * n_out,
+                                w.count * n_out)
+            bad |= update_range(S, params, lr, step, L.b_off[l] + b.first, b.count)
+    S.partial[tid * N_PARTIALS + BAD] = bad
+    bad = 0
     barrier(team)
     if tid == 0:
         for t in range(team):
