@@ -263,26 +263,25 @@ class TrainingSteps:
         """Run len(lrs) steps over the rows in order; return how many completed and, when a
         step failed (training diverged), why: the parameters are then those after the last
         completed step. factors: the steps' (loss factors, uniform) for the exchange."""
-        self.factors = factors
         live = (self.params, *self.optimizer.state)
         for saved, array in zip(self.saved, live):
             np.copyto(saved, array)
         with single_threaded_blas():
-            done, failure, dirty = self._call(lrs, order, losses, corrects)
+            done, failure, dirty = self._call(lrs, order, losses, corrects, factors)
             if dirty:
                 for saved, array in zip(self.saved, live):
                     np.copyto(array, saved)
                 if done:
-                    self._call(lrs[:done], order[:done * self.batch_size], losses, corrects)
+                    self._call(lrs[:done], order[:done * self.batch_size], losses, corrects,
+                               factors)
         self.optimizer.steps += done
         return done, failure
 
-    def _call(self, lrs, order, losses, corrects):
-        if self.factors is not None:        # from the first step again, also for a replay
-            self.exchange.set_factors(*self.factors)
+    def _call(self, lrs, order, losses, corrects, factors):
+        if factors is not None:         # from the first step again, also for a replay
+            self.exchange.set_factors(*factors)
         return self.native.run(order, self.batch_size, lrs, self.optimizer.steps, losses,
                                corrects)
-
 
 
 def _lazy_buffers(engine: Engine, X: SparseRows, batch_size: int) -> tuple:
