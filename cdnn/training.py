@@ -149,7 +149,7 @@ class Trainer:
         with self._section("on_train_begin"):
             self._begin(plan.steps, epochs, val is not None, callbacks)
         self._agree()
-        ctrl_c = _DeferredInterrupt()
+        ctrl_c = DeferredInterrupt()
         try:
             ctrl_c.install()
             for epoch in range(epochs):
@@ -317,7 +317,7 @@ class Trainer:
         return opt.lr * factors
 
 
-class _DeferredInterrupt:
+class DeferredInterrupt:
     """During fit, Ctrl-C sets `pressed`, which the loop checks after each kernel run, instead
     of raising wherever Python happens to be: a Ctrl-C pressed during a run is delivered as the
     run returns, and raising there would skip its bookkeeping (the step count that Adam's bias
@@ -342,6 +342,13 @@ class _DeferredInterrupt:
         if self.installed:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             self.installed = False
+
+    def __enter__(self):
+        self.install()
+        return self
+
+    def __exit__(self, *exc):
+        self.restore()
 
 
 def _split(batch: Batch, fraction: float) -> tuple[Batch, Batch]:

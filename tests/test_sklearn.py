@@ -1,6 +1,7 @@
 """cdnn.sklearn: scikit-learn's own estimator checks, its meta-estimators, and agreement with
 scikit-learn's MLPClassifier / MLPRegressor (same updates in float64, same accuracy)."""
 import pickle
+import signal
 import subprocess
 import sys
 import warnings
@@ -20,7 +21,9 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 import cdnn  # noqa: E402
+from cdnn._engine import Engine  # noqa: E402
 from cdnn.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+from sigint import SigintAfter  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -384,6 +387,26 @@ def test_core_trainer_keeps_its_floating_point_error():
     with pytest.raises(FloatingPointError, match="diverged"):
         cdnn.Trainer(net, cdnn.SGD(lr=1e6), batch_size=10).fit(X * 1e3, y + 1e3, epochs=5,
                                                                  verbose=0)
+
+
+def test_ctrl_c_stops_a_fit_after_the_run_of_steps_and_counts_its_steps(digits, monkeypatch):
+    """As scikit-learn: a warning and the model so far. The SIGINT arrives as the third run of
+    steps returns (within the first epoch); the model keeps every step taken, and Adam's step
+    count (its bias correction) says so."""
+    (X, y), _ = digits
+    spies = []
+    real = Engine.training_steps
+    monkeypatch.setattr(Engine, "training_steps",
+                        lambda self, *a, **k: spies.append(SigintAfter(real(self, *a, **k), 3))
+                        or spies[-1])
+    before = signal.getsignal(signal.SIGINT)
+    est = MLPClassifier(hidden_layer_sizes=(16,), batch_size=10, max_iter=5, random_state=0)
+    with pytest.warns(UserWarning, match="interrupted by user"):
+        est.fit(X, y)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert est.n_iter_ == 0 and 0 < spies[0].done < len(X) // 10
+    assert est._optimizer.steps == spies[0].done and spies[0].deferred
+    assert all(np.isfinite(W).all() for W in est.coefs_)
 
 
 # --- dtype ------------------------------------------------------------------------------------

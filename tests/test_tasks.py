@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import cdnn
+from sigint import SigintAfter
 
 
 def softmax(z):
@@ -361,22 +362,6 @@ def test_keyboard_interrupt_in_a_callback_stops_cleanly(blobs):
     assert np.isfinite(net.params).all()
 
 
-class SigintAfter:
-    """Wraps a fit's training steps: after `calls` runs, a real SIGINT arrives just as the
-    native call returns (where a Ctrl-C pressed during the run is delivered)."""
-
-    def __init__(self, steps, calls):
-        self.steps, self.calls, self.done = steps, calls, 0
-
-    def run(self, *args, **kwargs):
-        done, failure = self.steps.run(*args, **kwargs)
-        self.done += done
-        self.calls -= 1
-        if self.calls == 0:
-            signal.raise_signal(signal.SIGINT)
-        return done, failure
-
-
 def test_ctrl_c_during_training_keeps_the_last_step_and_the_step_count(blobs):
     X, y = blobs
     net, opt = new_net(), cdnn.Adam(lr=0.01)
@@ -388,7 +373,7 @@ def test_ctrl_c_during_training_keeps_the_last_step_and_the_step_count(blobs):
                                                        verbose=0)
     assert history.interrupted
     steps = spies[0].done
-    assert opt.steps == steps                # every update the model holds is counted
+    assert opt.steps == steps and spies[0].deferred    # every update the model holds counts
     assert 0 < steps < 5 * 23
     ref, ref_opt = new_net(), cdnn.Adam(lr=0.01)
     for s in range(steps):

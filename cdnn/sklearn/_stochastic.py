@@ -25,7 +25,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import shuffle
 
 from cdnn.optim import SGD, Adam
-from cdnn.training import Trainer
+from cdnn.training import CALLS_PER_EPOCH, DeferredInterrupt
 
 NON_FINITE = ("Solver produced non-finite parameter weights. The input data may contain large "
               "values and need to be preprocessed.")
@@ -54,95 +54,103 @@ def fit_stochastic(est, X, y, targets, weights, stratify, incremental: bool):
     epoch = _Epoch(est, X, targets, weights, _batch_size(est, n), c)
     order = np.arange(n)
     est.n_iter_ = 0
-    for _ in range(est.max_iter):
-        if est.shuffle:
-            order = shuffle(order, random_state=est._random_state)
-        try:
-            loss, penalty = epoch.run(order if est.shuffle else None)
-        except FloatingPointError:
-            if not est.early_stopping:
-                raise ValueError(NON_FINITE) from None
-            _diverged(est, n)
-            break
-        except KeyboardInterrupt:
-            warnings.warn("Training interrupted by user.")
-            break
-        est.n_iter_ += 1
-        est.t_ += n
-        est.loss_ = est._reported_loss(loss, c, penalty)
-        est.loss_curve_.append(est.loss_)
-        if est.verbose:
-            print(f"Iteration {est.n_iter_}, loss = {est.loss_:.8f}")
-        _count_no_improvement(est, validation)
-        if est.solver == "sgd" and est.learning_rate == "invscaling":
-            est._lr = est.learning_rate_init / (est.t_ + 1) ** est.power_t
-        if est._no_improvement_count > est.n_iter_no_change and _stop_or_slow_down(est):
-            break
-        _set_learning_rate(est, c)
-        if incremental:
-            break
-        if est.n_iter_ == est.max_iter:
-            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({est.max_iter}) "
-                          f"reached and the optimization hasn't converged yet.",
-                          ConvergenceWarning)
+    with DeferredInterrupt() as interrupt:      # Ctrl-C: after a run of steps, not inside
+        for _ in range(est.max_iter):
+            if est.shuffle:
+                order = shuffle(order, random_state=est._random_state)
+            try:
+                loss, penalty = epoch.run(order if est.shuffle else None, interrupt)
+            except FloatingPointError:
+                if not est.early_stopping:
+                    raise ValueError(NON_FINITE) from None
+                _diverged(est, n)
+                break
+            except KeyboardInterrupt:
+                warnings.warn("Training interrupted by user.")
+                break
+            est.n_iter_ += 1
+            est.t_ += n
+            est.loss_ = est._reported_loss(loss, c, penalty)
+            est.loss_curve_.append(est.loss_)
+            if est.verbose:
+                print(f"Iteration {est.n_iter_}, loss = {est.loss_:.8f}")
+            _count_no_improvement(est, validation)
+            if est.solver == "sgd" and est.learning_rate == "invscaling":
+                est._lr = est.learning_rate_init / (est.t_ + 1) ** est.power_t
+            if est._no_improvement_count > est.n_iter_no_change and _stop_or_slow_down(est):
+                break
+            _set_learning_rate(est, c)
+            if incremental:
+                break
+            if est.n_iter_ == est.max_iter:
+                warnings.warn(f"Stochastic Optimizer: Maximum iterations ({est.max_iter}) "
+                              f"reached and the optimization hasn't converged yet.",
+                              ConvergenceWarning)
     if est.early_stopping:
         est._net.params[...] = est._best_params
 
 
 class _Epoch:
-    """One epoch of scikit-learn's mini-batches, as one or two cdnn training runs: the full
-    batches on the estimator's network, whose L2 factor suits `batch` rows, then the short
-    last batch (if any) on a copy whose factor suits its own rows. With sample weights,
-    scikit-learn divides each batch's penalty by that batch's weight sum; here the rows are
-    counted at the mean weight."""
+    """One epoch of scikit-learn's mini-batches, as one or two runs of cdnn's training steps
+    over the rows, checked and converted once per fit: the full batches on the estimator's
+    network, whose L2 factor suits `batch` rows, then the short last batch (if any) on a copy
+    whose factor suits its own rows. With sample weights, scikit-learn divides each batch's
+    penalty by that batch's weight sum; here the rows are counted at the mean weight."""
 
     def __init__(self, est, X, targets, weights, batch: int, c: float):
-        self.est, self.X, self.targets, self.weights = est, X, targets, weights
-        n = X.shape[0]
+        self.est, self.n = est, X.shape[0]
         mean_weight = 1.0 if weights is None else float(weights.mean()) or 1.0
-        full = n - n % batch
+        data = est._net.engine.prepare(X, targets, weights)
+        full = self.n - self.n % batch
         self.runs = []
-        for start, stop, rows in ((0, full, batch), (full, n, n - full)):
+        for start, stop, rows in ((0, full, batch), (full, self.n, self.n - full)):
             if stop > start:
                 net = est._with_l2(c * est.alpha / (rows * mean_weight))
                 if start == 0:
                     est._net = net      # the estimator's network: coefs_ follow it
-                trainer = Trainer(net, est._optimizer, batch_size=rows, seed=0)
-                self.runs.append((trainer, start, stop))
-        self.n_batches = -(-n // batch)
+                steps = net.engine.training_steps(net.params, est._optimizer, data, rows,
+                                                  clip_norm=0.0, seed=0)
+                self.runs.append((net, steps, start, stop, rows))
+        self.n_batches = -(-self.n // batch)
 
-    def run(self, order) -> tuple[float, callable]:
+    def run(self, order, interrupt: DeferredInterrupt) -> tuple[float, callable]:
         """Train one epoch over the rows in order (None: as they are); returns cdnn's mean
         loss over the rows (with the penalty), and a function giving scikit-learn's mean L2
-        term (taken at the epoch's start and end weights)."""
+        term (taken at the epoch's start and end weights). Raises KeyboardInterrupt after the
+        run of steps in which Ctrl-C was pressed."""
         est = self.est
-        X, T, W = self.X, self.targets, self.weights
-        if order is not None:
-            X, T, W = X[order], T[order], None if W is None else W[order]
+        order = np.arange(self.n) if order is None else np.asarray(order, dtype=np.intp)
         before = squared_weights(est._net)
         total = 0.0
-        for trainer, start, stop in self.runs:
-            history = _train(trainer, est._net, X[start:stop], T[start:stop],
-                             None if W is None else W[start:stop])
-            if history.interrupted:
-                raise KeyboardInterrupt
-            total += history["loss"][0] * (stop - start)
-        n = X.shape[0]
-        return total / n, lambda: (0.25 * est.alpha * self.n_batches
-                                   * (before + squared_weights(est._net)) / n)
+        for net, steps, start, stop, rows in self.runs:
+            total += _train(net, steps, est._net, order[start:stop], rows, interrupt)
+        return total / self.n, lambda: (0.25 * est.alpha * self.n_batches
+                                        * (before + squared_weights(est._net)) / self.n)
 
 
-def _train(trainer: Trainer, main, X, T, W):
-    """One epoch of trainer over X; its network takes main's parameters for it, and gives
-    them back even when training diverges."""
-    net = trainer.net
+def _train(net, steps, main, order: np.ndarray, rows: int, interrupt) -> float:
+    """The steps of `rows` rows over the rows in order, in CALLS_PER_EPOCH runs (for a prompt
+    Ctrl-C); returns the sum of their losses times their rows. The network takes main's
+    parameters for them and gives them back, also when training diverges."""
+    n_steps = len(order) // rows
+    losses, corrects = np.empty(n_steps), np.empty(n_steps)
+    chunk = -(-n_steps // CALLS_PER_EPOCH)
     if net is not main:
         net.params[...] = main.params
     try:
-        return trainer.fit(X, T, epochs=1, shuffle=False, sample_weight=W, verbose=0)
+        for first in range(0, n_steps, chunk):
+            count = min(chunk, n_steps - first)
+            _, failure = steps.run(np.full(count, steps.optimizer.lr),
+                                   order[first * rows:(first + count) * rows],
+                                   losses[first:], corrects[first:])
+            if failure is not None:
+                raise FloatingPointError(failure)
+            if interrupt.pressed:
+                raise KeyboardInterrupt
     finally:
         if net is not main:
             main.params[...] = net.params
+    return float(losses.sum()) * rows
 
 
 def squared_weights(net) -> float:
