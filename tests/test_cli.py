@@ -14,15 +14,8 @@ from cdnn import cli
 FAST_TRAIN = ["train", "--epochs", "2", "--hidden", "16", "--verbose", "0"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny fits: one thread, so a loaded machine's thread barriers do not dominate."""
-    with cdnn.limit_threads(1):
-        yield
-
-
 @pytest.fixture(scope="module")
-def model(tmp_path_factory, one_thread):
+def model(tmp_path_factory):
     """A model file written by `cdnn train --save`."""
     pytest.importorskip("safetensors", reason="model files need the safetensors package")
     path = tmp_path_factory.mktemp("model") / "digits.safetensors"

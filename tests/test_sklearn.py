@@ -45,14 +45,6 @@ def _expected_failures(estimator):
     return FLOAT32_ROUNDING if estimator.dtype == "float32" else {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These fits are tiny: splitting each step across threads costs more than it saves, and
-    on a loaded machine the thread barriers dominate. Threading has its own tests."""
-    with cdnn.limit_threads(1):
-        yield
-
-
 # scikit-learn's own test suite runs its MLPs with max_iter=100 too
 @parametrize_with_checks([MLPClassifier(max_iter=100), MLPRegressor(max_iter=100),
                           MLPClassifier(dtype="float64", max_iter=100),

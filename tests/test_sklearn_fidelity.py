@@ -16,7 +16,6 @@ from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.neural_network import MLPClassifier as SkClassifier  # noqa: E402
 from sklearn.neural_network import MLPRegressor as SkRegressor  # noqa: E402
 
-import cdnn  # noqa: E402
 from cdnn.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
 
 RTOL, ATOL = 1e-6, 1e-9
@@ -37,10 +36,9 @@ COMMON = dict(hidden_layer_sizes=(6, 5), batch_size=16, max_iter=10, tol=0.0, ra
 
 
 @pytest.fixture(autouse=True)
-def one_thread_quiet():
-    """Tiny fits: one thread (the threads have their own tests); scikit-learn warns that 10
-    epochs did not converge, as cdnn does."""
-    with cdnn.limit_threads(1), warnings.catch_warnings():
+def quiet():
+    """scikit-learn warns that 10 epochs did not converge, as cdnn does"""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         yield
 
