@@ -36,10 +36,15 @@ MIN_FLOPS_PER_THREAD = 4_000_000
 # Rows per kernel call when predicting or evaluating: large enough for efficient GEMMs, small
 # enough that the workspace stays a few MB.
 CHUNK_ROWS = 1024
-# Weights × rows from which a prediction too small to share by rows shares each layer's units
-# instead, each thread reading only its part of the weights (784-512-512-10, one row: 35 -> 26
-# µs on 2 cores; 784-128-10, one row: no gain).
+# Weights × rows from which a prediction of a few rows (too few to share by rows) shares each
+# layer's units instead, each thread reading only its part of the weights.
 MIN_WORK_TO_SHARE_UNITS = 250_000
+# One ready row always takes the short path (forward_row: one cdnn thread, the BLAS as it is,
+# which threads a large gemv itself; no Python-side plan). Sharing its units between threads
+# lost at every width on 2 cores (`python bench/one_row_threads.py`, 2026-12-02, median µs short
+# path / shared kernel call, MNIST-like rows and rows without zeros): 784-256-256-10 22 / 45 and
+# 34 / 43, 784-512-512-10 38 / 47 and 60 / 74, 784-1024-1024-10 156 / 369 and 217 / 463,
+# 784-2048-2048-10 634 / 777 and 631 / 918.
 
 _forked = False
 
@@ -162,10 +167,9 @@ class Engine:
 
     def forward(self, params: np.ndarray, X) -> np.ndarray:
         """The output layer's values for the rows of X, shape (n, n_outputs)."""
-        if self.n_params < MIN_WORK_TO_SHARE_UNITS or get_num_threads() == 1 or _forked:
-            out = self.network.forward_row(params, X)   # one ready row: no copy, no plan
-            if out is not None:
-                return _finite_outputs(out)
+        out = self.network.forward_row(params, X)       # one ready row: no copy, no plan
+        if out is not None:
+            return _finite_outputs(out)
         given, X = X, self.check_X(X, finite=False)   # the kernel checks each chunk's rows
         out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
         team, workspace = self._plan(X, 2)
