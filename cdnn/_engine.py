@@ -167,9 +167,9 @@ class Engine:
 
     def forward(self, params: np.ndarray, X) -> np.ndarray:
         """The output layer's values for the rows of X, shape (n, n_outputs)."""
-        out = self.network.forward_row(params, X)       # one ready row: no copy, no plan
-        if out is not None:
-            return _finite_outputs(out)
+        out = self.network.forward_row(params, X)   # one ready row with finite outputs: no
+        if out is not None:                         # copy, no plan
+            return out
         given, X = X, self.check_X(X, finite=False)   # the kernel checks each chunk's rows
         out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
         team, workspace = self._plan(X, 2)

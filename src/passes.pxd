@@ -391,8 +391,9 @@ cdef inline bint finite(const floating* a, Py_ssize_t n) noexcept nogil:
 cdef inline bint forward_one(const Layout* L, const floating* params, const floating* row,
                              floating* out) noexcept nogil:
     """out (1 × n_L) := the output layer's values for one row, on this thread, in a workspace of
-    its own (so concurrent predictions need no lock); False, with out untouched, when the row
-    holds a non-finite value or there is no memory"""
+    its own (so concurrent predictions need no lock); False when the row holds a non-finite
+    value (out untouched), the output does (a finite row can overflow a layer), or there is no
+    memory"""
     cdef Input x
     if not finite(row, L.sizes[0]):
         return False
@@ -403,4 +404,4 @@ cdef inline bint forward_one(const Layout* L, const floating* params, const floa
     memcpy(out, forward(L, params, &x, ws, 1, 1, False, 0, 0, 0, 0, 1),
            n_outputs(L) * sizeof(floating))
     free(ws)
-    return True
+    return finite(out, n_outputs(L))

@@ -291,6 +291,7 @@ def test_inputs_that_overflow_a_layer_are_an_error_not_nan():
             predict(X)
         with pytest.raises(ValueError, match="not finite"):
             predict(X[:1])          # the one-row short path too
+    assert net.engine.network.forward_row(net.params, X[:1]) is None    # declined, not NaN
 
 
 @pytest.mark.parametrize("fill", [0.0, 1.0])
