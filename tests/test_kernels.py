@@ -33,6 +33,23 @@ def test_matmul(rng, dtype, m, k, n, trans_a, trans_b):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [2, 3, 8, 9])            # up to 8 rows read B once; 9: GEMM
+@pytest.mark.parametrize("k", [1, 3, 4, 9, 300])      # whole groups of four rows of B, and not
+@pytest.mark.parametrize("beta", [0.0, 1.0, 0.5])
+def test_a_few_rows_times_a_matrix(rng, dtype, m, k, beta):
+    """A few rows read B once, four rows of it at a time, skipping a row's groups of zeros"""
+    a = rng.normal(size=(m, k))
+    a[:, : k // 2] = 0                      # whole groups of zeros in every row
+    a[0, rng.permutation(k)[: k // 3]] = 0  # and scattered ones
+    b = rng.normal(size=(k, 11))
+    c0 = rng.normal(size=(m, 11))
+    c = (np.full_like(c0, np.nan) if beta == 0 else c0).astype(dtype)  # beta 0: c is garbage
+    expected = 2 * (a.astype(dtype).astype(float) @ b.astype(dtype)) + beta * c0.astype(dtype)
+    kernels.matmul(a.astype(dtype), b.astype(dtype), c, False, False, 2, beta)
+    close(c, expected, dtype, scale=k)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k", [1, 7, 300, 1100])       # 300, 1100: more than one pass of rows
 @pytest.mark.parametrize("zeros", [0.0, 0.49, 0.5, 0.9, 1.0])
 @pytest.mark.parametrize("beta", [0.0, 1.0, 0.5])
