@@ -7,7 +7,7 @@
 #   backward  every layer: dW = aᵀ·δ, db, δ for the layer below        (passes.pxd)
 #   exchange  the gradient summed across processes (data-parallel); nothing in one process
 #   clip      the gradient scaled to a global norm, when asked
-#   update    the optimizer over the flat buffer, each thread its share
+#   update    the optimizer, each thread the parameters whose gradient it computed
 #
 # A Step (built once per fit, in _network.pyx) holds the buffers and settings. Every phase is
 # called by every thread of the team (team.pxd); phases end with a barrier, and what thread 0
