@@ -58,7 +58,11 @@ def predict(layers, rows) -> str:
     return f"{rows / seconds:,.0f} rows/s" if rows > 100 else f"{seconds * 1e6:.1f} µs"
 
 
-if len(sys.argv) > 2:
+workloads = sys.argv[1].split(",") if len(sys.argv) in (2, 3) else []
+if not workloads or not set(workloads) <= TRAIN.keys() | PREDICT.keys():
+    sys.exit(f"usage: python bench/engine_ab.py WORKLOADS [threads]\n"
+             f"  WORKLOADS: a comma list of {','.join([*TRAIN, *PREDICT])}")
+if len(sys.argv) == 3:
     cdnn.set_num_threads(int(sys.argv[2]))
 print(" ".join(f"{w} " + (train(*TRAIN[w]) if w in TRAIN else predict(*PREDICT[w]))
-               for w in sys.argv[1].split(",")))
+               for w in workloads))
