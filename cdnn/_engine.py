@@ -173,14 +173,15 @@ class Engine:
         given, X = X, self.check_X(X, finite=False)   # the kernel checks each chunk's rows
         out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
         team, workspace = self._plan(X, 2)
-        share_units = (team == 1 and team_for(math.inf) > 1
-                       and len(X) * self.params_per_row(X) >= MIN_WORK_TO_SHARE_UNITS)
-        if share_units:         # a few rows of a large network: every thread, a share of units
-            workspace = self._workspace(min(len(X), CHUNK_ROWS))
-            with single_threaded_blas():
-                self.network.forward(params, X, out, workspace, team_for(math.inf), True)
-        elif len(X) == 1:       # one small row: gemv, with the BLAS as it is
+        threads = team_for(math.inf)
+        if len(X) == 1:         # one row (converted): on this thread, as the short path
             self.network.forward(params, X, out, workspace, 1)
+        elif (team == 1 and threads > 1
+              and len(X) * self.params_per_row(X) >= MIN_WORK_TO_SHARE_UNITS):
+            # a few rows of a large network: every thread, a share of each layer's units
+            with single_threaded_blas():
+                self.network.forward(params, X, out, self._workspace(min(len(X), CHUNK_ROWS)),
+                                     threads, True)
         else:
             with single_threaded_blas():
                 self.network.forward(params, X, out, workspace, team)

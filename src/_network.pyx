@@ -139,8 +139,9 @@ cdef class Network:
         """The output layer's values (1 × n_L) for X when X is what a single prediction usually
         is: a numpy array of params' dtype holding one C-contiguous, aligned, native-order row
         of n_0 finite values, whose outputs are finite; else None, and forward must take X
-        (converting it, or naming what is wrong with it or its outputs). A small row's arithmetic takes a few µs: forward's typed
-        arguments and the Python layer's checks would add about 3 µs, these checks 0.1."""
+        (converting it, or naming what is wrong with it or its outputs). A small row's
+        arithmetic takes a few µs: forward's typed arguments and the Python layer's checks
+        would add about 3 µs, these checks 0.1."""
         cdef Layout* L = &self.layout
         cdef int dtype = cnp.PyArray_TYPE(params)
         cdef bint done = False

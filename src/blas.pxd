@@ -43,15 +43,14 @@ cdef inline void row_times_matrix(bint trans_a, bint trans_b, int n, int k, floa
     row-major is Bᵀ column-major, so c = Bᵀ·a is gemv 'N' on it (and 'T' for op(B) = Bᵀ)."""
     cdef char t = b'T' if trans_b else b'N'
     cdef int rows = k if trans_b else n, cols = n if trans_b else k
-    cdef int inc_a = lda if trans_a else 1, inc_c = 1, j
+    cdef int inc_a = lda if trans_a else 1, inc_c = 1
+    if not trans_a and not trans_b and 2 * count_zeros(a, k) >= k:
+        scale_row(c, n, beta)
+        nonzero_rows_times_matrix(n, k, alpha, a, b, ldb, c)
+        return
     if beta == 0:   # gemv may scale c by 0 rather than overwrite it: NaN garbage would survive
         memset(c, 0, n * sizeof(floating))
-    if not trans_a and not trans_b and 2 * count_zeros(a, k) >= k:
-        if beta != 0 and beta != 1:
-            for j in range(n):
-                c[j] *= beta
-        nonzero_rows_times_matrix(n, k, alpha, a, b, ldb, c)
-    elif floating is float:
+    if floating is float:
         sgemv(&t, &rows, &cols, &alpha, <float*>b, &ldb, <float*>a, &inc_a, &beta, c, &inc_c)
     else:
         dgemv(&t, &rows, &cols, &alpha, <double*>b, &ldb, <double*>a, &inc_a, &beta, c, &inc_c)
@@ -70,41 +69,24 @@ cdef inline void few_rows_times_matrix(int m, int n, int k, floating alpha, cons
                                        floating* c, int ldc) noexcept nogil:
     """C (m×n) := alpha * A @ B + beta * C, all row-major (A m×k, B k×n); a row of A whose four
     entries facing B's four rows are all zero skips them"""
-    cdef int i = 0, r, j
-    cdef const floating* r0
-    cdef const floating* r1
-    cdef const floating* r2
-    cdef const floating* r3
+    cdef int i = 0, r
     cdef const floating* ar
-    cdef floating* cr
-    cdef floating x0, x1, x2, x3
+    cdef const floating* bi
     for r in range(m):
-        cr = c + <Py_ssize_t>r * ldc
-        if beta == 0:       # C may be garbage (NaN): overwrite it, do not scale it
-            memset(cr, 0, n * sizeof(floating))
-        elif beta != 1:
-            for j in range(n):
-                cr[j] *= beta
+        scale_row(c + <Py_ssize_t>r * ldc, n, beta)
     while i + 4 <= k:
-        r0, r1 = b + <Py_ssize_t>i * ldb, b + <Py_ssize_t>(i + 1) * ldb
-        r2, r3 = b + <Py_ssize_t>(i + 2) * ldb, b + <Py_ssize_t>(i + 3) * ldb
+        bi = b + <Py_ssize_t>i * ldb
         for r in range(m):
             ar = a + <Py_ssize_t>r * lda + i
-            if ar[0] == 0 and ar[1] == 0 and ar[2] == 0 and ar[3] == 0:
-                continue
-            x0, x1, x2, x3 = alpha * ar[0], alpha * ar[1], alpha * ar[2], alpha * ar[3]
-            cr = c + <Py_ssize_t>r * ldc
-            for j in range(n):
-                cr[j] += x0 * r0[j] + x1 * r1[j] + x2 * r2[j] + x3 * r3[j]
+            if ar[0] != 0 or ar[1] != 0 or ar[2] != 0 or ar[3] != 0:
+                add_rows(c + <Py_ssize_t>r * ldc, n, bi, bi + ldb, bi + 2 * <Py_ssize_t>ldb,
+                         bi + 3 * <Py_ssize_t>ldb,
+                         alpha * ar[0], alpha * ar[1], alpha * ar[2], alpha * ar[3])
         i += 4
-    while i < k:
-        r0 = b + <Py_ssize_t>i * ldb
+    for i in range(i, k):
         for r in range(m):
-            x0 = alpha * a[<Py_ssize_t>r * lda + i]
-            cr = c + <Py_ssize_t>r * ldc
-            for j in range(n):
-                cr[j] += x0 * r0[j]
-        i += 1
+            add_row(c + <Py_ssize_t>r * ldc, n, b + <Py_ssize_t>i * ldb,
+                    alpha * a[<Py_ssize_t>r * lda + i])
 
 
 cdef inline int count_zeros(const floating* a, int k) noexcept nogil:
@@ -120,12 +102,8 @@ cdef inline void nonzero_rows_times_matrix(int n, int k, floating alpha, const f
     """c (1×n) += alpha * a @ B (B k×n row-major), reading only the rows i of B where a[i] != 0,
     four at a time so that each pass over c serves four of them"""
     cdef int nonzero[ROWS_PER_PASS]
-    cdef int start = 0, i, count, j
-    cdef const floating* r0
-    cdef const floating* r1
-    cdef const floating* r2
-    cdef const floating* r3
-    cdef floating x0, x1, x2, x3
+    cdef int start = 0, i, count
+    cdef const int* z
     while start < k:
         count = 0
         for i in range(start, min(start + ROWS_PER_PASS, k)):
@@ -133,16 +111,39 @@ cdef inline void nonzero_rows_times_matrix(int n, int k, floating alpha, const f
             count += a[i] != 0
         i = 0
         while i + 4 <= count:
-            r0, x0 = b + <Py_ssize_t>nonzero[i] * ldb, alpha * a[nonzero[i]]
-            r1, x1 = b + <Py_ssize_t>nonzero[i + 1] * ldb, alpha * a[nonzero[i + 1]]
-            r2, x2 = b + <Py_ssize_t>nonzero[i + 2] * ldb, alpha * a[nonzero[i + 2]]
-            r3, x3 = b + <Py_ssize_t>nonzero[i + 3] * ldb, alpha * a[nonzero[i + 3]]
-            for j in range(n):
-                c[j] += x0 * r0[j] + x1 * r1[j] + x2 * r2[j] + x3 * r3[j]
+            z = nonzero + i
+            add_rows(c, n, b + <Py_ssize_t>z[0] * ldb, b + <Py_ssize_t>z[1] * ldb,
+                     b + <Py_ssize_t>z[2] * ldb, b + <Py_ssize_t>z[3] * ldb,
+                     alpha * a[z[0]], alpha * a[z[1]], alpha * a[z[2]], alpha * a[z[3]])
             i += 4
-        while i < count:
-            r0, x0 = b + <Py_ssize_t>nonzero[i] * ldb, alpha * a[nonzero[i]]
-            for j in range(n):
-                c[j] += x0 * r0[j]
-            i += 1
+        for i in range(i, count):
+            add_row(c, n, b + <Py_ssize_t>nonzero[i] * ldb, alpha * a[nonzero[i]])
         start += ROWS_PER_PASS
+
+
+# --- the row updates both products are made of ------------------------------------------------
+
+cdef inline void scale_row(floating* c, int n, floating beta) noexcept nogil:
+    """c (1×n) := beta * c; beta 0 overwrites c, which may be garbage (NaN must not survive)"""
+    cdef int j
+    if beta == 0:
+        memset(c, 0, n * sizeof(floating))
+    elif beta != 1:
+        for j in range(n):
+            c[j] *= beta
+
+
+cdef inline void add_rows(floating* c, int n, const floating* r0, const floating* r1,
+                          const floating* r2, const floating* r3, floating x0, floating x1,
+                          floating x2, floating x3) noexcept nogil:
+    """c (1×n) += x0·r0 + x1·r1 + x2·r2 + x3·r3: one pass over c serves four rows"""
+    cdef int j
+    for j in range(n):
+        c[j] += x0 * r0[j] + x1 * r1[j] + x2 * r2[j] + x3 * r3[j]
+
+
+cdef inline void add_row(floating* c, int n, const floating* r, floating x) noexcept nogil:
+    """c (1×n) += x·r"""
+    cdef int j
+    for j in range(n):
+        c[j] += x * r[j]
