@@ -272,10 +272,11 @@ class _BaseMLP(BaseEstimator):
         c = self._grad_scale()
         total = X.shape[0] if weights is None else float(weights.sum())
         net = self._with_l2(c * self.alpha / total)
+        rows = net.engine.prepare(X, targets, weights)   # checked once, not every iteration
 
         def loss_and_grad(p):
             net.params[...] = p
-            loss, grad = net.loss_and_grad(X, targets, weights)
+            loss, grad = net.engine.loss_and_grad(net.params, rows)
             penalty = lambda: 0.5 * self.alpha * squared_weights(net) / total  # noqa
             return self._reported_loss(loss, c, penalty), grad.astype(np.float64) / c
 
