@@ -3,10 +3,8 @@ and on x86-64 the modules the library runs once more for CPUs with AVX2: → cdn
 (cdnn/_native.py picks one at import).
 
 Compiler flags follow the compiler: gcc or clang (Linux, macOS, MinGW) or MSVC (Windows).
-OpenMP: -fopenmp with gcc, /openmp with MSVC; Apple clang has no OpenMP of its own, so on macOS
-it is used only when CDNN_OPENMP=1 and libomp is installed (the cibuildwheel configuration in
-pyproject.toml does both); without it Cython's parallel blocks run serially: correct, one core.
-CDNN_OPENMP=0 builds without OpenMP anywhere.
+Threads: cdnn's own pool (src/team.pxd) on POSIX threads, so -pthread with gcc and clang and no
+runtime library to vendor; with MSVC the pool's teams run serially (correct, one core).
 
 Release builds turn Cython's bounds and wraparound checks off (the Python layer validates every
 argument before a kernel runs). CDNN_DEBUG=1 builds with them on, unoptimised and with symbols,
@@ -57,16 +55,9 @@ MSVC = {"release": ["/O2", "/fp:precise"], "debug": ["/Od", "/Zi", "/fp:precise"
         "avx2": ["/arch:AVX2"], "strip": []}
 
 
-def openmp_flags(compiler_type: str) -> tuple[list[str], list[str]]:
-    """(compile, link) flags for OpenMP with this compiler; none where it is not available."""
-    wanted = os.environ.get("CDNN_OPENMP", "0" if sys.platform == "darwin" else "1")
-    if wanted in ("", "0"):
-        return [], []
-    if compiler_type == "msvc":
-        return ["/openmp"], []
-    if sys.platform == "darwin":        # Apple clang with Homebrew's libomp
-        return ["-Xpreprocessor", "-fopenmp"], ["-lomp"]
-    return ["-fopenmp"], ["-fopenmp"]
+def thread_flags(compiler_type: str) -> list[str]:
+    """Compile and link flags for the thread pool's POSIX threads."""
+    return [] if compiler_type == "msvc" else ["-pthread"]
 
 
 def builds_avx2() -> bool:
@@ -128,12 +119,12 @@ class build_ext_per_compiler(build_ext):
         translate()
         kind = self.compiler.compiler_type
         flags = MSVC if kind == "msvc" else GCC_LIKE
-        omp_compile, omp_link = openmp_flags(kind)
+        threads = thread_flags(kind)
         strip = [] if DEBUG or sys.platform == "darwin" else flags["strip"]
         for ext in self.extensions:
             variant = flags["avx2"] if ext.name.endswith("_avx2") else []
-            ext.extra_compile_args = flags["debug" if DEBUG else "release"] + omp_compile + variant
-            ext.extra_link_args = omp_link + strip
+            ext.extra_compile_args = flags["debug" if DEBUG else "release"] + threads + variant
+            ext.extra_link_args = threads + strip
         super().build_extensions()
 
 

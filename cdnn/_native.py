@@ -11,24 +11,44 @@ import os
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
-try:
-    from cdnn import _network
-except ImportError:
-    # A source tree (e.g. the repository root on sys.path) has the package but not the
-    # compiled modules; Python would call that a circular import, which sends users astray.
-    _here = Path(__file__).parent
-    if not any((_here / f"_network{suffix}").exists() for suffix in EXTENSION_SUFFIXES):
-        raise ImportError(f"cdnn's compiled kernels are missing from {_here}: this is the source "
-                          "tree; build it in place (pip install -e .) or run from another "
-                          "folder so that the installed cdnn is imported") from None
-    raise
+
+def _portable():
+    try:
+        from cdnn import _network
+    except ImportError:
+        # A source tree (e.g. the repository root on sys.path) has the package but not the
+        # compiled modules; Python would call that a circular import, which sends users astray.
+        _here = Path(__file__).parent
+        if not any((_here / f"_network{suffix}").exists() for suffix in EXTENSION_SUFFIXES):
+            raise ImportError(f"cdnn's compiled kernels are missing from {_here}: this is the "
+                              "source tree; build it in place (pip install -e .) or run from "
+                              "another folder so that the installed cdnn is imported") from None
+        raise
+    return _network
+
 
 CHOICES = ("auto", "portable", "avx2")
 
 
+def _cpu_has_avx2() -> bool:
+    """numpy's reading of the CPU (and whether its OS saves the AVX registers), so that the
+    portable engine need not be loaded to ask: one engine per process, one pool for
+    threadpoolctl to list; the portable engine's own check where numpy has none."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__   # numpy < 2
+        except ImportError:
+            __cpu_features__ = {}
+    if "AVX2" in __cpu_features__:
+        return bool(__cpu_features__["AVX2"])
+    return _portable().cpu_supports_avx2()
+
+
 def _avx2_build():
     """The AVX2 engine, or why this machine cannot run it"""
-    if not _network.cpu_supports_avx2():
+    if not _cpu_has_avx2():
         return "this CPU (or its OS) does not support AVX2"
     try:
         from cdnn import _network_avx2
@@ -41,14 +61,14 @@ _choice = os.environ.get("CDNN_KERNELS", "") or "auto"
 if _choice not in CHOICES:
     raise ValueError(f"CDNN_KERNELS={_choice!r}: choose one of {', '.join(CHOICES)}")
 VARIANT = "portable"
-if _choice != "portable":
-    _avx2 = _avx2_build()
-    if not isinstance(_avx2, str):
-        _network = _avx2
-        VARIANT = "avx2"
-    elif _choice == "avx2":
-        raise RuntimeError(f"CDNN_KERNELS=avx2, but {_avx2}; unset it or choose 'portable'")
-
+_avx2 = _avx2_build() if _choice != "portable" else "CDNN_KERNELS=portable"
+if not isinstance(_avx2, str):
+    _network = _avx2
+    VARIANT = "avx2"
+elif _choice == "avx2":
+    raise RuntimeError(f"CDNN_KERNELS=avx2, but {_avx2}; unset it or choose 'portable'")
+else:
+    _network = _portable()
 
 
 def testing_kernels():

@@ -42,7 +42,6 @@ import zlib
 import numpy as np
 
 from cdnn._native import _network
-from cdnn.threads import _USABLE_CORES
 
 
 class RankError(RuntimeError):
@@ -117,11 +116,11 @@ class Distributed:
         self.error: str | None = None
         self.interrupted = False
 
-    def threads_per_rank(self) -> int:
-        """The cores of this node shared by the ranks on it."""
+    def ranks_on_this_node(self) -> int:
+        """The ranks that share this node's cores."""
         node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
         try:
-            return max(1, _USABLE_CORES // node.size)
+            return node.size
         finally:
             node.Free()
 

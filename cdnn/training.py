@@ -110,9 +110,7 @@ class Trainer:
                                  "the same update")
             from cdnn.distributed import Distributed
             self.dist = Distributed(comm)
-            if threads._num_threads is None and not threads._open_limits:   # the node's
-                # cores, shared by its ranks
-                threads.set_num_threads(self.dist.threads_per_rank())
+            threads.share_cores_between(self.dist.ranks_on_this_node())
 
     @property
     def is_chief(self) -> bool:

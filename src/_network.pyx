@@ -6,16 +6,17 @@ region only for a team of more than one thread; it holds no policy. The Python l
 every argument; the checks here only guard memory safety.
 """
 
+import os
+
 import numpy as np
 cimport numpy as cnp
 from cython cimport floating
-from cython.parallel cimport parallel, threadid
 from libc.stdint cimport intptr_t, uint64_t
 
 from activations cimport (IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH, GELU,
                           keeps_preactivation, activate)
 from layout cimport Layout, n_outputs
-from team cimport team_size, share
+from team cimport team_work, team_run, team_set_spin, team_get_spin, team_has_pool, share
 from passes cimport (DENSE_ROWS, CSR_ROWS, Input, Rows, forward_chunks, forward_one, rows_pass,
                      l2_penalty, loss_scale, finite)
 from step cimport Step, train_steps, STEP_OK, N_PARTIALS
@@ -36,6 +37,23 @@ cdef extern from *:
     }
     """
     bint cpu_has_avx2() noexcept nogil
+
+cdef extern from *:
+    # threadpoolctl's limit on cdnn's pool (cdnn/threads.py's controller sets it through these
+    # exported symbols, which is also how threadpoolctl recognises this library); 0: none
+    """
+    #if defined(__GNUC__)
+    #define CDNN_EXPORT __attribute__((visibility("default")))
+    #elif defined(_WIN32)
+    #define CDNN_EXPORT __declspec(dllexport)
+    #else
+    #define CDNN_EXPORT
+    #endif
+    static volatile int cdnn_pool_limit = 0;
+    CDNN_EXPORT int cdnn_pool_get_thread_limit(void) { return cdnn_pool_limit; }
+    CDNN_EXPORT void cdnn_pool_set_thread_limit(int n) { cdnn_pool_limit = n > 0 ? n : 0; }
+    """
+    int cdnn_pool_get_thread_limit() noexcept nogil
 
 cnp.import_array()
 
@@ -127,13 +145,11 @@ cdef class Network:
         cdef Input x = _input(X, &params[0], L, &n)
         if out.shape[0] != n or out.shape[1] != n_outputs(L):
             raise ValueError("out has the wrong shape")
-        with nogil:
-            if n_threads == 1:      # no parallel region to open
-                forward_chunks(L, &params[0], x, n, &out[0, 0], &workspace[0], cap, 0, 1, False)
-            else:
-                with parallel(num_threads=n_threads):
-                    forward_chunks(L, &params[0], x, n, &out[0, 0], &workspace[0], cap,
-                                   threadid(), team_size(), share_units)
+        cdef ForwardCall call
+        call.L, call.params, call.x, call.n, call.out = L, &params[0], x, n, &out[0, 0]
+        call.workspace, call.cap, call.share_units = &workspace[0], cap, share_units
+        call.double_precision = floating is double
+        _run_team(<team_work>_forward_call, &call, n_threads)
 
     def forward_row(self, cnp.ndarray params, X):
         """The output layer's values (1 × n_L) for X when X is what a single prediction usually
@@ -211,32 +227,109 @@ cdef class Network:
         cdef Rows data = _rows(X, &params[0], L, labels, targets, weights, &n)
         cdef floating scale = loss_scale(L, <const floating*>data.weights, NULL, n)
         cdef double[:, ::1] part = np.zeros((n_threads, 2))
-        cdef int tid
-        cdef int ran[1]         # the team that ran (OpenMP may grant fewer threads than asked)
-        ran[0] = 1
-        with nogil:
-            if n_threads == 1:
-                rows_pass(L, &params[0], &data, 0, n, &workspace[0], cap, scale, grads,
-                          &part[0, 0], &part[0, 1])
-            else:
-                with parallel(num_threads=n_threads):
-                    tid = threadid()
-                    if tid == 0:
-                        ran[0] = team_size()
-                    _rows_share(L, &params[0], &data, n, &workspace[0], cap, scale, grads,
-                                &part[tid, 0], tid, team_size())
-        totals = np.asarray(part)[:ran[0]].sum(axis=0)   # fixed order: deterministic
-        return float(totals[0]), float(totals[1]), ran[0]
+        cdef RowsCall call
+        call.L, call.params, call.data, call.n = L, &params[0], &data, n
+        call.workspace, call.cap, call.scale, call.grads = &workspace[0], cap, scale, grads
+        call.part, call.double_precision = &part[0, 0], floating is double
+        _run_team(<team_work>_rows_call, &call, n_threads)
+        totals = np.asarray(part).sum(axis=0)   # fixed order: deterministic
+        return float(totals[0]), float(totals[1]), n_threads
 
 
-cdef inline void _rows_share(const Layout* L, const floating* params, const Rows* data,
-                             Py_ssize_t n, floating* workspace, Py_ssize_t cap, floating scale,
-                             floating* grads, double* part, int tid, int team) noexcept nogil:
+# --- the team calls: each parallel pass as a struct of its arguments and a function that every
+# thread of the team runs (team.pxd's team_run) ------------------------------------------------
+
+cdef int _run_team(team_work work, void* call, int n_threads) except -1:
+    """work(call, tid, team) on a team of n_threads, without the GIL"""
+    cdef int err
+    with nogil:
+        err = team_run(work, call, n_threads)
+    if err != 0:
+        raise MemoryError(f"cdnn could not start a team of {n_threads} threads with their BLAS "
+                          f"buffers ({os.strerror(err)}): free memory, or use fewer threads "
+                          f"(cdnn.set_num_threads)")
+    return 0
+
+
+cdef struct ForwardCall:
+    const Layout* L
+    const void* params
+    Input x
+    Py_ssize_t n, cap
+    void* out
+    void* workspace
+    bint share_units, double_precision
+
+
+cdef void _forward_call(void* arg, int tid, int team) noexcept nogil:
+    cdef ForwardCall* c = <ForwardCall*>arg
+    if c.double_precision:
+        _forward_share(c, <double*>c.out, tid, team)
+    else:
+        _forward_share(c, <float*>c.out, tid, team)
+
+
+cdef inline void _forward_share(ForwardCall* c, floating* out, int tid, int team) noexcept nogil:
+    forward_chunks(c.L, <const floating*>c.params, c.x, c.n, out, <floating*>c.workspace,
+                   c.cap, tid, team, c.share_units)
+
+
+cdef struct RowsCall:
+    const Layout* L
+    const void* params
+    const Rows* data
+    Py_ssize_t n, cap
+    void* workspace
+    double scale
+    void* grads                 # NULL: no gradient
+    double* part                # (team, 2): each thread's loss and count of correct rows
+    bint double_precision
+
+
+cdef void _rows_call(void* arg, int tid, int team) noexcept nogil:
+    cdef RowsCall* c = <RowsCall*>arg
+    if c.double_precision:
+        _rows_share(c, <double*>c.workspace, tid, team)
+    else:
+        _rows_share(c, <float*>c.workspace, tid, team)
+
+
+cdef inline void _rows_share(RowsCall* c, floating* workspace, int tid, int team) noexcept nogil:
     """Thread tid's contiguous share of the n rows, in its own part of the workspace and, with
     grads, into its own row of grads"""
-    rows_pass(L, params, data, n * tid // team, n * (tid + 1) // team,
-              workspace + tid * cap * L.row_width, cap, scale,
-              grads + tid * L.n_params if grads != NULL else NULL, &part[0], &part[1])
+    cdef floating* grads = <floating*>c.grads
+    rows_pass(c.L, <const floating*>c.params, c.data, c.n * tid // team,
+              c.n * (tid + 1) // team, workspace + tid * c.cap * c.L.row_width, c.cap,
+              <floating>c.scale, grads + tid * c.L.n_params if grads != NULL else NULL,
+              &c.part[2 * tid], &c.part[2 * tid + 1])
+
+
+cdef struct StepsCall:
+    Step* S
+    const Py_ssize_t* order
+    Py_ssize_t n_order, batch, n_steps, done
+    const double* lrs
+    long step0
+    double* losses
+    double* corrects
+    bint double_precision
+
+
+cdef void _steps_call(void* arg, int tid, int team) noexcept nogil:
+    cdef StepsCall* c = <StepsCall*>arg
+    if c.double_precision:
+        _steps_share(c, <const double*>c.S.params, tid, team)
+    else:
+        _steps_share(c, <const float*>c.S.params, tid, team)
+
+
+cdef inline void _steps_share(StepsCall* c, const floating* params, int tid,
+                              int team) noexcept nogil:
+    """train_steps for thread tid: the whole run of steps in one team call"""
+    cdef Py_ssize_t done = train_steps(c.S, params, c.order, c.n_order, c.batch, c.lrs,
+                                       c.n_steps, c.step0, c.losses, c.corrects, tid, team)
+    if tid == 0:
+        c.done = done
 
 
 cdef class TrainingSteps:
@@ -334,13 +427,13 @@ cdef class TrainingSteps:
         if S.data.x.kind == CSR_ROWS:
             _check_entry_room(S.data.x.indptr, order, batch_size, self.entry_room)
         S.status = STEP_OK
-        with nogil:
-            if self.double_precision:
-                done = _run(S, <const double*>S.params, &order[0], n, batch_size, &lrs[0],
-                            n_steps, step0, &losses[0], &corrects[0], self.n_threads)
-            else:
-                done = _run(S, <const float*>S.params, &order[0], n, batch_size, &lrs[0],
-                            n_steps, step0, &losses[0], &corrects[0], self.n_threads)
+        cdef StepsCall call
+        call.S, call.order, call.n_order, call.batch = S, &order[0], n, batch_size
+        call.lrs, call.n_steps, call.step0, call.done = &lrs[0], n_steps, step0, 0
+        call.losses, call.corrects = &losses[0], &corrects[0]
+        call.double_precision = self.double_precision
+        _run_team(<team_work>_steps_call, &call, self.n_threads)
+        done = call.done
         failure = STEP_FAILURES.get(S.status) if done < n_steps else None
         if failure is not None and S.status != 4:   # the step failed before its update
             losses[done] = S.loss
@@ -431,30 +524,31 @@ cdef int _bind_step(Step* S, const Layout* L, floating[::1] params, floating[::1
     return 0
 
 
-cdef Py_ssize_t _run(Step* S, const floating* params, const Py_ssize_t* order,
-                     Py_ssize_t n_order, Py_ssize_t batch, const double* lrs, Py_ssize_t n_steps,
-                     long step0, double* losses, double* corrects, int n_threads) noexcept nogil:
-    """train_steps by a team of n_threads: one parallel region for the whole run"""
-    cdef Py_ssize_t done[1]     # written through a pointer: shared by the region
-    cdef Py_ssize_t mine
-    cdef int tid
-    if n_threads == 1:
-        return train_steps(S, params, order, n_order, batch, lrs, n_steps, step0, losses,
-                           corrects, 0, 1)
-    with parallel(num_threads=n_threads):
-        tid = threadid()
-        mine = train_steps(S, params, order, n_order, batch, lrs, n_steps, step0, losses,
-                           corrects, tid, team_size())
-        if tid == 0:
-            done[0] = mine
-    return done[0]
-
-
 # --- production helpers the Python layer calls ------------------------------------------------
 
 def cpu_supports_avx2():
     """Whether this CPU (and OS) can run the AVX2 build of the kernels"""
     return cpu_has_avx2()
+
+
+def pool_thread_limit():
+    """threadpoolctl's limit on cdnn's pool (threadpool_limits), 0 when none"""
+    return cdnn_pool_get_thread_limit()
+
+
+def has_thread_pool():
+    """Whether this build runs a team on more than one thread"""
+    return team_has_pool()
+
+
+def set_spin_ns(long ns):
+    """How long a waiting thread of a team spins before it sleeps, in ns (for the tests and
+    the benchmarks that measure it)"""
+    team_set_spin(ns)
+
+
+def spin_ns():
+    return team_get_spin()
 
 
 def all_finite(const floating[::1] a):

@@ -210,17 +210,22 @@ print("ok")
 
 
 def test_a_fork_child_predicts_after_the_parent_used_threads(tmp_path):
-    """libgomp's thread pool does not survive fork: a child that entered a parallel region
-    would hang forever. A fork child runs cdnn's kernels on one thread."""
+    """A pool's workers do not survive fork: a child that waited for them would hang forever
+    (as with libgomp's). The child starts a pool of its own, also from a Python thread that it
+    starts and ends (whose pool is stopped at its end), and trains there as the parent does."""
     out = run_script(tmp_path, """
-import multiprocessing as mp, numpy as np, cdnn
+import multiprocessing as mp, threading, numpy as np, cdnn, cdnn.threads as t
+t._USABLE_CORES = 2
 net = cdnn.MLP([784, 256, 10], seed=0)
 X = np.random.default_rng(0).random((4000, 784), dtype=np.float32)
 expected = net.predict(X)                       # a multi-threaded call in the parent
 cdnn.Trainer(net, cdnn.SGD(0.01), batch_size=256).fit(X, expected, epochs=1, verbose=0)
 expected = net.predict(X)
 def child(q):
-    q.put(bool((net.predict(X) == expected).all()))
+    same = [bool((net.predict(X) == expected).all())]
+    worker = threading.Thread(target=lambda: same.append(bool((net.predict(X) == expected).all())))
+    worker.start(); worker.join()
+    q.put(all(same) and len(same) == 2 and cdnn.get_num_threads() == 2)
 ctx = mp.get_context("fork")
 q = ctx.Queue()
 p = ctx.Process(target=child, args=(q,)); p.start()
@@ -231,9 +236,11 @@ print(q.get(timeout=60)); p.join(10)
 
 def test_more_threads_than_a_fixed_table_held_work_everywhere(tmp_path):
     """set_num_threads(100) (or a machine with more than 64 cores) once broke every call; the
-    team is now sized by the work and its partial sums by the team."""
+    team is now sized by the work and its partial sums by the team. The ceiling is the cores
+    this process may use, so the script pretends to have 100."""
     out = run_script(tmp_path, """
 import numpy as np, cdnn
+cdnn.threads._USABLE_CORES = 100
 cdnn.set_num_threads(100)
 rng = np.random.default_rng(0)
 X, y = rng.normal(size=(3000, 20)), rng.integers(0, 3, 3000)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds cdnn's release artifacts for Linux into wheelhouse/: the sdist, and a wheel built from
-# that sdist (so the sdist is proven complete) and repaired by auditwheel, which copies libgomp
-# (GCC's OpenMP runtime) into the wheel and tags it manylinux.
+# that sdist (so the sdist is proven complete) and repaired by auditwheel, which checks that it
+# links nothing beyond the manylinux policy's libraries and tags it manylinux.
 #
 #   bash tools/build-wheel.sh            # needs python3 (>= 3.10) with venv, and gcc
 #
@@ -9,10 +9,9 @@
 # works from a fresh clone. PYTHON=python3.12 picks another interpreter (one wheel per Python).
 #
 # Which manylinux policy: the oldest the wheel qualifies for (auditwheel's "auto"). On this
-# project's machine (Debian 12: gcc 12, glibc 2.36) that is manylinux_2_34: the libgomp that is
-# vendored was itself built against glibc 2.34+ (it needs GLIBC_2.34 symbols: the pthread
-# functions that moved into libc in 2.34), and a build links against the running glibc's newest
-# symbol versions. An older policy (manylinux_2_28: RHEL 8, Ubuntu 20.04, Debian 11) needs an
+# project's machine (Debian 12: gcc 12, glibc 2.36) that is manylinux_2_34: a build links against
+# the running glibc's newest symbol versions (the pthread functions moved into libc in 2.34).
+# An older policy (manylinux_2_28: RHEL 8, Ubuntu 20.04, Debian 11) needs an
 # older toolchain, i.e. the manylinux_2_28 container: that is what `cibuildwheel` does with the
 # [tool.cibuildwheel] configuration in pyproject.toml, on a CI with Docker (and macOS and Windows
 # runners for those wheels). This script builds for the machine it runs on.
