@@ -2,16 +2,11 @@
 BLAS bracketing. MLP, Trainer and the estimators run every kernel through an Engine; nothing
 else calls the compiled modules' network.
 
-The thread plan. cdnn's kernels run on cdnn's own OpenMP team (src/team.pxd) with the BLAS
+The thread plan. cdnn's kernels run on cdnn's own thread pool (src/team.pxd) with the BLAS
 held at one thread, so the two pools never oversubscribe the cores. The team follows the work
 in a call: a thread is worth waking only for a few MFLOP of it, so small calls (an L-BFGS
-iteration on a small network, a partial_fit on 50 rows) run on the calling thread alone and
-open no parallel region. That matters beyond the region itself: after a region, libgomp's idle
-workers spin for a while, taking a core from whatever Python does next (scipy's L-BFGS-B over
-loss_and_grad on a 10-100-1 network, 200 rows: 10 ms a call with a team of two on this 2-core
-machine, 0.4 ms alone; `python /work/scratch/lbfgs.py`-style timing, see docs/ARCHITECTURE.md).
-`cdnn.set_num_threads(n)` is the ceiling; a fork child runs on one thread, because libgomp's
-pool does not survive fork.
+iteration on a small network, a partial_fit on 50 rows) run on the calling thread alone.
+cdnn/threads.py sets the ceiling (the user's limits, the environment's, the cores).
 """
 from __future__ import annotations
 
@@ -33,9 +28,12 @@ from cdnn.threads import get_num_threads, limit_threads, single_threaded_blas
 # its barriers, its spinning afterwards) than it saves. 6 FLOPs per parameter and row for a
 # gradient (forward, and two products backward), 2 for a forward pass.
 MIN_FLOPS_PER_THREAD = 4_000_000
-# Rows per kernel call when predicting or evaluating: large enough for efficient GEMMs, small
-# enough that the workspace stays a few MB.
+# Rows per thread and kernel call when predicting or evaluating: large enough for efficient
+# GEMMs, small enough that a call's workspace stays within WORKSPACE_BYTES; KEEP_WORKSPACES are
+# kept between calls for the next ones.
 CHUNK_ROWS = 1024
+WORKSPACE_BYTES = 16 << 20
+KEEP_WORKSPACES = 2
 # Weights × rows from which a prediction of a few rows (too few to share by rows) shares each
 # layer's units instead, each thread reading only its part of the weights.
 MIN_WORK_TO_SHARE_UNITS = 250_000
@@ -46,22 +44,8 @@ MIN_WORK_TO_SHARE_UNITS = 250_000
 # 34 / 43, 784-512-512-10 38 / 47 and 60 / 74, 784-1024-1024-10 156 / 369 and 217 / 463,
 # 784-2048-2048-10 634 / 777 and 631 / 918.
 
-_forked = False
-
-
-def _after_fork_in_child():
-    global _forked
-    _forked = True
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 def team_for(flops: float) -> int:
     """The threads worth waking for a call of this many FLOPs, within the user's ceiling."""
-    if _forked:
-        return 1
     return int(max(1, min(get_num_threads(), flops // MIN_FLOPS_PER_THREAD)))
 
 
@@ -106,7 +90,7 @@ class Engine:
         self.n_hidden_1 = layer_sizes[1]     # the first layer's width
         self.loss, self.dtype, self.l2 = loss, dtype, l2
         self.n_params = self.network.n_params
-        self._local = threading.local()   # a workspace per Python thread: predict is thread-safe
+        self._spare, self._spare_lock = [], threading.Lock()   # see _workspace
 
     # --- inputs ---------------------------------------------------------------------------
 
@@ -148,20 +132,34 @@ class Engine:
                 _check_distributions(targets)
         return Batch(X, labels, targets, check_sample_weight(sample_weight, n, self.dtype))
 
-    def _workspace(self, rows: int) -> np.ndarray:
-        """This Python thread's workspace, grown to hold `rows` rows."""
-        ws = getattr(self._local, "workspace", None)
-        if ws is None or ws.size < rows * self.network.row_width:
-            ws = np.empty(rows * self.network.row_width, dtype=self.dtype)
-            self._local.workspace = ws
-        return ws
+    @contextlib.contextmanager
+    def _workspace(self, rows: int):
+        """A workspace of `rows` rows, lent for one call. Calls in several Python threads each
+        get their own; between calls at most KEEP_WORKSPACES wait (the largest), so threads
+        that have stopped predicting hold none."""
+        size = rows * self.network.row_width
+        with self._spare_lock:
+            fits = [i for i, w in enumerate(self._spare) if w.size >= size]
+            ws = self._spare.pop(fits[0]) if fits else None
+        if ws is None:
+            ws = np.empty(size, dtype=self.dtype)
+        try:
+            yield ws
+        finally:
+            with self._spare_lock:
+                self._spare = sorted(self._spare + [ws], key=len)[-KEEP_WORKSPACES:]
 
-    def _plan(self, X, flops_per_param: int) -> tuple[int, np.ndarray]:
-        """The team for a call over the rows of X, and a workspace for it: a share of at most
-        CHUNK_ROWS rows for each thread."""
+    def _plan(self, X, flops_per_param: int) -> tuple[int, int]:
+        """The team for a call over the rows of X, and the rows of its workspace: a share of at
+        most CHUNK_ROWS rows for each thread, and at most WORKSPACE_BYTES in all."""
         rows = len(X)
         team = min(team_for(rows * flops_per_param * self.params_per_row(X)), rows)
-        return team, self._workspace(team * min(math.ceil(rows / team), CHUNK_ROWS))
+        return team, team * self._share_rows(team, rows)
+
+    def _share_rows(self, team: int, rows: int) -> int:
+        row_bytes = self.network.row_width * np.dtype(self.dtype).itemsize
+        return max(1, min(math.ceil(rows / team), CHUNK_ROWS,
+                          WORKSPACE_BYTES // (team * row_bytes)))
 
     # --- the calls ------------------------------------------------------------------------
 
@@ -172,33 +170,31 @@ class Engine:
             return out
         given, X = X, self.check_X(X, finite=False)   # the kernel checks each chunk's rows
         out = np.empty((X.shape[0], self.n_outputs), dtype=self.dtype)
-        team, workspace = self._plan(X, 2)
+        team, rows = self._plan(X, 2)
         threads = team_for(math.inf)
         if len(X) == 1:         # one row (converted): on this thread, as the short path
-            self.network.forward(params, X, out, workspace, 1)
-        elif (team == 1 and threads > 1
-              and len(X) * self.params_per_row(X) >= MIN_WORK_TO_SHARE_UNITS):
-            # a few rows of a large network: every thread, a share of each layer's units
-            with single_threaded_blas():
-                self.network.forward(params, X, out, self._workspace(min(len(X), CHUNK_ROWS)),
-                                     threads, True)
-        else:
-            with single_threaded_blas():
-                self.network.forward(params, X, out, workspace, team)
+            team, share_units = 1, False
+        else:                   # a few rows of a large network: every thread, a share of each
+            share_units = (team == 1 and threads > 1     # layer's units
+                           and len(X) * self.params_per_row(X) >= MIN_WORK_TO_SHARE_UNITS)
+            if share_units:
+                team, rows = threads, self._share_rows(1, len(X))
+        with self._workspace(rows) as workspace, single_threaded_blas():
+            self.network.forward(params, X, out, workspace, team, share_units)
         # the kernel gives the rows of a chunk holding NaN or ±inf NaN outputs: check_X names it
         return _finite_outputs(out, lambda: self.check_X(given))
 
     def evaluate(self, params: np.ndarray, batch: Batch) -> tuple[float, float]:
         """(mean loss, weighted count of correct predictions); dropout off, no L2 term."""
-        team, workspace = self._plan(batch.X, 2)
-        with single_threaded_blas():
+        team, rows = self._plan(batch.X, 2)
+        with self._workspace(rows) as workspace, single_threaded_blas():
             return self.network.evaluate(params, *batch, workspace, team)
 
     def loss_and_grad(self, params: np.ndarray, batch: Batch) -> tuple[float, np.ndarray]:
         """The mean loss (plus the L2 penalty) and its gradient in params' layout."""
-        team, workspace = self._plan(batch.X, 6)
+        team, rows = self._plan(batch.X, 6)
         grads = np.empty((team, self.n_params), dtype=self.dtype)
-        with single_threaded_blas():
+        with self._workspace(rows) as workspace, single_threaded_blas():
             loss = self.network.loss_and_grad(params, *batch, grads, workspace)
         return loss, grads[0] if team == 1 else grads[0].copy()
 

@@ -243,29 +243,85 @@ def test_threads_sharing_each_batch_train_the_model_one_thread_trains(monkeypatc
     np.testing.assert_allclose(many_losses, one_losses, rtol=1e-9)
 
 
-def test_fewer_threads_than_asked_still_cover_every_row(tmp_path):
-    """OpenMP may grant a region fewer threads than asked (here OMP_THREAD_LIMIT=1 while cdnn
-    asks for 2): the work is split between the threads that run, never left undone."""
+def run_python(source: str, **env) -> str:
+    """source's stdout in a fresh interpreter with env added to the environment."""
+    result = subprocess.run([sys.executable, "-c", source], env={**os.environ, **env},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip()
+
+
+@pytest.mark.parametrize("name, value, threads", [
+    ("OMP_NUM_THREADS", "1", 1), ("OMP_NUM_THREADS", "1,4", 1), ("CDNN_NUM_THREADS", "1", 1),
+    ("OMP_THREAD_LIMIT", "1", 1)])
+def test_thread_environment_variables_set_the_ceiling(name, value, threads):
+    """The ecosystem's convention (joblib/loky, Dask, batch schedulers set these): cdnn once
+    ran two threads under OMP_NUM_THREADS=1. The script pretends to have 8 cores, so that the
+    variable and not this machine's cores sets the count."""
+    out = run_python("import cdnn, cdnn.threads as t; t._USABLE_CORES = 8; "
+                     "print(cdnn.get_num_threads())", **{name: value})
+    assert out == str(threads)
+
+
+def test_a_bad_thread_variable_is_a_warning_not_an_error():
+    out = run_python("import warnings; warnings.simplefilter('error')\n"
+                     "try:\n    import cdnn\nexcept RuntimeWarning as w:\n    print(w)",
+                     OMP_NUM_THREADS="many")
+    assert "OMP_NUM_THREADS='many'" in out
+
+
+def test_threadpoolctl_lists_cdnn_and_limits_it():
+    from threadpoolctl import threadpool_limits
+    ours = [lib for lib in threadpool_info() if lib["internal_api"] == "cdnn"]
+    assert len(ours) == 1 and ours[0]["num_threads"] == get_num_threads()
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(2000, 30)), rng.integers(0, 3, 2000)
+    net = cdnn.MLP([30, 64, 3], dtype="float64", seed=0)
+    with threadpool_limits(1):
+        assert get_num_threads() == 1
+        assert [lib["num_threads"] for lib in threadpool_info()
+                if lib["internal_api"] == "cdnn"] == [1]
+        one = net.loss_and_grad(X, y)[1]
+    with threadpool_limits(1, user_api="openmp"):     # as joblib limits OpenMP libraries
+        assert get_num_threads() == 1
+    assert get_num_threads() == ours[0]["num_threads"]
+    np.testing.assert_allclose(net.loss_and_grad(X, y)[1], one, rtol=1e-12, atol=1e-14)
+
+
+def test_joblib_workers_get_their_share_of_the_cores():
+    """GridSearchCV(n_jobs=2) on 2 cores once ran 2 × 2 threads that spun on each other."""
+    joblib = pytest.importorskip("joblib")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    counts = joblib.Parallel(n_jobs=2)(joblib.delayed(get_num_threads)() for _ in range(2))
+    assert counts == [max(1, cores // 2)] * 2
+
+
+def test_a_team_that_cannot_get_memory_is_a_memory_error(tmp_path):
+    """Under ulimit -v, a team's worker once hung in OpenBLAS's first buffer allocation (it
+    retries forever) or libgomp exited the process. The team checks the room first; after the
+    MemoryError, with the limit lifted, the same call works."""
     script = tmp_path / "limited.py"
     script.write_text(
-        "import numpy as np, cdnn, cdnn._engine\n"
-        "cdnn._engine.MIN_FLOPS_PER_THREAD = 1\n"
-        "rng = np.random.default_rng(0)\n"
-        "X, y = rng.normal(size=(3000, 20)), rng.integers(0, 10, 3000)\n"
-        "def run(threads):\n"
-        "    net = cdnn.MLP([20, 64, 10], dtype='float64', seed=0)\n"
-        "    with cdnn.limit_threads(threads):\n"
-        "        out = [net.forward(X), net.loss_and_grad(X, y)[1], net.evaluate(X, y)['loss']]\n"
-        "        cdnn.Trainer(net, cdnn.SGD(0.1), batch_size=100).fit(X, y, verbose=0)\n"
-        "    return out + [net.params]\n"
-        "for a, b in zip(run(1), run(2)):\n"
-        "    np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)\n"
-        "print('same')\n")
-    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
-    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "same"
+        "import resource, numpy as np, cdnn, cdnn._engine, cdnn.threads as t\n"
+        "t._USABLE_CORES = 2; cdnn._engine.MIN_FLOPS_PER_THREAD = 1\n"
+        "net = cdnn.MLP([256, 512, 3], seed=0)\n"
+        "X = np.random.default_rng(0).normal(size=(4000, 256)).astype(np.float32)\n"
+        "size = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_AS)\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (size + (48 << 20), hard))\n"
+        "try:\n"
+        "    net.predict(X)\n"
+        "    print('no error')\n"
+        "except MemoryError as e:\n"
+        "    print('MemoryError:', e)\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (soft, hard))\n"
+        "print(net.predict(X).shape)\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    first, second = result.stdout.strip().splitlines()
+    assert first.startswith("MemoryError: cdnn could not start a team of 2 threads"), first
+    assert second == "(4000,)"
 
 
 def test_limit_threads_blocks_in_two_threads_restore_the_pools_whatever_the_order():
@@ -300,3 +356,26 @@ def test_limit_threads_blocks_in_two_threads_restore_the_pools_whatever_the_orde
     assert seen == {"a": 1, "b": 2, "b after a": 2}
     assert get_num_threads() == ceiling
     assert [lib["num_threads"] for lib in threadpool_info()] == before
+
+
+def test_threads_that_predicted_hold_a_bounded_workspace():
+    """Each Python thread once kept a workspace of 2 × 1024 rows for as long as it lived (a
+    64 MiB one for a 22 MiB model; 8 idle pool threads held 310 MiB). A call now borrows one
+    of at most WORKSPACE_BYTES, and two wait between calls."""
+    import tracemalloc
+    from concurrent.futures import ThreadPoolExecutor
+    from cdnn._engine import KEEP_WORKSPACES, WORKSPACE_BYTES
+    net = cdnn.MLP([100, 4000, 3], seed=0)
+    X = np.random.default_rng(0).normal(size=(2048, 100)).astype(np.float32)
+    pool = ThreadPoolExecutor(4)
+    tracemalloc.start()
+    try:
+        expected = net.predict(X)
+        for out in pool.map(lambda _: net.predict(X), range(8)):
+            np.testing.assert_array_equal(out, expected)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        pool.shutdown()
+    assert held <= KEEP_WORKSPACES * WORKSPACE_BYTES + (1 << 20)
+    assert peak <= 4 * WORKSPACE_BYTES + KEEP_WORKSPACES * WORKSPACE_BYTES + (8 << 20)
