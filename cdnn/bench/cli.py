@@ -58,6 +58,11 @@ def build_parser():
                            help="a fresh process per measurement (default in --full)")
     isolation.add_argument("--reuse", dest="fresh", action="store_false",
                            help="one long-lived process per contender (default in --quick)")
+    p.add_argument("--under-load", action="store_true",
+                   help="only the busy-machine table: cdnn's default threads against one "
+                        "thread beside a busy process and beside a second fit, and "
+                        "GridSearchCV(n_jobs=2) against n_jobs=1 and scikit-learn's (needs "
+                        "scikit-learn; about 3 minutes on 2 cores)")
     p.add_argument("--json", metavar="PATH", help="write all raw timings and machine info here")
     p.add_argument("--markdown", metavar="PATH", help="write the tables as markdown here")
     return p
@@ -75,6 +80,11 @@ def main(argv=None):
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
+
+    if args.under_load:
+        from .load import render, under_load
+        print(render(under_load(args.repeats or 3, log)))
+        return 0
 
     started = time.perf_counter()
     report = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
