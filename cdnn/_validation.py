@@ -140,19 +140,21 @@ def check_same_length(n: int, other: np.ndarray, name: str):
         raise ValueError(f"X has {n} rows but {name} has {other.shape[0]}")
 
 
-def check_labels(y, n_classes: int) -> np.ndarray:
+def check_labels(y, n_classes: int | None) -> np.ndarray:
     """Integer class indices in [0, n_classes) as C ints; floats are accepted when integral.
-    Always a copy, checked after it is taken: the kernels read labels without the GIL, so the
-    caller's array may change under them (another thread) without ever reaching them."""
+    n_classes None: any a C int holds (labels that will size a network). Always a copy,
+    checked after it is taken: the kernels read labels without the GIL, so the caller's array
+    may change under them (another thread) without ever reaching them."""
     _reject_unsupported(y, "y")
+    top = np.iinfo(np.intc).max if n_classes is None else n_classes
     y = np.array(y)
     if y.dtype.kind not in "biuf":
         raise TypeError(f"y must hold class indices (integers), got dtype {y.dtype}")
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
-        raise ValueError(f"y must be 1-D class indices (or one-hot rows of {n_classes} "
-                         f"columns), got shape {y.shape}")
+        one_hot = "" if n_classes is None else f" (or one-hot rows of {n_classes} columns)"
+        raise ValueError(f"y must be 1-D class indices{one_hot}, got shape {y.shape}")
     if y.size == 0:
         raise ValueError("y is empty")
     if y.dtype.kind == "f" and not np.isfinite(y).all():
@@ -161,13 +163,13 @@ def check_labels(y, n_classes: int) -> np.ndarray:
     if y.dtype.kind == "f" and not np.all(y == np.round(y)):
         i = int(np.argmin(y == np.round(y)))
         raise ValueError(f"y holds a non-integer value ({y[i]:g}) at row {i}; class labels "
-                         f"must be integers 0..{n_classes - 1} (for regression use "
+                         f"must be integers 0..{top - 1} (for regression use "
                          f"loss='mean_squared_error')")
     low, high = y.min(), y.max()
-    if low < 0 or high >= n_classes:
+    if low < 0 or high >= top:
         bad = low if low < 0 else high
-        raise ValueError(f"y holds label {bad:g}, outside 0..{n_classes - 1} for the network's "
-                         f"{n_classes} outputs")
+        raise ValueError(f"y holds label {bad:g}, outside 0..{top - 1}" + (
+            "" if n_classes is None else f" for the network's {n_classes} outputs"))
     return np.ascontiguousarray(y, dtype=np.intc)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 import cdnn
-from cdnn._validation import MAX_WIDTH
+from cdnn._validation import MAX_WIDTH, check_labels
 from cdnn.io import check_writable
 
 # per data source: name, loader(path or None), default hidden widths, epochs, batch size
@@ -184,9 +184,10 @@ def _load_files(x_path: str, y_path: str) -> tuple[str, tuple, tuple]:
     if X.shape[0] != len(y) or len(y) < 2:
         raise ValueError(f"{x_path} has {X.shape[0]} rows, {y_path} {len(y)} labels: they "
                          f"must agree (and be at least 2)")
-    if not np.array_equal(y, np.round(y)) or y.min() < 0:
-        raise ValueError(f"{y_path}: class labels must be integers 0, 1, …")
-    y = y.astype(np.intp)
+    try:        # the library's check, so strings and inf are named as there
+        y = check_labels(y, None)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{y_path}: class labels must be integers 0, 1, …: {e}") from None
     cut = len(y) - max(1, round(len(y) * TEST_FRACTION))
     if hasattr(X, "tocsr"):     # a sparse matrix: its structure checked before scipy slices it
         from cdnn._sparse import check_structure

@@ -20,10 +20,13 @@ from cdnn.network import ACTIVATIONS, MLP
 SKLEARN_OUTPUTS = {"softmax": "softmax_cross_entropy", "logistic": "sigmoid_cross_entropy",
                    "identity": "mean_squared_error", "exp": "poisson"}
 SKLEARN_ACTIVATIONS = {"logistic": "sigmoid"}
-# torch layer class -> cdnn activation; Identity and Dropout (a no-op when predicting) vanish
+# torch.nn class name -> cdnn activation; Identity and Dropout (a no-op when predicting) vanish.
+# A layer is matched by its exact class (_torch_kind): a subclass may override forward, and a
+# user's class of the same name may compute anything.
 TORCH_ACTIVATIONS = {"ReLU": "relu", "LeakyReLU": "leaky_relu", "Sigmoid": "sigmoid",
                      "Tanh": "tanh", "GELU": "gelu", "Softmax": "softmax"}
 TORCH_NO_OPS = ("Identity", "Dropout")
+TORCH_CONTAINERS = ("Sequential",)
 # an activation after the last Linear is the loss's output function
 TORCH_OUTPUTS = {"softmax": "softmax_cross_entropy", "sigmoid": "sigmoid_cross_entropy"}
 DTYPE_NAMES = ("float32", "float64")
@@ -88,19 +91,38 @@ def from_sklearn(estimator) -> MLP:
 
 # --- PyTorch ---------------------------------------------------------------------------------
 
-def _flat_layers(module, prefix: str = ""):
-    """(name, layer) for each layer, nested nn.Sequential opened up ("2.1": its 2nd's 1st)."""
+def _class_name(obj) -> str:
+    """The class's full name, so that a look-alike reads as the user's, not torch's."""
+    kind = type(obj)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _torch_kind(name: str, layer) -> str:
+    """The torch.nn class name of a layer that from_torch understands; a TypeError naming the
+    layer and its class for any other, a subclass of a supported one included."""
     import torch
+    for kind in ("Linear", *TORCH_ACTIVATIONS, *TORCH_NO_OPS, *TORCH_CONTAINERS):
+        if type(layer) is getattr(torch.nn, kind):
+            return kind
+    raise TypeError(f"layer {name} ({type(layer).__name__}, class {_class_name(layer)}) is "
+                    f"not supported: from_torch takes torch.nn's own Sequential, Linear, "
+                    f"{', '.join(TORCH_ACTIVATIONS)}, Identity and Dropout, not subclasses "
+                    f"or other modules, since their forward may compute something else")
+
+
+def _flat_layers(module, prefix: str = ""):
+    """(name, kind, layer) for each layer, nested nn.Sequential opened up ("2.1": its 2nd's
+    1st); kind is the torch.nn class name."""
     for name, layer in module.named_children():
-        if isinstance(layer, torch.nn.Sequential):
+        kind = _torch_kind(f"{prefix}{name}", layer)
+        if kind in TORCH_CONTAINERS:
             yield from _flat_layers(layer, f"{prefix}{name}.")
         else:
-            yield f"{prefix}{name}", layer
+            yield f"{prefix}{name}", kind, layer
 
 
-def _torch_activation(name: str, layer) -> tuple[str, float | None]:
+def _torch_activation(name: str, kind: str, layer) -> tuple[str, float | None]:
     """The cdnn activation for a torch activation layer, and its slope for LeakyReLU."""
-    kind = type(layer).__name__
     if kind == "GELU" and layer.approximate != "none":
         raise ValueError(f"layer {name} is GELU(approximate={layer.approximate!r}); cdnn's "
                          f"GELU is the exact one (approximate='none')")
@@ -115,23 +137,27 @@ def _torch_activation(name: str, layer) -> tuple[str, float | None]:
 
 def _torch_parts(module) -> tuple[list, list, list, str | None]:
     """The Linear layers, the activation after each, and the LeakyReLU slope; checked."""
-    import torch
     linears, activations, slopes = [], [], set()
-    for name, layer in _flat_layers(module):
-        kind = type(layer).__name__
-        if isinstance(layer, torch.nn.Linear):
+    for name, kind, layer in _flat_layers(module):
+        if kind == "Linear":
             if activations and activations[-1] == "softmax":
                 raise ValueError(f"layer {name} (Linear) follows a Softmax; Softmax is "
                                  f"supported only after the last Linear")
             if linears and layer.in_features != linears[-1].out_features:
                 raise ValueError(f"layer {name} takes {layer.in_features} inputs, the layer "
                                  f"before gives {linears[-1].out_features}")
+            # a meta tensor has a shape but no values (built under torch.device("meta") for
+            # a lazy init): there is nothing to copy until module.to_empty() and an init
+            if any(p.is_meta for p in layer.parameters()):
+                raise ValueError(f"layer {name} (Linear) has its parameters on the meta "
+                                 f"device, which holds no values; materialise them first "
+                                 f"(module.to_empty(device='cpu') and an init, or load weights)")
             linears.append(layer)
             activations.append(None)
         elif kind in TORCH_NO_OPS:
             continue
-        elif kind in TORCH_ACTIVATIONS:
-            activation, slope = _torch_activation(name, layer)
+        else:                                   # an activation: _torch_kind checked it
+            activation, slope = _torch_activation(name, kind, layer)
             if not linears:
                 raise ValueError(f"layer {name} ({kind}) comes before the first Linear")
             if activations[-1] is not None:
@@ -139,9 +165,6 @@ def _torch_parts(module) -> tuple[list, list, list, str | None]:
                                  f"applies one activation per layer")
             activations[-1] = activation
             slopes |= {slope} - {None}
-        else:
-            raise ValueError(f"layer {name} ({kind}) is not supported: from_torch takes "
-                             f"Linear, {', '.join(TORCH_ACTIVATIONS)}, Identity and Dropout")
     if not linears:
         raise ValueError("the Sequential has no Linear layer")
     if len(slopes) > 1:
@@ -154,7 +177,8 @@ def from_torch(module, loss: str | None = None) -> MLP:
     """An nn.Sequential of nn.Linear layers and activations (ReLU, LeakyReLU, Sigmoid, Tanh,
     GELU(approximate='none'); Identity and Dropout are skipped, as when predicting) as a
     cdnn.MLP computing the same outputs. A Linear without bias gets a zero bias, and two
-    Linears with no activation between them an identity hidden layer.
+    Linears with no activation between them an identity hidden layer. Each layer must be of
+    torch.nn's own class: a subclass or another module is a TypeError naming it.
 
     What follows the last Linear sets the loss: Softmax (dim=1): softmax_cross_entropy and
     Sigmoid: sigmoid_cross_entropy, so net.predict_proba(X) is the module's output; nothing:
@@ -164,6 +188,9 @@ def from_torch(module, loss: str | None = None) -> MLP:
     if torch is None or not isinstance(module, torch.nn.Sequential):
         raise TypeError(f"from_torch takes a torch.nn.Sequential of Linear layers and "
                         f"activations, got {type(module).__name__}")
+    if type(module) is not torch.nn.Sequential:
+        raise TypeError(f"from_torch takes torch.nn.Sequential itself, got a subclass "
+                        f"{_class_name(module)}, whose forward may compute something else")
     linears, hidden, output, slope = _torch_parts(module)
     if output is not None and output not in TORCH_OUTPUTS:
         raise ValueError(f"the last Linear is followed by {output}; a cdnn network's output "

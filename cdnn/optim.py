@@ -60,7 +60,8 @@ class Optimizer:
 
     def state_for(self, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The state buffers for these parameters, created (zeroed) on first use."""
-        if self.state is None:
+        if self.state is None or (self._is_reset() and (
+                self.state[0].shape != params.shape or self.state[0].dtype != params.dtype)):
             self.state = (np.zeros_like(params), np.zeros_like(params))
         elif self.state[0].shape != params.shape or self.state[0].dtype != params.dtype:
             raise ValueError(f"this optimizer already holds state for {self.state[0].size} "
@@ -68,8 +69,17 @@ class Optimizer:
         return self.state
 
     def reset(self):
-        """Forget the state (momentum, moment estimates) and the step count."""
-        self.state, self.steps = None, 0
+        """Forget the state (momentum, moment estimates) and the step count. Also in a fit,
+        from a callback: training goes on from zero state."""
+        # zeroed in place, not dropped: a fit's training steps hold these very buffers
+        if self.state is not None:
+            for buffer in self.state:
+                buffer.fill(0)
+        self.steps = 0
+
+    def _is_reset(self) -> bool:
+        """No steps and zero state: the same as none, so it may take another network's shape."""
+        return self.steps == 0 and not any(buffer.any() for buffer in self.state)
 
     def step(self, params: np.ndarray, grad: np.ndarray, lr: float | None = None):
         """Update params in place from grad (for loops written around MLP.loss_and_grad)."""

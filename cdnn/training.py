@@ -213,7 +213,8 @@ class Trainer:
         else:
             val = None
         if class_weight is not None:   # training rows only, as Keras: validation is unweighted
-            train = _with_class_weight(train, class_weight, net.n_outputs)
+            train = _with_class_weight(train, class_weight, net.n_outputs,
+                                       np.asarray(y).dtype.kind == "b")
             train = train._replace(weights=scaled_weights(train.weights,
                                                           "class_weight (times sample_weight)"))
         return train, val
@@ -361,8 +362,10 @@ def _split(batch: Batch, fraction: float) -> tuple[Batch, Batch]:
     return head, tail
 
 
-def _with_class_weight(batch: Batch, class_weight, n_outputs: int) -> Batch:
-    """Multiply each row's sample weight by its class's weight ("balanced": n / (k · count))."""
+def _with_class_weight(batch: Batch, class_weight, n_outputs: int,
+                       bool_labels: bool = False) -> Batch:
+    """Multiply each row's sample weight by its class's weight ("balanced": n / (k · count)).
+    Keys are class indices; False and True too where the labels given were bools."""
     if batch.labels is not None:
         classes = batch.labels
     elif n_outputs > 1:
@@ -376,6 +379,13 @@ def _with_class_weight(batch: Batch, class_weight, n_outputs: int) -> Batch:
     elif isinstance(class_weight, dict):
         table = np.ones(k)
         for c, w in class_weight.items():
+            # a bool key is a class only where the labels were bools (numpy would read
+            # table[True] as a mask of every class, and table[False] as none)
+            if isinstance(c, (bool, np.bool_)):
+                if not bool_labels:
+                    raise ValueError(f"class_weight has a key {c!r}, a bool, but the labels "
+                                     f"are not bools: the classes are the indices 0..{k - 1}")
+                c = int(c)
             if not (isinstance(c, (int, np.integer)) and 0 <= c < k):
                 raise ValueError(f"class_weight has a key {c!r} that is not a class in 0..{k - 1}")
             table[c] = check_real(w, "class_weight values", 0)

@@ -154,6 +154,23 @@ def test_bad_training_values(argv, words, capsys):
     assert_one_line_error(status, err, "train", *words)
 
 
+@pytest.mark.parametrize("labels, words", [
+    (np.array(["a", "b"] * 10), ["class indices (integers)", "<U1"]),
+    (np.r_[np.zeros(19), np.inf], ["non-finite value (inf) at row 19"]),
+    (np.r_[np.zeros(19), 1e30], ["label 1e+30, outside 0..2147483646"]),
+    (np.r_[np.zeros(19), -1], ["label -1, outside"]),
+    (np.r_[np.zeros(19), 0.5], ["non-integer value (0.5) at row 19"]),
+])
+def test_bad_labels_file(labels, words, tmp_path, capsys):
+    """--data's labels are checked as the library checks them (issue 23 #12): strings gave
+    numpy's "ufunc 'rint' not supported", inf "y holds label -9.22337e+18"."""
+    np.save(tmp_path / "x.npy", np.zeros((20, 3)))
+    np.save(tmp_path / "y.npy", labels)
+    status, _, err = run(["train", "--data", str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+                         capsys)
+    assert_one_line_error(status, err, "train", "y.npy: class labels must be integers", *words)
+
+
 def test_batch_size_and_clip_norm_reach_the_trainer(capsys, monkeypatch):
     made = []
     real = cdnn.Trainer

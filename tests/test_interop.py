@@ -164,7 +164,6 @@ def test_from_torch_nested_dropout_and_consecutive_linears():
 def bad_modules(nn):
     """(module, words the error names) for each unsupported shape."""
     return [
-        (nn.Sequential(nn.Linear(3, 4), nn.Conv1d(1, 1, 1)), "layer 1 (Conv1d)"),
         (nn.Sequential(nn.Linear(3, 4), nn.GELU(approximate="tanh"), nn.Linear(4, 2)),
          "approximate='tanh'"),
         (nn.Sequential(nn.ReLU(), nn.Linear(3, 2)), "layer 0 (ReLU) comes before"),
@@ -195,3 +194,52 @@ def test_from_torch_bad_input():
     for wrong in (nn.Linear(3, 2), [nn.Linear(3, 2)], "Sequential"):
         with pytest.raises(TypeError, match="torch.nn.Sequential"):
             cdnn.from_torch(wrong)
+    with pytest.raises(TypeError, match=re.escape("layer 1 (Conv1d, class torch.nn.modules")):
+        cdnn.from_torch(nn.Sequential(nn.Linear(3, 4), nn.Conv1d(1, 1, 1)))
+
+
+def test_from_torch_refuses_subclasses_and_look_alikes():
+    """Layers are matched by their exact class: a subclass's forward, or a user's class that
+    is only named like torch's, computes something cdnn would not (issue 23 #8)."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+
+    class ScaledLinear(nn.Linear):
+        def forward(self, x):
+            return 10 * super().forward(x)
+
+    class ReLU(nn.Module):                      # a look-alike: not torch's ReLU
+        def forward(self, x):
+            return x.abs()
+
+    class Dropout(nn.Module):
+        def forward(self, x):
+            return x + 1
+
+    class Identity(nn.Tanh):                    # named like a no-op, is a Tanh
+        pass
+
+    class MySequential(nn.Sequential):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    for module, words in [
+            (nn.Sequential(ScaledLinear(3, 2)), "layer 0 (ScaledLinear, class "),
+            (nn.Sequential(nn.Linear(3, 4), ReLU(), nn.Linear(4, 2)), "layer 1 (ReLU, class "),
+            (nn.Sequential(nn.Linear(3, 2), Dropout()), "layer 1 (Dropout, class "),
+            (nn.Sequential(nn.Sequential(nn.Linear(3, 2), Identity())),
+             "layer 0.1 (Identity, class "),
+            (nn.Sequential(MySequential(nn.Linear(3, 2))), "layer 0 (MySequential, class ")]:
+        with pytest.raises(TypeError, match=re.escape(words) + ".*test_interop"):
+            cdnn.from_torch(module)
+    with pytest.raises(TypeError, match="subclass .*MySequential"):
+        cdnn.from_torch(MySequential(nn.Linear(3, 2)))
+
+
+def test_from_torch_meta_device_says_so():
+    torch = pytest.importorskip("torch")
+    with torch.device("meta"):
+        module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(),
+                                     torch.nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="layer 0 .*meta device"):
+        cdnn.from_torch(module)

@@ -279,3 +279,38 @@ def test_step_arguments_are_checked(kwargs, error, match):
         opt.step(params, grad, **kwargs)
     np.testing.assert_array_equal(net.params, before)
     assert opt.steps == 0 and opt.state is None
+
+
+def test_reset_in_a_callback_zeroes_the_state_and_training_goes_on():
+    """opt.reset() in a callback dropped the state the fit's steps hold ("Value after * must
+    be an iterable", issue 23 #12): now the fit goes on as with a new optimizer from there."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(64, 3)), rng.integers(0, 2, size=64)
+
+    class ResetAfterFirstEpoch(cdnn.Callback):
+        def on_epoch_end(self, epoch, logs):
+            if epoch == 0:
+                self.trainer.optimizer.reset()
+                assert self.trainer.optimizer.steps == 0
+                assert not self.trainer.optimizer.state[0].any()
+
+    def fit(net, opt, epochs, callbacks=()):
+        cdnn.Trainer(net, opt, batch_size=16).fit(X, y, epochs=epochs, shuffle=False,
+                                                 callbacks=list(callbacks), verbose=0)
+
+    reset = cdnn.MLP([3, 8, 2], dtype="float64", seed=0)
+    opt = cdnn.Adam(lr=0.01)
+    fit(reset, opt, 2, [ResetAfterFirstEpoch()])
+    assert opt.steps == 4
+    fresh = cdnn.MLP([3, 8, 2], dtype="float64", seed=0)
+    fit(fresh, cdnn.Adam(lr=0.01), 1)
+    fit(fresh, cdnn.Adam(lr=0.01), 1)
+    np.testing.assert_array_equal(reset.params, fresh.params)
+
+    opt.reset()     # a reset optimizer is as a new one: it may train another network
+    other = cdnn.MLP([5, 4, 2], dtype="float32", seed=0)
+    cdnn.Trainer(other, opt, batch_size=16).fit(rng.normal(size=(32, 5)), y[:32], epochs=1,
+                                                verbose=0)
+    assert opt.state[0].shape == other.params.shape
+    with pytest.raises(ValueError, match="already holds state"):
+        fit(cdnn.MLP([3, 8, 2], dtype="float64", seed=0), opt, 1)

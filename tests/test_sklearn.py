@@ -1,6 +1,7 @@
 """cdnn.sklearn: scikit-learn's own estimator checks, its meta-estimators, and agreement with
 scikit-learn's MLPClassifier / MLPRegressor (same updates in float64, same accuracy)."""
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -338,7 +339,79 @@ def test_assigning_coefs_and_intercepts_takes_effect(digits):
     with pytest.raises(ValueError, match="real numbers"):
         est.intercepts_[0] = np.array(["a"] * 16)
     with pytest.raises(AttributeError, match="before it is fitted"):
-        MLPClassifier().coefs_ = []
+        MLPClassifier().intercepts_
+
+
+def test_layers_set_before_any_fit_start_partial_fit():
+    """scikit-learn's test_fit (issue 23 #21): coefs_ and intercepts_ set on an unfitted
+    estimator, item by item, are where partial_fit starts; its worked example of one SGD step."""
+    X, y = np.array([[0.6, 0.8, 0.7]]), np.array([0])
+    est = MLPClassifier(solver="sgd", learning_rate_init=0.1, alpha=0.1, activation="logistic",
+                        random_state=1, max_iter=1, hidden_layer_sizes=2, momentum=0,
+                        dtype="float64")
+    est.coefs_ = [0] * 2
+    est.intercepts_ = [0] * 2
+    est.coefs_[0] = np.array([[0.1, 0.2], [0.3, 0.1], [0.5, 0]])
+    est.coefs_[1] = np.array([[0.1], [0.2]])
+    est.intercepts_[0] = np.array([0.1, 0.1])
+    est.intercepts_[1] = np.array([1.0])
+    est.t_, est.loss_curve_ = 5, [9.0]           # set with them: kept, as scikit-learn's
+    with pytest.raises(sklearn.exceptions.NotFittedError):
+        est.predict(X)                           # layers alone are not a fitted model
+    est.partial_fit(X, y, classes=[0, 1])
+    np.testing.assert_allclose(est.coefs_[0], [[0.098, 0.195756], [0.2956664, 0.096008],
+                                               [0.4939998, -0.002244]], atol=1e-3)
+    np.testing.assert_allclose(est.coefs_[1], [[0.04706], [0.154089]], atol=1e-3)
+    np.testing.assert_allclose(est.intercepts_[0], [0.098333, 0.09626], atol=1e-3)
+    np.testing.assert_allclose(est.intercepts_[1], [0.9235], atol=1e-3)
+    np.testing.assert_allclose(est.predict_proba(X)[0, 1], 0.739, atol=1e-3)
+    assert est.t_ == 6 and len(est.loss_curve_) == 2 and est.n_layers_ == 3
+
+    fresh = MLPClassifier(hidden_layer_sizes=2, random_state=1, max_iter=1)
+    fresh.coefs_ = [np.zeros((3, 2)), np.zeros((2, 1))]
+    fresh.intercepts_ = [np.zeros(2), np.zeros(1)]
+    assert fresh.fit(X, y).coefs_[0].any()      # fit without warm_start draws a new network
+    half = MLPClassifier(hidden_layer_sizes=2)
+    half.coefs_ = [np.zeros((3, 2)), np.zeros((2, 1))]
+    with pytest.raises(ValueError, match="not both set"):
+        half.partial_fit(X, y, classes=[0, 1])
+    wrong = MLPClassifier(hidden_layer_sizes=2)
+    wrong.coefs_, wrong.intercepts_ = [np.zeros((4, 2)), np.zeros((2, 1))], [0, 0]
+    with pytest.raises(ValueError, match="2-D arrays"):
+        wrong.partial_fit(X, y, classes=[0, 1])
+    wrong.intercepts_ = [np.zeros(2), np.zeros(1)]
+    with pytest.raises(ValueError, match="coefs_ take 4 features .* X has 3"):
+        wrong.partial_fit(X, y, classes=[0, 1])
+
+
+@pytest.mark.parametrize("change", [{"hidden_layer_sizes": (9,)},
+                                    {"hidden_layer_sizes": (8, 8)},
+                                    {"activation": "tanh"}, {"dtype": "float64"}])
+@pytest.mark.parametrize("how", ["warm_start", "partial_fit", "lbfgs"])
+def test_a_changed_network_is_refused_where_training_continues(change, how):
+    """A warm-started fit or a partial_fit trains the fitted network on: a parameter that
+    shapes another network is an error naming it, not silently ignored (issue 23 #9)."""
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    y = (X[:, 0] > 0).astype(int)
+    est = MLPClassifier(hidden_layer_sizes=(8,), max_iter=2, random_state=0,
+                        warm_start=how != "partial_fit",
+                        solver="lbfgs" if how == "lbfgs" else "adam").fit(X, y)
+    before = est._net.params.copy()
+    est.set_params(**change)
+    (name, value), = change.items()
+    with pytest.raises(ValueError, match=rf"whose {name} is .* but "
+                                         rf"{re.escape(f'{name}={value!r}')} now"):
+        est.partial_fit(X, y) if how == "partial_fit" else est.fit(X, y)
+    np.testing.assert_array_equal(est._net.params, before)
+    est.set_params(warm_start=False).fit(X, y)                 # a new network is fine
+    assert est._net.layer_sizes[1:-1] == tuple(est.get_params()["hidden_layer_sizes"])
+
+
+def test_regressor_refuses_a_changed_loss_where_training_continues():
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    est = MLPRegressor(hidden_layer_sizes=(4,), max_iter=2).fit(X, np.abs(X[:, 0]))
+    with pytest.raises(ValueError, match="whose loss is 'squared_error', but loss='poisson'"):
+        est.set_params(loss="poisson").partial_fit(X, np.abs(X[:, 0]))
 
 
 # --- divergence, as scikit-learn --------------------------------------------------------------
@@ -361,6 +434,20 @@ def test_divergence_with_early_stopping_keeps_the_best_epoch():
         assert all(np.isfinite(W).all() for W in est.coefs_)
         assert any(issubclass(w.category, RuntimeWarning) for w in caught)
         assert np.isfinite(est.predict(X)).all()
+
+
+def test_divergence_that_overflows_the_validation_outputs_scores_nan():
+    """scikit-learn's test_mlp_diverging_loss in float64 (issue 23 #22): the weights stay
+    finite while the validation outputs overflow; that epoch scores NaN and training goes on."""
+    from sklearn.datasets import load_iris
+    X, y = load_iris(return_X_y=True)
+    est = MLPRegressor(early_stopping=True, dtype="float64",
+                       **{**DIVERGING, "hidden_layer_sizes": 100})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        est.fit(X, y)
+    assert np.isnan(est.validation_scores_[-1]) and isinstance(est.validation_scores_[-1], float)
+    assert est.n_iter_ == 20 and np.isfinite(est.predict(X)).all()
 
 
 def test_divergence_without_early_stopping_raises_scikit_learns_error():

@@ -243,6 +243,24 @@ def test_class_weight(blobs):
                                   full_batch(new_net(), X, y, sample_weight=balanced[y]))
 
 
+def test_class_weight_bool_keys_are_classes_only_for_bool_labels(blobs):
+    """numpy reads table[True] as a mask: {True: 2} weighted every class and {False: 0}
+    none (issue 23 #10). A bool key is class 1 or 0 where the labels are bools, else an
+    error naming the key."""
+    X, y = blobs
+    for key in (True, False, np.True_):
+        with pytest.raises(ValueError, match=f"key {key!r}, a bool, but the labels are not"):
+            full_batch(new_net(), X, y, class_weight={key: 2.0})
+    binary = y == 1
+
+    def net():
+        return cdnn.MLP([4, 8, 1], loss="sigmoid_cross_entropy", dtype="float64", seed=0)
+    np.testing.assert_array_equal(full_batch(net(), X, binary, class_weight={True: 2.0}),
+                                  full_batch(net(), X, binary, class_weight={1: 2.0}))
+    np.testing.assert_array_equal(full_batch(net(), X, binary, class_weight={False: 0.0}),
+                                  full_batch(net(), X, binary, sample_weight=binary * 1.0))
+
+
 def test_class_weight_applies_to_training_rows_only(blobs):
     """validation_split with class_weight == training on the head with validation_data: the
     "balanced" table counts training rows only and validation stays unweighted (as Keras)."""

@@ -53,12 +53,22 @@ def _copy_into(view: np.ndarray, value, name: str):
 
 
 def _layers_property(name: str, attribute: str):
+    given = f"_given_{name}"
+
     def get(self):
         if "_net" not in vars(self):
+            if given in vars(self):
+                return vars(self)[given]
             raise AttributeError(f"{type(self).__name__} has no {name} before it is fitted")
         return _Layers(getattr(self._net, attribute), name)
 
     def set(self, arrays):
+        if "_net" not in vars(self):
+            # as scikit-learn's: layers set before any fit are where a warm-started fit or a
+            # partial_fit starts (_adopt_given_layers). The list itself is kept, since its
+            # items may be assigned next (coefs_ = [0] * 2; coefs_[0] = W)
+            vars(self)[given] = arrays
+            return
         views = get(self)
         if isinstance(arrays, np.ndarray) or len(arrays) != len(views):
             raise ValueError(f"{name} must be a list of {len(views)} arrays (one per layer)")
@@ -66,6 +76,12 @@ def _layers_property(name: str, attribute: str):
             _copy_into(view, value, f"{name}[{i}]")
     return property(get, set, doc=f"The network's {attribute}, as scikit-learn's {name}.")
 
+
+# coefs_ and intercepts_ set before any fit, until a fit adopts them (_adopt_given_layers)
+GIVEN_LAYERS = ("_given_coefs_", "_given_intercepts_")
+# a fit's bookkeeping that a partial_fit from given layers keeps when it was set with them
+BOOKKEEPING = ("n_iter_", "t_", "loss_curve_", "best_loss_", "_no_improvement_count",
+               "validation_scores_", "best_validation_score_")
 
 # what validating a fit's input sets on the estimator (scikit-learn's validate_data and the
 # classifier's label binarizer)
@@ -176,7 +192,8 @@ class _BaseMLP(BaseEstimator):
 
     def _fit(self, X, y, sample_weight, incremental: bool):
         self._check_params()
-        first_pass = "_net" not in vars(self) or (not self.warm_start and not incremental)
+        has_layers = "_net" in vars(self) or GIVEN_LAYERS[0] in vars(self)
+        first_pass = not has_layers or (not self.warm_start and not incremental)
         fitted = {k: v for k, v in vars(self).items() if k in VALIDATION_SETS}
         try:    # validation sets the input's attributes: a refit that fails keeps the old ones
             X, y, targets, weights, n_outputs, stratify = self._validate_fit(
@@ -189,6 +206,8 @@ class _BaseMLP(BaseEstimator):
         self._random_state = check_random_state(self.random_state)
         if first_pass:
             self._initialize(X.shape[1], n_outputs, X.dtype)
+            for name in GIVEN_LAYERS:      # replaced by the drawn network, as in scikit-learn
+                vars(self).pop(name, None)
         if self.solver == "lbfgs":
             self._fit_lbfgs(X, targets, weights)
         else:
@@ -201,8 +220,13 @@ class _BaseMLP(BaseEstimator):
         """X, y, targets and weights for a fit, in the model's dtype"""
         X, y, targets, n_outputs, stratify = self._validate_input(X, y, incremental,
                                                                   reset=first_pass)
-        if not first_pass and n_outputs != self.n_outputs_:
-            raise ValueError(f"y has {n_outputs} outputs, the fitted model {self.n_outputs_}")
+        if not first_pass:
+            if "_net" not in vars(self):
+                self._adopt_given_layers(X, n_outputs)
+            self._check_same_network(incremental)
+            if n_outputs != self._net.n_outputs:
+                raise ValueError(f"y has {n_outputs} outputs, the fitted model "
+                                 f"{self._net.n_outputs}")
         dtype = (self._dtype or X.dtype) if first_pass else self._net.dtype
         X = self._as_model_dtype(X, dtype, True)
         targets = targets.astype(np.intc if targets.dtype.kind in "iu" else dtype)
@@ -210,20 +234,70 @@ class _BaseMLP(BaseEstimator):
         weights = check_sample_weight(sample_weight, X.shape[0], dtype, scaled=False)
         return X, y, targets, weights, n_outputs, stratify
 
-    def _initialize(self, n_features: int, n_outputs: int, dtype):
+    def _check_same_network(self, incremental: bool):
+        """A warm-started fit or a partial_fit trains the fitted network on, so the parameters
+        that shape a network must still describe it. scikit-learn fails there for a new depth
+        (or for lbfgs) and silently trains the old layers otherwise, with the new activation."""
+        net, shown = self._net, {"sigmoid": "logistic", "mean_squared_error": "squared_error"}
+        fitted = {"hidden_layer_sizes": net.layer_sizes[1:-1], "activation": net.activations,
+                  "loss": net.loss, "dtype": net.dtype.name}
+        wanted = {"hidden_layer_sizes": tuple(self._hidden),
+                  "activation": (self._activation,) * len(self._hidden),
+                  "loss": self._loss_name(), "dtype": (self._dtype or net.dtype).name}
+        for name, value in wanted.items():
+            if value != fitted[name]:
+                was = fitted[name]
+                was = (was[0] if was else "none") if name == "activation" else was
+                how = "partial_fit" if incremental else "fit with warm_start=True"
+                raise ValueError(
+                    f"{how} continues training the fitted network, whose {name} is "
+                    f"{shown.get(was, was)!r}, but {name}={getattr(self, name, value)!r} now. "
+                    f"Call fit with warm_start=False for a new network, or set {name} back")
+
+    def _adopt_given_layers(self, X, n_outputs: int):
+        """The network of coefs_ and intercepts_ set before any fit (where scikit-learn's
+        partial_fit, or a warm-started fit, starts), with the bookkeeping a new one has, except
+        what was set along with them (n_iter_, t_, loss_curve_, ...)."""
+        coefs, intercepts = (vars(self).get(name) for name in GIVEN_LAYERS)
+        if coefs is None or intercepts is None:
+            raise ValueError("coefs_ and intercepts_ were not both set: set both before "
+                             "training from given layers")
+        coefs = [np.asarray(W) for W in coefs]
+        intercepts = [np.asarray(b) for b in intercepts]
+        if (len(coefs) != len(intercepts) or not coefs
+                or any(W.ndim != 2 for W in coefs) or any(b.ndim != 1 for b in intercepts)):
+            raise ValueError("coefs_ must be a list of 2-D arrays and intercepts_ one of as "
+                             "many 1-D arrays (one of each per layer)")
+        sizes = [coefs[0].shape[0]] + [W.shape[1] for W in coefs]
+        if sizes[0] != X.shape[1] or sizes[-1] != n_outputs:
+            raise ValueError(f"coefs_ take {sizes[0]} features to {sizes[-1]} outputs; X has "
+                             f"{X.shape[1]} features and y {n_outputs} outputs")
+        saved = {k: v for k, v in vars(self).items() if k in BOOKKEEPING}
+        self._initialize(sizes[0], n_outputs, self._dtype or X.dtype, (coefs, intercepts))
+        vars(self).update(saved)
+        for name in GIVEN_LAYERS:
+            del vars(self)[name]
+
+    def _initialize(self, n_features: int, n_outputs: int, dtype, given=None):
         """A new network, drawn as scikit-learn draws its own: per layer, the weights and then
         the intercepts, uniform in ±√(6 / (fan_in + fan_out)) (2, not 6, for logistic), from
-        the estimator's RandomState, in float64 and then cast."""
-        net = MLP([n_features, *self._hidden, n_outputs], activation=self._activation,
+        the estimator's RandomState, in float64 and then cast. Or, given (coefs, intercepts),
+        one holding those, its hidden layers theirs."""
+        hidden = self._hidden if given is None else [W.shape[1] for W in given[0][:-1]]
+        net = MLP([n_features, *hidden, n_outputs], activation=self._activation,
                   loss=self._loss_name(), init="zeros", dtype=dtype)
         factor = 2.0 if self._activation == "sigmoid" else 6.0
-        for W, b in zip(net.weights, net.biases):
-            bound = np.sqrt(factor / sum(W.shape))
-            W[...] = self._random_state.uniform(-bound, bound, W.shape)
-            b[...] = self._random_state.uniform(-bound, bound, b.shape)
+        for i, (W, b) in enumerate(zip(net.weights, net.biases)):
+            if given is None:
+                bound = np.sqrt(factor / sum(W.shape))
+                W[...] = self._random_state.uniform(-bound, bound, W.shape)
+                b[...] = self._random_state.uniform(-bound, bound, b.shape)
+            else:
+                _copy_into(W, given[0][i], f"coefs_[{i}]")
+                _copy_into(b, given[1][i], f"intercepts_[{i}]")
         self._net = net
         self.n_iter_, self.t_ = 0, 0
-        self.n_layers_ = len(self._hidden) + 2
+        self.n_layers_ = len(hidden) + 2
         self.n_outputs_ = n_outputs
         self.out_activation_ = self._out_activation()
         self._optimizer = None
@@ -299,10 +373,20 @@ class _BaseMLP(BaseEstimator):
     def _score_with(self, X, y, sample_weight) -> float:
         """The score of already validated X (the early-stopping validation set): NaN when
         the predictions are not finite, as scikit-learn's."""
-        y_pred = self._predict_checked(X)
+        try:
+            y_pred = self._predict_checked(X)
+        except ValueError:
+            # X was checked finite when the fit began, so the network's outputs overflowed:
+            # a diverging fit, which trains on, as scikit-learn's (its regressor scores NaN
+            # there too; its classifier, the labels of NaN probabilities)
+            return np.nan
         if y_pred.dtype.kind == "f" and not np.isfinite(y_pred).all():
             return np.nan
         return self._score_function(y, y_pred, sample_weight=sample_weight)
+
+    def __sklearn_is_fitted__(self) -> bool:
+        # not every attribute ending in "_": layers set by hand are no network until a fit
+        return "_net" in vars(self)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
