@@ -208,3 +208,23 @@ def test_sparse_rows_reproduce_one_process():
     assert np.abs(results[0] - results[1]).max() <= 1e-9 * np.abs(results[1]).max()
     with pytest.raises(ValueError, match="lazy_update is for one process"):
         cdnn.Trainer(net, cdnn.Adam(), comm=comm, lazy_update=True)
+
+
+def test_derived_communicators_train_as_the_world_does():
+    """Issue 23 #4: MPICH's handles of derived communicators (0x84000000 and up) used to
+    overflow MPIExchange's signed argument; a Dup, a Split and a sub-communicator of one rank
+    train like COMM_WORLD and like one process."""
+    X, y = blobs(120)
+    results = {}
+    for name, c in (("world", comm), ("dup", comm.Dup()), ("split", comm.Split(0, comm.rank)),
+                    ("alone", comm.Split(comm.rank, 0)), ("none", None)):
+        net, trainer = new(c)
+        trainer.fit(X, y, epochs=2, verbose=0)
+        results[name] = net.params
+        if c is not None and c != comm:
+            c.Free()
+    for name in ("dup", "split"):
+        np.testing.assert_array_equal(results[name], results["world"], err_msg=name)
+    np.testing.assert_array_equal(results["alone"], results["none"])
+    assert np.abs(results["world"] - results["none"]).max() <= 1e-9 * np.abs(
+        results["none"]).max()
