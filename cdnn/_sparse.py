@@ -6,9 +6,13 @@ the structure they are given) reads the arrays: a malformed structure, an index 
 or a non-finite stored value is a ValueError that names it. Explicit stored zeros are fine.
 Unsorted column indices and duplicate entries are accepted with scipy's meaning (a duplicate
 adds to its entry, as toarray() and sum_duplicates() do): the first layer sums every stored
-entry's contribution, so neither needs a copy.
+entry's contribution, so neither needs a copy. The CSR arrays the kernels read are always the
+engine's own (a copy, or what a conversion built), checked after they are taken; their size is
+checked against the memory left before any copy or conversion.
 """
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import scipy.sparse as sp
@@ -72,8 +76,10 @@ class SparseRows:
 
 
 def as_sparse_rows(X, dtype, n_features: int) -> SparseRows:
-    """A scipy.sparse X as validated CSR rows of dtype (a view when X already is CSR of the
-    kernel types)."""
+    """A scipy.sparse X as validated CSR rows of dtype, in arrays of the engine's own: the
+    kernels read them without the GIL, so neither a callback (X.indices[:] = 2**30 during fit)
+    nor another thread may change them under the kernels, or between their check and their
+    use. Labels are copied for the same reason (check_labels)."""
     if len(X.shape) != 2:
         raise ValueError(f"X must be 2-D, got a sparse array of shape {X.shape}")
     if X.dtype.kind not in "biuf":
@@ -83,12 +89,66 @@ def as_sparse_rows(X, dtype, n_features: int) -> SparseRows:
         raise ValueError(f"X is empty (shape {X.shape})")
     if m != n_features:
         raise ValueError(f"X has {m} features per row, the network expects {n_features}")
-    check_structure(X)
-    X = X if X.format == "csr" else X.tocsr()
-    indptr = np.ascontiguousarray(X.indptr, dtype=INDPTR)
+    check_room(X, dtype)
+    converted = X.format != "csr"
+    if converted:
+        check_structure(X)      # the caller's, named; then the copy that scipy converts (its
+        X = X.copy()            # converters release the GIL), which no other thread can change
+        check_structure(X)
+        X = X.tocsr()           # new arrays: the engine's own already
+    own = (lambda a: a) if converted else np.copy     # copied once, before anything reads them
+    indptr, indices, data = own(X.indptr), own(X.indices), own(X.data)
+    # converted too: scipy does not check what it builds from LIL rows or DOK keys
+    _check_compressed(indptr, indices, len(data), n, m, "row", "column")
+    indptr = np.ascontiguousarray(indptr, dtype=INDPTR)
     stored = slice(0, int(indptr[-1]))
-    indices = np.ascontiguousarray(X.indices[stored], dtype=INDEX)
-    return SparseRows(indptr, indices, _values(X.data[stored], indptr, indices, dtype), m)
+    indices = np.ascontiguousarray(indices[stored], dtype=INDEX)
+    return SparseRows(indptr, indices, _values(data[stored], indptr, indices, dtype), m)
+
+
+# Below this the CSR rows of an input never come near what the machine holds, and the check
+# (reading /proc) would cost a single-row prediction tens of microseconds.
+ROOM_CHECKED_FROM = 64 << 20
+
+
+def check_room(X, dtype):
+    """MemoryError, before any copy or conversion, when X's CSR rows (indptr, indices, values)
+    would not fit in the memory this process can still allocate. A DIA or COO matrix of 2^31
+    rows is a 1 KB file, but its CSR form holds an offset per row: 16 GiB."""
+    n, m = X.shape
+    nnz = X.nnz             # DIA and COO count theirs without allocating
+    need = (n + 1) * np.dtype(INDPTR).itemsize + nnz * (
+        np.dtype(INDEX).itemsize + np.dtype(dtype).itemsize)
+    if need < ROOM_CHECKED_FROM:
+        return
+    room = available_memory()
+    if room is not None and need > room:
+        raise MemoryError(f"X ({X.format.upper()}, {n} × {m} with {nnz} stored values) takes "
+                          f"{need / 2**30:.1f} GiB as the CSR rows cdnn reads, more than the "
+                          f"{room / 2**30:.1f} GiB this process can still allocate")
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate, as far as Linux says (free memory, the cgroup's
+    limit, RLIMIT_AS); None where it says nothing."""
+    import resource
+    room = []
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/meminfo") as f:
+            room += [int(line.split()[1]) * 1024 for line in f
+                     if line.startswith("MemAvailable:")]
+    with contextlib.suppress(OSError, ValueError):
+        with open("/sys/fs/cgroup/memory.max") as f, \
+                open("/sys/fs/cgroup/memory.current") as g:
+            limit = f.read().strip()
+            if limit != "max":
+                room.append(int(limit) - int(g.read()))
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open("/proc/self/statm") as f:
+                room.append(limit - int(f.read().split()[0]) * resource.getpagesize())
+    return max(0, min(room)) if room else None
 
 
 def check_structure(X):

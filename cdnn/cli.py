@@ -189,8 +189,9 @@ def _load_files(x_path: str, y_path: str) -> tuple[str, tuple, tuple]:
     except (TypeError, ValueError) as e:
         raise ValueError(f"{y_path}: class labels must be integers 0, 1, …: {e}") from None
     cut = len(y) - max(1, round(len(y) * TEST_FRACTION))
-    if hasattr(X, "tocsr"):     # a sparse matrix: its structure checked before scipy slices it
-        from cdnn._sparse import check_structure
+    if hasattr(X, "tocsr"):     # a sparse matrix: its size and structure checked before scipy
+        from cdnn._sparse import check_room, check_structure    # converts or slices it
+        check_room(X, X.dtype)
         check_structure(X)
     rows = X.tocsr() if hasattr(X, "tocsr") else X
     return Path(x_path).name, (rows[:cut], y[:cut]), (rows[cut:], y[cut:])
@@ -210,7 +211,7 @@ def _read_array(path: str):
         import scipy.sparse
         try:
             return scipy.sparse.load_npz(path)
-        except (ValueError, OSError, KeyError) as e:
+        except (ValueError, OSError, KeyError, NotImplementedError) as e:   # LIL: unreadable
             raise ValueError(f"{path}: not a sparse matrix written by scipy.sparse.save_npz "
                              f"({e})") from None
     if suffix == ".csv":

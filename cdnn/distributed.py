@@ -19,6 +19,11 @@ The data:
   stream of shuffled passes over its shard. With equal shards that is every row once per
   epoch; a smaller shard's rows come round more often than a larger one's.
 
+Settings: before the first collective of a fit, every rank's network, optimizer, batch size,
+epochs, data mode, rows (replicated) and validation are compared (Distributed.agree_on); on any
+difference every rank raises RankError naming it, instead of waiting for ever in a broadcast
+or allreduce of another size or count.
+
 Faults: wherever a rank can fail in Python (checking the data, between native runs,
 validation, callbacks, Ctrl-C), the ranks agree on a status collectively before anyone enters
 the next collective, and every rank raises RankError naming the rank and the cause (Ctrl-C:
@@ -154,6 +159,28 @@ class Distributed:
         ranks = ", ".join(str(r) for r, (s, _) in enumerate(reports) if s == 1)
         print(f"rank {self.rank}: Ctrl-C on rank {ranks}: every rank stops", file=sys.stderr)
         raise KeyboardInterrupt
+
+    def agree_on(self, settings: dict):
+        """Every rank calls this once at the start of a fit, before any collective whose
+        shape or count follows from the settings (the broadcasts of the state, the steps'
+        allreduces): a rank with another network, optimizer, batch size, number of epochs,
+        rows or validation would wait for ever in a call the others never make, or train to
+        nonsense. If any setting differs, every rank raises RankError naming each such setting
+        and which ranks hold which value."""
+        everyone = self.comm.allgather(settings)
+        differences = []
+        for name in settings:
+            values = [rank_settings.get(name) for rank_settings in everyone]
+            if any(value != values[0] for value in values):
+                held = {}           # value -> ranks, in order of the first rank holding it
+                for rank, value in enumerate(values):
+                    held.setdefault(repr(value), (value, []))[1].append(rank)
+                differences.append(f"ranks disagree on {name}: " + ", ".join(
+                    f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} has "
+                    f"{value}" for value, ranks in held.values()))
+        if differences:
+            raise RankError("; ".join(differences) + " (every rank must build the same "
+                            "network, optimizer and Trainer and call fit alike)")
 
     def any(self, flag: bool) -> bool:
         return bool(self.comm.allreduce(int(bool(flag)), op=self.MPI.MAX))

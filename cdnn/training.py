@@ -22,6 +22,7 @@ from cdnn.callbacks import Callback
 from cdnn._engine import Batch
 from cdnn.network import MLP
 from cdnn.optim import Optimizer
+from cdnn.schedules import Schedule
 
 # Kernel calls per epoch: enough for a live progress bar and a prompt Ctrl-C, few enough that
 # Python's share of the time stays negligible.
@@ -125,16 +126,23 @@ class Trainer:
         callback sets trainer.stop_training, and cleanly on Ctrl-C (the model keeps the last
         completed step; history.interrupted is set). With Trainer(comm=...), sharded=True says
         each rank passes only its own rows (cdnn.distributed)."""
-        epochs = check_positive_int(epochs, "epochs", 0)
-        if verbose not in (0, 1, 2):
-            raise ValueError("verbose must be 0 (silent), 1 (progress bar) or 2 (a line per epoch)")
         if sharded and self.dist is None:
             raise ValueError("sharded=True is for data-parallel training: "
                              "Trainer(..., comm=MPI.COMM_WORLD)")
+        with self._section("checking the arguments"):   # a rank alone may fail in any of it
+            epochs = check_positive_int(epochs, "epochs", 0)
+            if verbose not in (0, 1, 2):
+                raise ValueError("verbose must be 0 (silent), 1 (progress bar) or 2 (a line "
+                                 "per epoch)")
+            self.optimizer.state_for(self.net.params)   # not another network's state
         with self._section("checking the data"):
             train, val = self._prepare(X, y, sample_weight, validation_data, validation_split,
                                        class_weight, sharded)
+            settings = None if self.dist is None else self._must_match(
+                train, val, epochs, shuffle, sharded, validation_split)
         self._agree()
+        if self.dist is not None:       # before the first collective that the settings shape
+            self.dist.agree_on(settings)
         if sharded:     # each rank's weights were scaled to its own largest: to one scale
             val_weights = validation_data[2] if validation_data is not None and len(
                 validation_data) == 3 else (sample_weight if validation_split else None)
@@ -188,6 +196,31 @@ class Trainer:
             cb.set_trainer(self)
             cb.set_params({"epochs": epochs, "steps": steps_per_epoch, "metrics": metrics})
             cb.on_train_begin()
+
+    def _must_match(self, train, val, epochs, shuffle, sharded, validation_split) -> dict:
+        """What every rank of a distributed fit must hold alike (Distributed.agree_on). Not
+        the parameters, the optimizer's state and step count, its learning rate or the
+        shuffling and dropout streams: rank 0's go to every rank (a resumed rank 0 and a fresh
+        rank 1 train as one)."""
+        config = self.net.get_config()
+        optimizer = ", ".join(f"{k}={v!r}" for k, v in self.optimizer.kernel_config().items()
+                              if k != "kind")
+        schedule = self.schedule
+        if schedule is not None and not isinstance(schedule, Schedule):   # no repr to compare
+            schedule = getattr(schedule, "__qualname__", type(schedule).__qualname__)
+        return {
+            **{name: config[name] for name in ("layer_sizes", "activation", "loss", "dtype",
+                                               "dropout", "l2", "leaky_slope")},
+            "the optimizer": f"{type(self.optimizer).__name__}({optimizer})",
+            "batch_size": self.batch_size, "epochs": epochs, "shuffle": shuffle,
+            "the schedule": schedule, "clip_norm": self.clip_norm,
+            "sharded": sharded,
+            "the training rows": None if sharded else f"{len(train.X)} (replicated data)",
+            "sample weights": "given" if train.weights is not None else "none",
+            "validation_split": validation_split,
+            "validation": "none" if val is None else (
+                "given" if sharded else f"{len(val.X)} rows (replicated data)"),
+        }
 
     def _prepare(self, X, y, sample_weight, validation_data, validation_split, class_weight,
                  sharded):

@@ -11,7 +11,7 @@ import os
 import numpy as np
 cimport numpy as cnp
 from cython cimport floating
-from libc.stdint cimport intptr_t, uint64_t
+from libc.stdint cimport intptr_t, uint64_t, uintptr_t
 
 from activations cimport (IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH, GELU,
                           keeps_preactivation, activate)
@@ -447,8 +447,8 @@ cdef class MPIExchange:
     cdef readonly Py_ssize_t n
     cdef object recv, factors, uniform
 
-    def __init__(self, intptr_t allreduce, bint pointer_handles, intptr_t comm,
-                 intptr_t op_sum, intptr_t grad_type, intptr_t double_type, intptr_t in_place,
+    def __init__(self, intptr_t allreduce, bint pointer_handles, uintptr_t comm,
+                 uintptr_t op_sum, uintptr_t grad_type, uintptr_t double_type, intptr_t in_place,
                  Py_ssize_t n, int itemsize):
         if allreduce == 0 or itemsize not in (4, 8) or n < 1:
             raise ValueError("MPIExchange needs MPI_Allreduce's address, n > 0, itemsize 4 or 8")

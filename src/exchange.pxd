@@ -17,7 +17,7 @@
 # scales its gradient before the sum. f = 0 marks a part with nothing in it (a padding row):
 # it contributes nothing at all.
 
-from libc.stdint cimport intptr_t
+from libc.stdint cimport uintptr_t
 from libc.string cimport memcpy, memset
 
 from step cimport Exchange
@@ -34,7 +34,10 @@ cdef enum:
 cdef struct MPIContext:
     void* allreduce             # MPI_Allreduce
     bint pointer_handles
-    intptr_t comm, op_sum, grad_type, double_type
+    # unsigned: mpi4py gives an MPICH int handle as the int's bits, and those of derived
+    # communicators (Dup, Split: 0x84000000 and up) overflow a signed intptr_t; <int> below
+    # takes back the int the library reads
+    uintptr_t comm, op_sum, grad_type, double_type
     void* in_place              # MPI_IN_PLACE, or NULL: sum into recv, then copy back
     void* recv                  # n parameters, when in_place is NULL
     Py_ssize_t itemsize         # of a parameter: 4 or 8
@@ -44,7 +47,7 @@ cdef struct MPIContext:
 
 
 cdef inline int mpi_allreduce(MPIContext* m, const void* send, void* recv, Py_ssize_t count,
-                              intptr_t datatype, Py_ssize_t itemsize) noexcept nogil:
+                              uintptr_t datatype, Py_ssize_t itemsize) noexcept nogil:
     """recv := Σ send over the processes (MPI_SUM), in chunks of at most MAX_COUNT elements;
     returns MPI's error code (0: success)"""
     cdef Py_ssize_t start = 0, chunk

@@ -1,5 +1,9 @@
 """Sparse X (scipy.sparse) at every entry point: the results are the dense path's, in float64,
 and malformed input is a clear ValueError before any kernel reads it."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -308,3 +312,102 @@ def test_a_failed_lazy_step_leaves_the_last_finite_parameters():
                 X, y, epochs=3, verbose=0)
         params.append(model.params)
     assert np.isfinite(params[1]).all() and np.array_equal(params[0], params[1])
+
+
+# --- the engine's own arrays, and the memory a conversion takes (issue 23 #1, #6, #12) ------
+
+SPOILED_UNDER_THE_ENGINE = r"""
+import threading
+import numpy as np, scipy.sparse as sp, cdnn
+
+X = sp.random(400, 60, density=0.1, format="csr", random_state=0, dtype=np.float64)
+y = np.random.default_rng(0).integers(0, 3, 400)
+
+class Spoil(cdnn.Callback):        # the caller's structure changes while fit holds the rows
+    def on_epoch_end(self, epoch, logs=None):
+        X.indices[:] = 2**30
+        X.indptr[1:] = X.indptr[-1]
+
+results = []
+for spoil in (False, True):       # the spoiled run last
+    net = cdnn.MLP([60, 16, 3], dtype="float64", seed=1)
+    cdnn.Trainer(net, cdnn.SGD(0.1), batch_size=20).fit(
+        X, y, epochs=3, verbose=0, callbacks=[Spoil()] if spoil else [])
+    results.append(net.params)
+assert np.array_equal(*results)
+print("fit ok")
+
+X = sp.random(4000, 60, density=0.1, format="csr", random_state=0, dtype=np.float64)
+good, expected, done = X.indices.copy(), net.predict(X), threading.Event()
+
+def spoil():                        # another thread, during predict
+    while not done.is_set():
+        X.indices[:] = 2**30
+        X.indices[:] = good
+
+thread = threading.Thread(target=spoil)
+thread.start()
+outcomes = set()
+for _ in range(200):
+    try:
+        outcomes.add(bool(np.array_equal(net.predict(X), expected)))
+    except ValueError as e:         # the copy was taken while spoiled: named, never read
+        assert "out-of-range column index (1073741824)" in str(e), e
+        outcomes.add("refused")
+done.set()
+thread.join()
+assert False not in outcomes, outcomes
+print("predict ok")
+
+L = sp.lil_matrix((2, 60))          # scipy's tocsr does not check LIL rows
+L.rows[0], L.data[0] = [10**6], [1.0]
+try:
+    net.predict(L)
+except ValueError as e:
+    assert "out-of-range column index (1000000) in row 0" in str(e), e
+    print("lil ok")
+"""
+
+
+def test_the_engine_reads_its_own_copy_of_the_sparse_structure():
+    """Issue 23 #1: a callback or another thread that changed X.indices crashed the kernels,
+    which read the caller's arrays as views (SIGSEGV: so in a subprocess)."""
+    result = subprocess.run([sys.executable, "-c", SPOILED_UNDER_THE_ENGINE],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["fit", "ok", "predict", "ok", "lil", "ok"], result.stdout
+
+
+def test_other_formats_predict_as_csr_does():
+    X = sp.random(30, SIZES[0], density=0.2, format="csr", random_state=1)
+    model = net()
+    expected = model.predict(X)
+    for fmt in ("lil", "dia", "dok", "coo", "csc", "bsr"):
+        np.testing.assert_array_equal(model.predict(X.asformat(fmt)), expected, err_msg=fmt)
+
+
+PREDICT_UNDER_RLIMIT = (
+    "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); "
+    "from cdnn.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def test_a_tiny_file_of_huge_shape_is_refused_before_conversion(tmp_path):
+    """Issue 23 #6 and #12: a 1 KB DIA .npz of 2^31 × 4 took 16 GiB of CSR offsets (10.6 GB RSS
+    and growing, when nothing limits it); a LIL .npz was a NotImplementedError traceback. Under
+    RLIMIT_AS a regression fails fast, instead of taking the machine's memory."""
+    cdnn.MLP([4, 3]).save(tmp_path / "m.safetensors")
+    sp.save_npz(tmp_path / "dia.npz", sp.dia_matrix((np.ones((1, 4)), [0]), shape=(2**31, 4)))
+    np.savez(tmp_path / "lil.npz", format=b"lil", shape=(2, 4), data=np.ones(1))
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    errors = []
+    for name in ("dia.npz", "lil.npz"):
+        result = subprocess.run(
+            [sys.executable, "-c", PREDICT_UNDER_RLIMIT, "predict",
+             str(tmp_path / "m.safetensors"), str(tmp_path / name)],
+            capture_output=True, text=True, timeout=120, env=env)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        errors.append(result.stderr)
+    assert ("X (DIA, 2147483648 × 4 with 4 stored values) takes 16.0 GiB as the CSR rows cdnn "
+            "reads, more than the") in errors[0]
+    assert "lil.npz: not a sparse matrix written by scipy.sparse.save_npz" in errors[1]
+    assert "format lil" in errors[1]

@@ -208,3 +208,81 @@ def test_sparse_rows_reproduce_one_process():
     assert np.abs(results[0] - results[1]).max() <= 1e-9 * np.abs(results[1]).max()
     with pytest.raises(ValueError, match="lazy_update is for one process"):
         cdnn.Trainer(net, cdnn.Adam(), comm=comm, lazy_update=True)
+
+
+def test_derived_communicators_train_as_the_world_does():
+    """Issue 23 #4: MPICH's handles of derived communicators (0x84000000 and up) used to
+    overflow MPIExchange's signed argument; a Dup, a Split and a sub-communicator of one rank
+    train like COMM_WORLD and like one process."""
+    X, y = blobs(120)
+    results = {}
+    for name, c in (("world", comm), ("dup", comm.Dup()), ("split", comm.Split(0, comm.rank)),
+                    ("alone", comm.Split(comm.rank, 0)), ("none", None)):
+        net, trainer = new(c)
+        trainer.fit(X, y, epochs=2, verbose=0)
+        results[name] = net.params
+        if c is not None and c != comm:
+            c.Free()
+    for name in ("dup", "split"):
+        np.testing.assert_array_equal(results[name], results["world"], err_msg=name)
+    np.testing.assert_array_equal(results["alone"], results["none"])
+    assert np.abs(results["world"] - results["none"]).max() <= 1e-9 * np.abs(
+        results["none"]).max()
+
+
+def _state_for_another_network(opt):
+    opt.state_for(np.zeros(7))
+
+
+# Issue 23 #2 and #3: what rank 1 does differently, and what every rank is told. Each of these
+# hung (a Bcast or allreduce of another size or count) or trained silently to nonsense.
+DISAGREEMENTS = [
+    ("epochs", dict(fit=dict(epochs=3)), "epochs: rank 0 has 2, rank 1 has 3"),
+    ("batch_size", dict(batch_size=32), "batch_size: rank 0 has 20, rank 1 has 32"),
+    ("rows", dict(rows=150), r"the training rows: rank 0 has 203 \(replicated data\), rank 1 "
+                             r"has 150 \(replicated data\)"),
+    ("validation_data", dict(fit=dict(validation_data=blobs(30))),
+     "validation: rank 0 has none, rank 1 has 30 rows"),
+    ("validation_split", dict(fit=dict(validation_split=0.2)),
+     "validation_split: rank 0 has 0.0, rank 1 has 0.2"),
+    ("sharded", dict(fit=dict(sharded=True)), "sharded: rank 0 has False, rank 1 has True"),
+    ("sharded sample weights", dict(fit=dict(sample_weight=np.ones(203)), both=dict(
+        fit=dict(sharded=True))), "sample weights: rank 0 has none, rank 1 has given"),
+    ("widths", dict(net=dict(sizes=[10, 8, 3])),
+     r"layer_sizes: rank 0 has \[10, 16, 3\], rank 1 has \[10, 8, 3\]"),
+    ("SGD and Adam", dict(opt=lambda: cdnn.Adam(lr=0.1)),
+     r"the optimizer: rank 0 has SGD\(momentum=0.9, .*\), rank 1 has Adam\(betas="),
+    ("momentum", dict(opt=lambda: cdnn.SGD(lr=0.1, momentum=0.5)),
+     r"the optimizer: rank 0 has SGD\(momentum=0.9, .*rank 1 has SGD\(momentum=0.5"),
+    ("activation", dict(net=dict(activation="tanh")),
+     r"activation: rank 0 has \['relu'\], rank 1 has \['tanh'\]"),
+    ("loss", dict(net=dict(loss="sigmoid_cross_entropy"), both=dict(one_hot=True)),
+     "loss: rank 0 has softmax_cross_entropy, rank 1 has sigmoid_cross_entropy"),
+    ("l2", dict(net=dict(l2=1e-3)), "l2: rank 0 has 0.0, rank 1 has 0.001"),
+    ("dropout", dict(net=dict(dropout=0.2)), r"dropout: rank 0 has \[0.0\], rank 1 has \[0.2\]"),
+    ("dtype", dict(net=dict(dtype="float32")), "dtype: rank 0 has float64, rank 1 has float32"),
+    ("optimizer state", dict(prefit=_state_for_another_network),
+     r"rank 1 of 2: checking the arguments: ValueError: this optimizer already holds state "
+     r"for 7 float64"),
+]
+
+
+@pytest.mark.parametrize("mine, message", [case[1:] for case in DISAGREEMENTS],
+                         ids=[case[0] for case in DISAGREEMENTS])
+def test_ranks_that_disagree_all_raise_before_training(mine, message):
+    changes = {**mine.get("both", {}), **(mine if comm.rank == 1 else {})}
+    X, y = blobs(changes.get("rows", 203))
+    if changes.get("one_hot"):
+        y = np.eye(3)[y]
+    kw = {"dtype": "float64", **changes.get("net", {})}
+    net = cdnn.MLP(kw.pop("sizes", [10, 16, 3]), seed=1, **kw)
+    opt = changes.get("opt", lambda: cdnn.SGD(lr=0.1, momentum=0.9))()
+    changes.get("prefit", lambda opt: None)(opt)
+    trainer = cdnn.Trainer(net, opt, batch_size=changes.get("batch_size", 20), comm=comm)
+    before = net.params.copy()
+    fit = {"epochs": 2, "verbose": 0, **mine.get("both", {}).get("fit", {}),
+           **(mine.get("fit", {}) if comm.rank == 1 else {})}
+    with pytest.raises(RankError, match=message):
+        trainer.fit(X, y, **fit)
+    np.testing.assert_array_equal(net.params, before)      # nothing trained, nothing sent
+    assert opt.steps == 0
