@@ -6,6 +6,8 @@ import statistics
 
 import numpy as np
 
+from cdnn.io import write_atomically
+
 from .workloads import PEER_NAMES, PEERS, WORKLOADS
 
 SMALL_WORK_NOTE = (
@@ -237,9 +239,8 @@ def render_markdown(report):
 
 
 def write_json(report, path):
-    with open(path, "w") as f:
-        json.dump(_finite(report), f, indent=1, default=_json_default)
-        f.write("\n")
+    text = json.dumps(_finite(report), indent=1, default=_json_default) + "\n"
+    write_atomically(path, text.encode())
 
 
 def _finite(obj):
