@@ -128,7 +128,7 @@ class Trainer:
 
     @property
     def is_chief(self) -> bool:
-        """Whether this process prints and writes files: rank 0, or the only process."""
+        """True in the process that prints and writes files (rank 0, or the only one)."""
         return self.dist is None or self.dist.rank == 0
 
     def fit(self, X, y, epochs: int = 1, *, validation_data=None,
