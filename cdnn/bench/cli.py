@@ -6,8 +6,6 @@ import datetime
 import sys
 import time
 
-from cdnn.io import write_atomically
-
 from .report import render_markdown, render_text, write_json
 from .runner import machine_info, run_suite
 from .summary import summarize
@@ -89,6 +87,7 @@ def main(argv=None):
         if args.json:
             write_json(report, args.json)
         if args.markdown:
+            from cdnn.io import write_atomically   # here, as in report.write_json
             write_atomically(args.markdown, render_markdown(report).encode())
 
     # the files are rewritten after every workload, so a long run that is stopped keeps

@@ -6,8 +6,6 @@ import statistics
 
 import numpy as np
 
-from cdnn.io import write_atomically
-
 from .workloads import PEER_NAMES, PEERS, WORKLOADS
 
 SMALL_WORK_NOTE = (
@@ -246,6 +244,8 @@ def render_markdown(report):
 
 
 def write_json(report, path):
+    from cdnn.io import write_atomically   # here: the peers' workers import this module
+    # without cdnn, whose import would count in their measurements
     text = json.dumps(_finite(report), indent=1, default=_json_default) + "\n"
     write_atomically(path, text.encode())
 
