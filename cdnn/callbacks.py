@@ -12,8 +12,9 @@ The protocol (Keras's): subclass Callback and override any of
 epoch logs)}, so that on_train_begin can refuse a setting before any step changes the model,
 `self.trainer.optimizer` the optimizer: a callback may change `optimizer.lr` (it takes effect
 from the next step run) or the model's parameters in place. Set
-`self.trainer.stop_training = True` to stop after the current epoch. `logs` in on_epoch_end holds
-the epoch's metrics: loss, accuracy (classification), val_loss and val_accuracy (with
+`self.trainer.stop_training = True` to stop after the current epoch (and, if you like,
+`self.trainer.stop_reason` to a sentence that fit's progress report prints). `logs` in
+on_epoch_end holds the epoch's metrics: loss, accuracy (classification), val_loss and val_accuracy (with
 validation data), lr (the last step's learning rate). Callbacks run in the order given.
 Hooks run between epochs: the training steps of an epoch run in native code without them.
 
@@ -98,6 +99,11 @@ class EarlyStopping(Callback):
         if self.wait >= self.patience:
             self.stopped_epoch = epoch
             self.trainer.stop_training = True
+            self.trainer.stop_reason = (
+                f"EarlyStopping: {self.monitor} has not improved for {self.wait} epoch"
+                f"{'s' * (self.wait != 1)} (best {self.best:.4g}, at epoch "
+                f"{self.best_epoch + 1})" if self.best_epoch is not None else
+                f"EarlyStopping: {self.monitor} has not improved")
 
     def on_train_end(self, logs=None):
         if self.restore_best_weights and self.best_params is not None:

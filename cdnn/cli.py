@@ -18,18 +18,18 @@ from __future__ import annotations
 import argparse
 import builtins
 import os
-import shutil
 import signal
 import stat
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 import cdnn
-from cdnn._validation import MAX_WIDTH, check_labels
-from cdnn.io import check_writable
+from cdnn._validation import MAX_WIDTH, check_labels, check_real
+from cdnn.io import check_writable, open_atomically
 
 # per data source: name, loader(path or None), default hidden widths, epochs, batch size
 DATASETS = {
@@ -42,6 +42,11 @@ ARRAY_FORMATS = (".npy", ".csv")
 INPUT_FORMATS = ARRAY_FORMATS + (".npz",)     # .npz: a scipy.sparse.save_npz matrix
 # the share of --data's rows (the last ones) held out as its test set
 TEST_FRACTION = 0.2
+
+
+class BadArgument(ValueError):
+    """A flag's value that the library refuses (--lr 0, --dropout 1.5): status 2, as argparse
+    gives for a value it refuses itself."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,6 +76,12 @@ def _integer(minimum: int):
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
         return value
     return parse
+
+
+def _file_path(text: str) -> str:
+    if not text:    # "" is no file: --save '' would otherwise save nothing and say nothing
+        raise argparse.ArgumentTypeError("expected a file path, got an empty string")
+    return text
 
 
 def _add_data_options(parser: argparse.ArgumentParser):
@@ -120,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
                        help="0 silent, 1 a progress bar (one line per epoch when stderr is not "
                        "a terminal), 2 one line per epoch")
-    train.add_argument("--save", metavar="PATH", help="write the trained model here "
+    train.add_argument("--save", metavar="PATH", type=_file_path, help="write the trained model here "
                        "(safetensors; read it back with cdnn.load)")
     train.add_argument("--distributed", action="store_true", help="data-parallel over MPI: "
                        "launch as mpiexec -n N cdnn train --distributed …; --batch-size is "
@@ -138,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("model", help="a model file written by `cdnn train --save`")
     predict.add_argument("input", help="the inputs: .npy, .csv or .npz (a sparse matrix "
                          "from scipy.sparse.save_npz), one sample per row")
-    predict.add_argument("-o", "--output", help="where to write the predictions (.npy or "
+    predict.add_argument("-o", "--output", type=_file_path, help="where to write the predictions (.npy or "
                          ".csv); CSV on stdout when omitted")
     predict.add_argument("--proba", action="store_true",
                          help="class probabilities instead of class indices")
@@ -148,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
                                  "its first output is predict_proba's answer, or predict's for "
                                  "regression). Needs pip install 'cdnn[onnx]'.")
     export.add_argument("model", help="a model file written by `cdnn train --save`")
-    export.add_argument("output", help="where to write the ONNX model, e.g. model.onnx")
+    export.add_argument("output", type=_file_path, help="where to write the ONNX model, e.g. model.onnx")
 
     commands.add_parser("bench", help="benchmark cdnn against PyTorch, JAX and scikit-learn "
                         "(cdnn bench --help)", add_help=False)
@@ -179,8 +190,7 @@ def _load_dataset(args) -> tuple[str, tuple, tuple]:
 
 def _load_files(x_path: str, y_path: str) -> tuple[str, tuple, tuple]:
     """--data: (name, (X, y), (X_test, y_test)), the last TEST_FRACTION of the rows for test."""
-    X, y = _read_array(x_path), _read_array(y_path)
-    y = np.asarray(y.toarray() if hasattr(y, "toarray") else y).reshape(-1)
+    X, y = _read_array(x_path), _read_labels(y_path)
     if X.shape[0] != len(y) or len(y) < 2:
         raise ValueError(f"{x_path} has {X.shape[0]} rows, {y_path} {len(y)} labels: they "
                          f"must agree (and be at least 2)")
@@ -197,10 +207,24 @@ def _load_files(x_path: str, y_path: str) -> tuple[str, tuple, tuple]:
     return Path(x_path).name, (rows[:cut], y[:cut]), (rows[cut:], y[cut:])
 
 
-def _read_array(path: str):
+def _read_labels(path: str) -> np.ndarray:
+    """One class index per row: a 1-D array, or one column (a CSV of one label per line). A
+    table of several columns is refused, not flattened into more labels than rows."""
+    y = _read_array(path, one_row=False)
+    y = np.asarray(y.toarray() if hasattr(y, "toarray") else y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(f"{path}: labels must be one class index per row (shape (n,) or "
+                         f"(n, 1)), got shape {y.shape}")
+    return y
+
+
+def _read_array(path: str, one_row: bool = True):
     """The array in a .npy or .csv file, its size checked before it is read: a header that
     claims more data than the file holds, or a device such as /dev/zero, is refused. A .npz
-    file is a scipy.sparse matrix (save_npz), kept sparse."""
+    file is a scipy.sparse matrix (save_npz), kept sparse. A 1-D array is one sample (one
+    row) unless one_row is False."""
     suffix = Path(path).suffix.lower()
     if suffix not in INPUT_FORMATS:
         raise ValueError(f"{path}: unknown input format {suffix or '(none)'!r}; use .npy, "
@@ -227,7 +251,7 @@ def _read_array(path: str):
             raise ValueError(f"{path}: truncated .npy file") from None
         except ValueError as e:
             raise ValueError(f"{path}: not a readable .npy array of numbers ({e})") from None
-    return X.reshape(1, -1) if X.ndim == 1 else X
+    return X.reshape(1, -1) if X.ndim == 1 and one_row else X
 
 
 NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
@@ -265,48 +289,11 @@ def _write_array(array: np.ndarray, path: str | None):
     if suffix not in ARRAY_FORMATS:
         raise ValueError(f"{path}: unknown output format {suffix or '(none)'!r}; use .npy or "
                          f".csv")
-    if suffix == ".npy":
-        np.save(path, array)
-    else:
-        np.savetxt(path, array, fmt=fmt, delimiter=",")
-
-
-class _Progress(cdnn.Callback):
-    """The command's progress over the epochs, ending each with its metrics: a bar that fits
-    80 columns on a terminal, or one line per epoch (--verbose 2, or stderr redirected to a
-    file, which should get lines, not a bar's redraws)."""
-
-    WIDTH = 80
-
-    def __init__(self, bar: bool):
-        self.want_bar, self.bar = bar, None
-
-    def on_train_begin(self, logs=None):
-        if self.want_bar:
-            from tqdm import tqdm
-            columns = shutil.get_terminal_size().columns   # 0 on a terminal of unknown size
-            width = min(self.WIDTH, columns or self.WIDTH)
-            self.bar = tqdm(total=self.params["epochs"], file=sys.stderr, ncols=width,
-                            bar_format="epoch {n_fmt}/{total_fmt} {elapsed} |{bar}| {desc}")
-
-    def on_epoch_end(self, epoch, logs=None):
-        text = _metrics_text(logs)
-        if self.bar is not None:
-            self.bar.set_description_str(text, refresh=False)
-            self.bar.update(1)
+    with open_atomically(path) as f:
+        if suffix == ".npy":
+            np.save(f, array)
         else:
-            print(f"epoch {epoch + 1}/{self.params['epochs']} {text}", file=sys.stderr,
-                  flush=True)
-
-    def on_train_end(self, logs=None):
-        if self.bar is not None:   # also after an error: its message starts on a line of its own
-            self.bar.close()
-
-
-def _metrics_text(logs: dict) -> str:
-    """'loss 0.1234 acc 0.9612 val_loss 0.1301 val_acc 0.9588': short enough for 80 columns."""
-    return " ".join(f"{key.replace('accuracy', 'acc')} {value:.4g}"
-                    for key, value in logs.items() if key != "lr")
+            np.savetxt(f, array, fmt=fmt, delimiter=",")
 
 
 # --- commands ----------------------------------------------------------------------------
@@ -328,8 +315,22 @@ def _optimizer(args) -> cdnn.Optimizer:
     return cls(**kwargs)
 
 
+def _check_settings(args) -> cdnn.Optimizer:
+    """The optimizer the flags ask for, and the other numeric flags, checked as the library
+    checks them, before any data is read: a value it refuses is a bad argument (status 2)."""
+    try:
+        optimizer = _optimizer(args)
+        check_real(args.dropout, "--dropout", 0, 1, high_open=True)
+        if args.clip_norm is not None:
+            check_real(args.clip_norm, "--clip-norm", 0, low_open=True)
+    except (ValueError, TypeError) as e:
+        raise BadArgument(str(e)) from None
+    return optimizer
+
+
 def train(args) -> int:
-    if args.save:   # fail before training, not after
+    optimizer = _check_settings(args)
+    if args.save is not None:   # fail before training, not after
         check_writable(args.save)
     name, (X, y), (X_test, y_test) = _load_files(*args.data) if args.data else \
         _load_dataset(args)
@@ -339,7 +340,6 @@ def train(args) -> int:
     batch = batch if args.batch_size is None else args.batch_size
     net = cdnn.MLP([X.shape[1], *hidden, int(y.max()) + 1], activation=args.activation,
                    dtype=args.dtype, seed=args.seed, dropout=args.dropout)
-    optimizer = _optimizer(args)
     comm = None
     if args.distributed:
         from mpi4py import MPI
@@ -347,22 +347,34 @@ def train(args) -> int:
     trainer = cdnn.Trainer(net, optimizer, batch_size=batch, clip_norm=args.clip_norm,
                            comm=comm)
     print = builtins.print if trainer.is_chief else (lambda *_, **__: None)   # rank 0 reports
-    print(f"{name}: {X.shape[0]} training and {X_test.shape[0]} test samples; network "
-          f"{'-'.join(map(str, net.layer_sizes))} ({net.params.size} parameters)", flush=True)
-    progress = [_Progress(bar=args.verbose == 1 and sys.stderr.isatty())
-                ] if args.verbose and trainer.is_chief else []
+    # two short lines, not one: each within 80 columns
+    print(f"{name}: {X.shape[0]} training and {X_test.shape[0]} test samples", flush=True)
+    print(f"network {'-'.join(map(str, net.layer_sizes))}: {net.params.size} parameters",
+          flush=True)
     start = time.perf_counter()
     try:
-        trainer.fit(X, y, epochs=epochs, validation_data=(X_test, y_test), verbose=0,
-                    callbacks=progress)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            history = trainer.fit(X, y, epochs=epochs, validation_data=(X_test, y_test),
+                                  verbose=args.verbose)
     except FloatingPointError as e:   # the library's advice names Trainer(...); ours, flags
         what = str(e).split(";")[0]
         raise FloatingPointError(f"{what}. Try a lower --lr (now {optimizer.lr:g}), "
                                  f"--clip-norm 1.0 or scaled inputs") from None
+    for warning in caught:   # the library's advice again, in flags
+        text = str(warning.message).split(" Try ")[0]
+        _warn("train", f"{text.rstrip('.')}: try a lower --lr, or --clip-norm 1.0"
+              if "learning rate" in text else text)
     seconds = time.perf_counter() - start
+    done = len(history.epoch)
     accuracy = net.evaluate(X_test, y_test)["accuracy"]
-    print(f"test accuracy {accuracy:.4f} after {epochs} epochs in {seconds:.2f} s")
-    if args.save and trainer.is_chief:
+    if history.interrupted:
+        # the model is not saved: a Ctrl-C'd run must not replace a good file at --save
+        print(f"interrupted after {done} of {epochs} epochs, {seconds:.2f} s: test accuracy "
+              f"{accuracy:.4f} so far" + (f"; not saved to {args.save}" if args.save else ""))
+        return 128 + signal.SIGINT
+    print(f"test accuracy {accuracy:.4f} after {done} epochs in {seconds:.2f} s")
+    if args.save is not None and trainer.is_chief:
         net.save(args.save)
         print(f"saved the model to {args.save}")
     return 0
@@ -411,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"train": train, "evaluate": evaluate, "predict": predict,
                 "export": export}[args.command](args)
+    except BadArgument as e:
+        parser.commands[args.command].error(str(e))
     except BrokenPipeError:
         return _closed_pipe()
     except KeyboardInterrupt:
@@ -428,6 +442,11 @@ def main(argv: list[str] | None = None) -> int:
 def _error(command: str, message: str):
     message = " ".join(message.split())   # one line, however long
     print(f"cdnn {command}: error: {message}", file=sys.stderr)
+
+
+def _warn(command: str, message: str):
+    message = " ".join(message.split())
+    print(f"cdnn {command}: warning: {message}", file=sys.stderr)
 
 
 def _closed_pipe() -> int:

@@ -69,14 +69,26 @@ def save(net, path, optimizer: Optimizer | None = None) -> None:
 
 
 def write_atomically(path, data: bytes) -> None:
-    """Write data to path so that path always holds the old or the whole new file.
+    """Write data to path so that path always holds the old or the whole new file (see
+    open_atomically)."""
+    with open_atomically(path) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def open_atomically(path):
+    """A binary file to write, which replaces path only once the block ends without an error:
+    path always holds the old or the whole new file. Every file cdnn writes goes through here
+    (model files, checkpoints, ONNX, the CLI's predictions, benchmark reports, plots).
 
     - A symlink is followed: its real target is replaced and the link stays.
-    - Anything but a regular file (a directory, /dev/null, a FIFO) is refused.
+    - Anything but a regular file (a directory, /dev/null, a FIFO) is refused before anything
+      is opened: opening a FIFO to write would wait for a reader forever.
     - A new file gets the mode the umask gives (0644 under 022); a replaced file keeps its mode.
     - The data goes to a temporary file in the target's folder, named
-      ".<name>.cdnn-tmp-<pid>-<random>", then fsync and os.replace. It is removed on any error;
-      one that a killed process left behind is removed by the next save to the same path.
+      ".<name>.cdnn-tmp-<pid>-<random>", then fsync and os.replace. It is removed on any error
+      (a full disk, an exception in the block); one that a killed process left behind is
+      removed by the next write to the same path.
     """
     target, mode = _save_target(path)
     fd, temporary = _create_temporary(target, path)
@@ -84,7 +96,7 @@ def write_atomically(path, data: bytes) -> None:
         if mode is not None:
             os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, target)
@@ -105,9 +117,12 @@ def check_writable(path) -> None:
 
 def _save_target(path) -> tuple[str, int | None]:
     """The real file behind path, and the permission bits to keep (None for a new file)."""
-    path = os.fspath(path)
-    if not isinstance(path, str):
-        path = os.fsdecode(path)
+    path = file_path(path)
+    folder = os.path.dirname(path) or "."
+    # realpath drops "missing/.." without looking, where the system (and so load) needs
+    # missing/ to exist: ask the system, so that save and load agree on what a path names
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, "no such directory to save into", path)
     target = os.path.realpath(path)
     try:
         st = os.stat(target)
@@ -118,6 +133,15 @@ def _save_target(path) -> tuple[str, int | None]:
         raise ValueError(f"cannot save to {path!r}: it is {kind}"
                          + (f" ({target})" if target != os.path.abspath(path) else ""))
     return target, stat.S_IMODE(st.st_mode)
+
+
+def file_path(path) -> str:
+    """A path given as str, bytes or os.PathLike, as the str that every file function here
+    uses (so that a path saved to as bytes loads as bytes)."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"a path must be a str, bytes or os.PathLike, got "
+                        f"{type(path).__name__}")
+    return os.fsdecode(path)
 
 
 def _create_temporary(target: str, path) -> tuple[int, str]:
@@ -132,9 +156,9 @@ def _create_temporary(target: str, path) -> tuple[int, str]:
     except OSError as e:
         if not os.path.isdir(folder):
             raise FileNotFoundError(errno.ENOENT, "no such directory to save into",
-                                    os.fspath(path)) from None
+                                    file_path(path)) from None
         raise type(e)(e.errno, f"cannot write a file there ({e.strerror})",
-                      os.fspath(path)) from None
+                      file_path(path)) from None
 
 
 def _remove_stale_temporaries(folder: str, prefix: str) -> None:
@@ -174,7 +198,7 @@ def read(path, optimizer: Optimizer | None = None) -> tuple[dict, list]:
     ValueError naming the problem for anything but a well-formed cdnn file. (cdnn.load builds
     the network.)"""
     metadata, tensors = _read(path)
-    where = f"{os.fspath(path)!r}"
+    where = f"{file_path(path)!r}"
     if metadata is None:
         raise ValueError(f"{where} has no metadata; it was not written by cdnn")
     if metadata.get("format") != FORMAT:
@@ -232,7 +256,7 @@ def _hyperparameters(optimizer: Optimizer) -> dict:
 def _read(path) -> tuple[dict | None, dict[str, np.ndarray]]:
     from safetensors import safe_open
 
-    path = os.fspath(path)
+    path = file_path(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no model file at {path!r}")
     try:

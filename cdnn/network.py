@@ -34,6 +34,13 @@ class MLP:
         dropout: rate on the output of each hidden layer (one number or one per hidden layer),
             active only while training.
         l2: penalty l2/2 · Σ‖W‖² on the weights (not biases), added to the loss.
+
+    Attributes:
+        params: every weight and bias in one flat 1-D array of the network's dtype; gradients
+            (loss_and_grad) and optimizer state have this layout.
+        weights: one array per layer, views into params: weights[i] has shape
+            (fan_in, fan_out), as layer_sizes[i], layer_sizes[i + 1].
+        biases: one array per layer, views into params: biases[i] has shape (fan_out,).
     """
 
     def __init__(self, layer_sizes: Sequence[int], activation: str | Sequence[str] = "relu",

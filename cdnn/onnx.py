@@ -18,7 +18,6 @@ onnx is imported only here, when a model is exported (pip install 'cdnn[onnx]').
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 
@@ -147,8 +146,9 @@ def _model(graph: _Graph, net, outputs: list[tuple[str, int, list]], path, doc: 
     helper.set_model_props(model, {"cdnn_version": __version__,
                                    "cdnn_config": json.dumps(net.get_config())})
     onnx.checker.check_model(model, full_check=True)
-    if path is not None:
-        onnx.save_model(model, os.fspath(path))
+    if path is not None:   # not onnx.save_model: it truncates the old file first, and
+        from cdnn.io import write_atomically   # waits forever on a FIFO
+        write_atomically(path, model.SerializeToString())
     return model
 
 

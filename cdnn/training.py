@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import shutil
 import signal
 import sys
 import threading
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -27,6 +30,8 @@ from cdnn.schedules import Schedule
 # Kernel calls per epoch: enough for a live progress bar and a prompt Ctrl-C, few enough that
 # Python's share of the time stays negligible.
 CALLS_PER_EPOCH = 20
+# A last epoch's loss this many times the first step's: the fit made the model worse.
+LOSS_GROWTH = 10
 
 
 class History:
@@ -66,8 +71,13 @@ class History:
         ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        try:    # to a file object, so matplotlib needs the format that a path would imply
+            from cdnn.io import file_path, open_atomically
+            fmt = os.path.splitext(file_path(path))[1][1:].lower() or None
+            with open_atomically(path) as f:
+                fig.savefig(f, dpi=120, format=fmt)
+        finally:
+            plt.close(fig)
 
 
 class Trainer:
@@ -102,6 +112,8 @@ class Trainer:
         self.rng = np.random.default_rng(seed)
         self.dropout_seed = int(self.rng.integers(2**63))
         self.stop_training = False
+        self.stop_reason: str | None = None   # a callback's sentence on why it stopped the fit
+        self._first_loss: float | None = None
         self.lazy_update = bool(lazy_update)
         self.dist = None        # data-parallel over MPI: cdnn.distributed
         if comm is not None:
@@ -115,7 +127,7 @@ class Trainer:
 
     @property
     def is_chief(self) -> bool:
-        """Whether this process prints and writes files: rank 0, or the only process."""
+        """True in the process that prints and writes files (rank 0, or the only one)."""
         return self.dist is None or self.dist.rank == 0
 
     def fit(self, X, y, epochs: int = 1, *, validation_data=None,
@@ -151,17 +163,20 @@ class Trainer:
                 val = self.dist.common_weight_scale(val, val_weights)
         plan, steps = self._plan(train, shuffle, sharded)
         history = History()
-        self.stop_training = False
+        self.stop_training, self.stop_reason, self._first_loss = False, None, None
         with self._section("on_train_begin"):
             self._begin(plan.steps, epochs, val is not None, callbacks)
         self._agree()
         ctrl_c = DeferredInterrupt()
+        progress = Progress(verbose, epochs, plan.steps) if verbose and self.is_chief else None
         try:
             ctrl_c.install()
             for epoch in range(epochs):
-                logs = self._epoch(epoch, epochs, plan, steps, val, sharded, callbacks,
-                                   ctrl_c, verbose if self.is_chief else 0)   # and validation
+                logs = self._epoch(epoch, plan, steps, val, sharded, callbacks, ctrl_c,
+                                   progress)   # and validation
                 history.append(epoch, logs)
+                if progress is not None:
+                    progress.epoch_end(epoch, logs)
                 with self._section("on_epoch_end"):
                     for cb in callbacks:
                         cb.on_epoch_end(epoch, logs)
@@ -170,6 +185,9 @@ class Trainer:
                     self.stop_training = self.dist.any(self.stop_training)
                     self.dist.check_identical(self)
                 if self.stop_training:
+                    if progress is not None and epoch + 1 < epochs:
+                        progress.note(f"stopped after epoch {epoch + 1} of {epochs}: "
+                                      f"{self.stop_reason or 'a callback set stop_training'}")
                     break
                 if ctrl_c.pressed:
                     raise KeyboardInterrupt
@@ -179,8 +197,12 @@ class Trainer:
                   f"({self.optimizer.steps} steps in all)", file=sys.stderr)
         finally:
             ctrl_c.restore()
+            if progress is not None:
+                progress.close()
             for cb in callbacks:
                 cb.on_train_end()
+        if self.is_chief:
+            _warn_if_loss_grew(history, self._first_loss, self.optimizer)
         return history
 
     def _begin(self, steps_per_epoch: int, epochs: int, validating: bool, callbacks):
@@ -275,7 +297,7 @@ class Trainer:
                                           self.clip_norm, seed, self.lazy_update, exchange)
         return plan, steps
 
-    def _epoch(self, epoch, epochs, plan, steps, val, sharded, callbacks, ctrl_c, verbose):
+    def _epoch(self, epoch, plan, steps, val, sharded, callbacks, ctrl_c, progress):
         """One epoch's steps, validation and callbacks; returns its logs."""
         net, opt, dist = self.net, self.optimizer, self.dist
         with self._section("on_epoch_begin"):
@@ -291,7 +313,6 @@ class Trainer:
             factors, uniform = step_factors(table, dist.rank)
         n_steps, batch = plan.steps, plan.local_batch
         losses, corrects, lrs = np.empty(n_steps), np.empty(n_steps), np.empty(n_steps)
-        bar = _progress(verbose, n_steps, epoch, epochs)
         step = 0
         run = max(1, math.ceil(n_steps / CALLS_PER_EPOCH))
         while step < n_steps:
@@ -306,8 +327,8 @@ class Trainer:
                 None if factors is None else (factors[step:step + count],
                                               uniform[step:step + count]))
             step += done
-            if bar is not None:
-                bar.update(done)
+            if progress is not None:
+                progress.steps(done)
             if failure is not None:     # the same on every rank: the steps agree natively
                 raise FloatingPointError(
                     f"training diverged at epoch {epoch + 1}, step {step + 1}: "
@@ -325,7 +346,8 @@ class Trainer:
                        else dist.evaluate(net, val, sharded))
             logs.update({f"val_{k}": v for k, v in metrics.items()})
         logs["lr"] = float(lrs[-1])
-        _report(verbose, bar, epoch, epochs, logs)
+        if epoch == 0:    # the loss of the untrained network, for _warn_if_loss_grew
+            self._first_loss = float(losses[0])
         return logs
 
     def _section(self, what: str):
@@ -430,18 +452,73 @@ def _with_class_weight(batch: Batch, class_weight, n_outputs: int,
     return batch._replace(weights=weights)
 
 
-def _progress(verbose: int, total: int, epoch: int, epochs: int):
-    if verbose != 1:
-        return None
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", unit="step", leave=True,
-                dynamic_ncols=True)
+def _warn_if_loss_grew(history: History, first_loss: float | None, optimizer: Optimizer):
+    """A loss that grew LOSS_GROWTH times over the fit is a divergence that stayed finite (so
+    no FloatingPointError): --lr 1e6 ended at losses of 1e5..1e29, accuracy at chance, with no
+    word. Compared with the first step's loss, that of the untrained network."""
+    losses = history.history.get("loss")
+    if losses and first_loss is not None and losses[-1] > LOSS_GROWTH * first_loss:
+        warnings.warn(f"training made the loss worse: {first_loss:.4g} at the first step, "
+                      f"{losses[-1]:.4g} in the last epoch; the learning rate (now "
+                      f"{optimizer.lr:g}) is probably too high. Try a lower one, gradient "
+                      f"clipping (Trainer(clip_norm=1.0)) or scaling the inputs.",
+                      RuntimeWarning, stacklevel=3)
 
 
-def _report(verbose: int, bar, epoch: int, epochs: int, logs: dict):
-    text = " - ".join(f"{k} {v:.4g}" for k, v in logs.items())
-    if bar is not None:
-        bar.set_postfix_str(text)
-        bar.close()
-    elif verbose == 2:
-        print(f"epoch {epoch + 1}/{epochs} - {text}", flush=True)
+def metrics_text(logs: dict) -> str:
+    """'loss 0.1234 acc 0.9612 val_loss 0.1301 val_acc 0.9588': short enough that a progress
+    line with all four fits 80 columns (the learning rate is left out: it is in the History)."""
+    return " ".join(f"{key.replace('accuracy', 'acc')} {value:.4g}"
+                    for key, value in logs.items() if key != "lr")
+
+
+class Progress:
+    """fit's report, verbose=1 or 2. verbose=1 on a terminal: one bar over the whole fit, at
+    most 80 columns, that moves after each kernel run (about CALLS_PER_EPOCH times an epoch,
+    so a long epoch does not look hung) and shows the last finished epoch's metrics.
+    verbose=1 with stderr not a terminal (a log file, a pipe): one line per epoch on stderr,
+    not a bar's \r redraws. verbose=2: one line per epoch on stdout, as Keras."""
+
+    WIDTH = 80
+
+    def __init__(self, verbose: int, epochs: int, steps_per_epoch: int):
+        from tqdm.auto import tqdm
+        self.epochs, self.bar = epochs, None
+        self.file = sys.stdout if verbose == 2 else sys.stderr
+        # tqdm.auto found Jupyter, whose widget is no terminal but draws a bar
+        notebook = any(c.__module__ == "tqdm.notebook" for c in tqdm.__mro__)
+        if verbose == 1 and (notebook or sys.stderr.isatty()):
+            columns = shutil.get_terminal_size().columns   # 0 on a terminal of unknown size
+            self.bar = tqdm(total=epochs * steps_per_epoch, file=sys.stderr, leave=True,
+                            ncols=None if notebook else min(self.WIDTH, columns or self.WIDTH),
+                            bar_format=self._format(0, {}))
+
+    def _format(self, epoch: int, logs: dict) -> str:
+        """The bar's text: the epoch under way (counting from 1) and the last epoch's metrics
+        (numbers and metric names: no braces for tqdm's format)."""
+        return (f"epoch {min(epoch + 1, self.epochs)}/{self.epochs} {{elapsed}} |{{bar}}| "
+                f"{metrics_text(logs)}")
+
+    def steps(self, count: int):
+        if self.bar is not None:
+            self.bar.update(count)
+
+    def epoch_end(self, epoch: int, logs: dict):
+        if self.bar is not None:
+            self.bar.bar_format = self._format(epoch + (epoch + 1 < self.epochs), logs)
+            self.bar.refresh()
+        else:
+            print(f"epoch {epoch + 1}/{self.epochs} {metrics_text(logs)}", file=self.file,
+                  flush=True)
+
+    def note(self, text: str):
+        """A line of its own below the bar (why training stopped early)."""
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=self.file, flush=True)
+
+    def close(self):
+        """Also after an error: its message then starts on a line of its own."""
+        if self.bar is not None:
+            self.bar.close()

@@ -153,3 +153,13 @@ def test_rendered_report_is_for_users():
                          blas=[]))),):
         assert "Small work" in text and "small-scipy" in text
         assert "issue" not in text.lower() and "target" not in text.lower()
+
+
+def test_accuracy_parity_on_synthetic_data_says_it_means_nothing():
+    """Issue 23 #20: "accuracy parity … cdnn 0.3137, torch 0.6700" on synthetic data, bare."""
+    parity = {"seeds": 3, "cdnn": 0.3137, "torch": 0.67, "difference": -0.3563}
+    for data, caveat in (("synthetic MNIST-shaped data", True), ("MNIST from DIR", False)):
+        lines = [line for line in report.note_lines(dict(fake_report(), parity=parity,
+                                                         data=data))
+                 if line.startswith("accuracy parity")]
+        assert len(lines) == 1 and ("not comparable" in lines[0]) == caveat, lines

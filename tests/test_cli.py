@@ -139,12 +139,64 @@ def test_train_options_reach_the_optimizer(capsys, monkeypatch):
                                           opt.weight_decay) == (0.02, 0.5, True, 1e-4)
 
 
+def test_ctrl_c_in_train_says_what_ran_saves_nothing_and_exits_130(tmp_path, capsys,
+                                                                    monkeypatch):
+    """Issue 23 #14: Ctrl-C in epoch 3 of 30 printed "… after 30 epochs", saved and exited 0.
+    The interrupted model is not saved: --save may hold a good model it must not replace."""
+    from cdnn._engine import Engine
+    from sigint import SigintAfter
+    import math
+    steps = math.ceil(len(cdnn.datasets.load_digits()[0][0]) / 32)   # digits' batch: 32
+    calls = math.ceil(steps / math.ceil(steps / cdnn.training.CALLS_PER_EPOCH))   # per epoch
+    real = Engine.training_steps
+    spies = []
+    monkeypatch.setattr(Engine, "training_steps", lambda *a: spies.append(
+        SigintAfter(real(*a), 2 * calls + 3)) or spies[-1])    # in the third epoch
+    (tmp_path / "m.safetensors").write_bytes(b"the previous model")
+    status, out, err = run(["train", "--epochs", "30", "--verbose", "0", "--save",
+                            str(tmp_path / "m.safetensors")], capsys)
+    assert status == 130 and spies[0].deferred, err
+    assert "interrupted after 2 of 30 epochs" in out and "not saved to" in out, out
+    assert "after 30 epochs" not in out
+    assert (tmp_path / "m.safetensors").read_bytes() == b"the previous model"
+
+
+def test_labels_of_several_columns_are_refused_not_flattened(tmp_path, capsys):
+    """Issue 23 #11: labels of shape (50, 2) for 100 rows were flattened into 100 labels."""
+    np.save(tmp_path / "X.npy", np.random.default_rng(0).normal(size=(100, 4)))
+    np.save(tmp_path / "y.npy", np.zeros((50, 2)))
+    np.save(tmp_path / "y1.npy", np.arange(100) % 3)
+    np.savetxt(tmp_path / "y.csv", np.arange(100) % 3, fmt="%d")   # one label per line
+    status, _, err = run(["train", "--data", str(tmp_path / "X.npy"), str(tmp_path / "y.npy")],
+                         capsys)
+    assert_one_line_error(status, err, "train", "y.npy", "shape (50, 2)")
+    for labels in ("y1.npy", "y.csv"):
+        status, _, err = run(FAST_TRAIN + ["--data", str(tmp_path / "X.npy"),
+                                           str(tmp_path / labels)], capsys)
+        assert status == 0, err
+
+
 # --- bad values and files: one line, non-zero status --------------------------------------------
 
+@pytest.mark.parametrize("flags, words", [
+    (["--lr", "-1"], ["lr", "> 0"]), (["--lr", "0"], ["lr", "> 0"]),
+    (["--lr", "nan"], ["lr", "finite"]), (["--dropout", "1.5"], ["--dropout", "< 1"]),
+    (["--momentum", "-1"], ["momentum", "≥ 0"]), (["--weight-decay", "-1"], ["weight_decay"]),
+    (["--clip-norm", "0"], ["--clip-norm", "> 0"]),
+    (["--optimizer", "adam", "--nesterov"], ["--nesterov"]),
+    (["--save", ""], ["--save", "empty"]),
+])
+def test_bad_numeric_flags_are_bad_arguments(flags, words, capsys):
+    """Issue 23 #17: they ended with status 1; the README promises 2 for a bad argument, which
+    --epochs -1 already gave. Checked before any data is read."""
+    with pytest.raises(SystemExit) as exit:
+        cli.main(FAST_TRAIN + flags)
+    err = capsys.readouterr().err
+    assert_one_line_error(1, err, "train", *words)
+    assert exit.value.code == 2 and err.rstrip().endswith("(see cdnn train --help)")
+
+
 @pytest.mark.parametrize("argv, words", [
-    (FAST_TRAIN + ["--lr", "-1"], ["lr"]),
-    (FAST_TRAIN + ["--dropout", "1.5"], ["dropout"]),
-    (FAST_TRAIN + ["--optimizer", "adam", "--nesterov"], ["--nesterov"]),
     (["train", "--data-dir", "/nonexistent/mnist"], ["missing in", "train-images"]),
     (["train", "--save", "/nonexistent/dir/model.safetensors"], ["no such directory"]),
     (FAST_TRAIN + ["--hidden", "2000000000"], ["hidden layer 1", "2000000000"]),   # 13.16
@@ -337,6 +389,27 @@ def test_progress_fits_80_columns_and_shows_validation_metrics():
     assert bars and all(len(line) <= 80 for line in bars), bars
     assert "val_acc" in bars[-1] and bars[-1].startswith("epoch 4/4")
     assert "test accuracy" in text
+
+
+FIT_IN_A_TERMINAL = """
+import cdnn
+(X, y), (X_test, y_test) = cdnn.datasets.load_digits()
+trainer = cdnn.Trainer(cdnn.MLP([64, 16, 10], seed=0), cdnn.SGD(lr=0.05, momentum=0.9))
+trainer.fit(X, y, epochs=3, validation_data=(X_test, y_test), verbose=1)
+"""
+
+
+@pytest.mark.parametrize("argv", [cdnn_command("train", "--epochs", "3", "--hidden", "16"),
+                                  [sys.executable, "-c", FIT_IN_A_TERMINAL]],
+                         ids=["cdnn train", "fit(verbose=1)"])
+def test_everything_fits_an_80_column_terminal(argv):
+    """Issue 23 #15/#16: fit(verbose=1) cut its bar at "…accuracy 0.", and the CLI's header
+    was 93 characters long: both wrapped or lost the validation metrics at 80 columns."""
+    text = in_terminal(argv, columns=80)
+    lines = [line for line in text.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines and all(len(line) <= 80 for line in lines), [l for l in lines if len(l) > 80]
+    bars = [line for line in lines if line.startswith("epoch ")]
+    assert bars[-1].startswith("epoch 3/3") and "val_acc" in bars[-1], bars
 
 
 def test_divergence_message_starts_its_own_line_after_the_bar():

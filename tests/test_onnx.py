@@ -112,7 +112,7 @@ def test_cli_export_errors(tmp_path, capsys):
     random_net("relu", "mse", "float32").save(tmp_path / "model.safetensors")
     assert cli.main(["export", str(tmp_path / "model.safetensors"),
                      str(tmp_path / "no" / "dir" / "m.onnx")]) == 1
-    assert "No such file or directory" in capsys.readouterr().err
+    assert "no such directory to save into" in capsys.readouterr().err   # as save says
 
 
 def test_bad_input_is_a_clear_error(monkeypatch):

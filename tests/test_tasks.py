@@ -1,6 +1,8 @@
 """The tasks a Trainer fits (multi-class, binary, multi-label, regression) and the fit options
 around them: dropout, L2, sample and class weights, validation, verbosity, Ctrl-C, History."""
 import signal
+import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -351,8 +353,43 @@ def test_verbose_modes(blobs, capsys):
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and out[1].startswith("epoch 2/2") and "loss" in out[1]
     train(new_net(), X, y, epochs=2, verbose=1)
-    err = capsys.readouterr().err
-    assert "epoch 2/2" in err and "step" in err                      # the tqdm bar
+    err = capsys.readouterr().err     # stderr is no terminal here: lines, no bar's redraws
+    assert "\r" not in err and err.splitlines()[1].startswith("epoch 2/2 loss ")   # issue 23 #15
+
+
+def test_the_bar_moves_within_an_epoch(blobs, monkeypatch):
+    """Issue 23 #16: it moved only between epochs, so a long MNIST epoch looked hung. It now
+    moves after each kernel run of an epoch's steps."""
+    X, y = blobs
+    updates = []
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    monkeypatch.setattr(cdnn.training.Progress, "steps", lambda self, n: updates.append(n))
+    history = train(new_net(), X, y, epochs=2, batch_size=4, verbose=1)
+    steps_per_epoch = -(-len(X) // 4)
+    assert len(updates) > 2 * 10 and sum(updates) == 2 * steps_per_epoch, updates
+    assert len(history.epoch) == 2
+
+
+def test_a_fit_that_makes_the_loss_worse_says_so(blobs):
+    """Issue 23 #20: lr 1e6 ended at a loss of 1e5..1e29, finite (no divergence error), with
+    no word. The warning names the learning rate."""
+    X, y = blobs
+    with pytest.warns(RuntimeWarning, match=r"made the loss worse.*learning rate \(now 1e\+06"):
+        cdnn.Trainer(new_net(), cdnn.SGD(lr=1e6), batch_size=16).fit(X, y, epochs=3, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")     # a fit that learns says nothing
+        cdnn.Trainer(new_net(), cdnn.SGD(lr=0.05), batch_size=16).fit(X, y, epochs=3, verbose=0)
+
+
+def test_early_stopping_says_when_it_stops(blobs, capsys):
+    X, y = blobs
+    stop = cdnn.EarlyStopping(monitor="loss", patience=0, min_delta=1e9)   # stops at once
+    history = cdnn.Trainer(new_net(), cdnn.SGD(lr=0.05)).fit(X, y, epochs=5, verbose=2,
+                                                             callbacks=[stop])
+    assert len(history.epoch) == 2
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("stopped after epoch 2 of 5: EarlyStopping: loss has not improved "
+                           "for 1 epoch"), last
 
 
 # --- Ctrl-C ------------------------------------------------------------------------------------

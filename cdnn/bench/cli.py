@@ -97,8 +97,8 @@ def main(argv=None):
         if args.json:
             write_json(report, args.json)
         if args.markdown:
-            with open(args.markdown, "w") as f:
-                f.write(render_markdown(report))
+            from cdnn.io import write_atomically   # here, as in report.write_json
+            write_atomically(args.markdown, render_markdown(report).encode())
 
     # the files are rewritten after every workload, so a long run that is stopped keeps
     # what it measured (marked partial)
