@@ -13,18 +13,43 @@ from pathlib import Path
 
 
 def _portable():
-    try:
-        from cdnn import _network
-    except ImportError:
-        # A source tree (e.g. the repository root on sys.path) has the package but not the
-        # compiled modules; Python would call that a circular import, which sends users astray.
-        _here = Path(__file__).parent
-        if not any((_here / f"_network{suffix}").exists() for suffix in EXTENSION_SUFFIXES):
-            raise ImportError(f"cdnn's compiled kernels are missing from {_here}: this is the "
-                              "source tree; build it in place (pip install -e .) or run from "
-                              "another folder so that the installed cdnn is imported") from None
-        raise
+    from cdnn import _network
     return _network
+
+
+def _use_installed_kernels_in_a_source_tree():
+    """A source tree (a script run in the checkout: its folder comes first on sys.path) has the
+    package but not the compiled modules. The kernels of the same version, installed from this
+    checkout, serve it; otherwise Python would call the failed import a circular one, which
+    sends users astray."""
+    here = Path(__file__).parent
+    if any((here / f"_network{suffix}").exists() for suffix in EXTENSION_SUFFIXES):
+        return
+    installed = _installed_kernels(here)
+    if installed is None:
+        raise ImportError(f"cdnn's compiled kernels are missing from {here}: this is the "
+                          "source tree; build it in place (pip install -e .) or run from "
+                          "another folder so that the installed cdnn is imported")
+    import cdnn
+    cdnn.__path__.append(str(installed))
+
+
+def _installed_kernels(source: Path):
+    """The folder of an installed cdnn of this version with compiled kernels, other than the
+    source tree's; None where there is none."""
+    from importlib.metadata import PackageNotFoundError, distribution
+    from cdnn._version import __version__
+    try:
+        dist = distribution("cdnn")
+    except PackageNotFoundError:
+        return None
+    folder = Path(dist.locate_file("cdnn"))
+    if (dist.version != __version__ or not folder.is_dir()
+            or folder.resolve() == source.resolve()):
+        return None
+    if not any((folder / f"_network{suffix}").exists() for suffix in EXTENSION_SUFFIXES):
+        return None
+    return folder
 
 
 CHOICES = ("auto", "portable", "avx2")
@@ -57,6 +82,7 @@ def _avx2_build():
     return _network_avx2
 
 
+_use_installed_kernels_in_a_source_tree()
 _choice = os.environ.get("CDNN_KERNELS", "") or "auto"
 if _choice not in CHOICES:
     raise ValueError(f"CDNN_KERNELS={_choice!r}: choose one of {', '.join(CHOICES)}")

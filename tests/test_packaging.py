@@ -23,9 +23,17 @@ IMPORT_WITHOUT_EDITABLE_HOOKS = (
     "if 'editable' not in getattr(f, '__module__', '') + repr(f)]; import cdnn")
 
 
-def test_a_source_tree_without_kernels_says_what_to_do(tmp_path):
-    shutil.copytree(Path(cdnn.__file__).parent, tmp_path / "cdnn",
+def source_tree(folder: Path, version: str | None = None) -> Path:
+    """A copy of cdnn's Python source in folder/cdnn, without compiled kernels."""
+    shutil.copytree(Path(cdnn.__file__).parent, folder / "cdnn",
                     ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    if version is not None:
+        (folder / "cdnn" / "_version.py").write_text(f"__version__ = {version!r}\n")
+    return folder
+
+
+def test_a_source_tree_without_kernels_says_what_to_do(tmp_path):
+    source_tree(tmp_path, version="0.0.0+not-installed")    # no installed kernels of its version
     # a user in the source tree: the current folder first on sys.path (conftest turns it off)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
     child = subprocess.run([sys.executable, "-c", IMPORT_WITHOUT_EDITABLE_HOOKS], cwd=tmp_path,
@@ -34,6 +42,35 @@ def test_a_source_tree_without_kernels_says_what_to_do(tmp_path):
     last = child.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError: cdnn's compiled kernels are missing"), child.stderr
     assert "pip install -e ." in last and "circular" not in child.stderr
+
+
+def test_a_script_in_the_checkout_runs_on_the_installed_kernels(tmp_path):
+    """After the quick start (pip install .), a script saved in the checkout and run there
+    imports the checkout's cdnn, which has no kernels: the installed ones of the same version
+    serve it (issue 23 #19: it said the kernels were missing)."""
+    site = tmp_path / "site"        # an installed cdnn: the package and its metadata
+    shutil.copytree(Path(cdnn.__file__).parent, site / "cdnn",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (site / f"cdnn-{cdnn.__version__}.dist-info").mkdir()
+    (site / f"cdnn-{cdnn.__version__}.dist-info" / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: cdnn\nVersion: {cdnn.__version__}\n")
+    checkout = source_tree(tmp_path / "checkout")
+    (checkout / "try.py").write_text(
+        "import numpy as np, cdnn\n"
+        "X = np.random.default_rng(0).normal(size=(200, 8)); y = (X[:, 0] > 0).astype(int)\n"
+        "net = cdnn.MLP([8, 16, 2], seed=0)\n"
+        "cdnn.Trainer(net, cdnn.Adam(0.01), batch_size=32).fit(X, y, epochs=20, verbose=0)\n"
+        "print(cdnn.__file__.startswith(%r), net.evaluate(X, y)['accuracy'] > 0.9)\n"
+        % str(checkout))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
+    env["PYTHONPATH"] = str(site)
+    code = ("import runpy, sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' "
+            "not in getattr(f, '__module__', '') + repr(f)]; sys.path.insert(0, '.'); "
+            "runpy.run_path('try.py', run_name='__main__')")
+    child = subprocess.run([sys.executable, "-c", code], cwd=checkout, capture_output=True,
+                           text=True, timeout=120, env=env)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.split() == ["True", "True"]
 
 
 def public_names(module):
