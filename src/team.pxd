@@ -49,7 +49,7 @@ cdef extern from *:
 
     /* How long a waiter spins before it sleeps (ns); team_set_spin changes it, for tests and
        the benchmarks that measure it. */
-    static long team_spin_ns = 20000;
+    static long team_spin_ns = 5000;
 
     static void team_relax(void) {
     #if defined(__x86_64__) || defined(__i386__)

@@ -5,7 +5,9 @@ process, and prints the medians: a team that waits badly for a descheduled team-
 a default far slower than one thread. The cases:
 - a fit beside one CPU-bound process (`while True: pass`): digits, and MNIST-shaped S and M;
 - two fits at once (the time is the slower one's);
-- GridSearchCV(n_jobs=2) against n_jobs=1, and against scikit-learn's own MLPClassifier.
+- GridSearchCV(n_jobs=2) against n_jobs=1, and against scikit-learn's own MLPClassifier: a
+  first search (joblib starts its worker processes, each importing scikit-learn) and a second
+  one in the same process (the workers are reused).
 
 A child process runs one case (`python -m cdnn.bench.load CASE WHO`) and prints its seconds.
 """
@@ -18,13 +20,13 @@ import sys
 import time
 
 CASES = {   # name: (what it is, processes at once, beside a busy process)
-    "digits": ("digits fit 64-256-10, Adam, batch 100, 10 epochs, beside a busy process", 1, True),
-    "S": ("S fit 784-128-10, batch 32, 20k rows, beside a busy process", 1, True),
-    "M": ("M fit 784-512-512-10, batch 128, 10k rows, beside a busy process", 1, True),
+    "digits": ("digits 64-256-10, batch 100, 10 epochs, + busy", 1, True),
+    "S": ("S 784-128-10, batch 32, 20k rows, + busy", 1, True),
+    "M": ("M 784-512-512-10, batch 128, 10k rows, + busy", 1, True),
     "digits2": ("two digits fits at once", 2, False),
     "M2": ("two M fits at once", 2, False),
 }
-GRID = "GridSearchCV(MLPClassifier(max_iter=30), 6 settings, cv=3) on digits"
+GRID = "GridSearchCV(MLPClassifier(max_iter=30), 6 settings, cv=3, n_jobs=2) on digits"
 
 
 def _digits():
@@ -35,7 +37,7 @@ def _digits():
 
 def _mnist(rows):
     from cdnn.bench.workloads import load_data
-    (X, y), _ = load_data(None)
+    ((X, y), _), _ = load_data(None)
     return X[:rows], y[:rows]
 
 
@@ -54,7 +56,7 @@ def _fit(case):
     return time.perf_counter() - start
 
 
-def _grid(who):
+def _grid(who, warm):
     import warnings
     from sklearn.model_selection import GridSearchCV
     if who.startswith("sklearn"):
@@ -67,19 +69,27 @@ def _grid(who):
                         cv=3, n_jobs=int(who[-1]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")     # max_iter=30 does not converge, by design
+        if warm:        # joblib's workers started and importing done (they stay for the next)
+            grid.fit(X, y)
         start = time.perf_counter()
         grid.fit(X, y)
     return time.perf_counter() - start
 
 
 def _child(case, who):
-    return _grid(who) if case == "grid" else _fit(case)
+    return _grid(who, case == "grid-warm") if case.startswith("grid") else _fit(case)
 
 
 def _run(case, who, copies, env):
     procs = [subprocess.Popen([sys.executable, "-m", "cdnn.bench.load", case, who], env=env,
-                              stdout=subprocess.PIPE, text=True) for _ in range(copies)]
-    times = [float(p.communicate(timeout=600)[0].split()[-1]) for p in procs]
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(copies)]
+    times = []
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        if p.returncode != 0:
+            raise RuntimeError(f"the {case} case ({who}) failed: {err.strip()[-1000:]}")
+        times.append(float(out.split()[-1]))
     return max(times)
 
 
@@ -89,8 +99,8 @@ def under_load(repeats=3, log=print):
     one = {**base, "CDNN_NUM_THREADS": "1"}
     plans = [(case, copies, busy, {"default": base, "one thread": one})
              for case, (_, copies, busy) in CASES.items()]
-    plans.append(("grid", 1, False, {f"cdnn n_jobs={n}": base for n in (2, 1)}
-                  | {f"sklearn n_jobs={n}": base for n in (2, 1)}))
+    grids = {f"{lib} n_jobs={n}": base for lib in ("cdnn", "sklearn") for n in (2, 1)}
+    plans += [("grid", 1, False, grids), ("grid-warm", 1, False, grids)]
     results = {}
     for case, copies, busy, whos in plans:
         hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
@@ -98,7 +108,7 @@ def under_load(repeats=3, log=print):
             times = {who: [] for who in whos}
             for _ in range(repeats):
                 for who, env in whos.items():
-                    arg = who.split()[0] + who[-1] if case == "grid" else "fit"
+                    arg = who.split()[0] + who[-1] if case.startswith("grid") else "fit"
                     times[who].append(_run(case, arg, copies, env))
             results[case] = {who: statistics.median(t) for who, t in times.items()}
             log(f"  {case}: " + ", ".join(f"{w} {s:.3f} s" for w, s in results[case].items()))
@@ -110,19 +120,23 @@ def under_load(repeats=3, log=print):
 
 
 def render(results) -> str:
-    lines = ["cdnn under load (medians of alternating fresh processes)",
-             f"{'case':<60} {'default':>8} {'1 thread':>8} {'ratio':>6}"]
+    lines = ["cdnn under load (medians of alternating fresh processes; + busy: beside one",
+             "CPU-bound process; default / 1 thread is the slowdown)",
+             f"{'case':<50} {'default':>8} {'1 thread':>8} {'ratio':>6}"]
     for case, (what, _, _) in CASES.items():
         r = results[case]
-        lines.append(f"{what[:60]:<60} {r['default']:>8.3f} {r['one thread']:>8.3f} "
+        lines.append(f"{what:<50} {r['default']:>8.3f} {r['one thread']:>8.3f} "
                      f"{r['default'] / r['one thread']:>5.2f}x")
-    g = results["grid"]
     lines.append(GRID)
-    for who, s in g.items():
-        lines.append(f"  {who:<20} {s:>8.3f} s")
-    lines.append(f"  cdnn n_jobs=2 vs n_jobs=1: {g['cdnn n_jobs=2'] / g['cdnn n_jobs=1']:.2f}x; "
-                 f"sklearn n_jobs=2 / cdnn n_jobs=2: "
-                 f"{g['sklearn n_jobs=2'] / g['cdnn n_jobs=2']:.1f}x faster")
+    for case, when in (("grid", "first search (joblib starts workers)"),
+                       ("grid-warm", "second search (same workers)")):
+        g = results[case]
+        lines.append(f"  {when}:")
+        for lib in ("cdnn", "sklearn"):
+            lines.append(f"    {lib + ':':<8} " + ", ".join(
+                f"n_jobs={who[-1]} {s:.2f} s" for who, s in g.items() if who.startswith(lib)))
+        lines.append(f"    cdnn n_jobs=2 / n_jobs=1 {g['cdnn n_jobs=2'] / g['cdnn n_jobs=1']:.2f}; "
+                     f"{g['sklearn n_jobs=2'] / g['cdnn n_jobs=2']:.2f}x faster than sklearn's")
     return "\n".join(lines)
 
 
