@@ -1,6 +1,7 @@
 """Shared fixtures. The suite tests an installed package (what a wheel gives users) or an
 editable install (`pip install -e .`, whose cdnn/ holds the compiled kernels beside the source)."""
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,12 @@ if (Path(cdnn.__file__).resolve().parent == REPO / "cdnn"
 # folder first on sys.path; run from the repository root, they would then import the source
 # tree, which has no compiled kernels outside an editable install. Python 3.11+ leaves it out.
 os.environ.setdefault("PYTHONSAFEPATH", "1")
+
+# A shell without job control starts a background job (`pytest … &`, nohup) with SIGINT ignored,
+# and Python then leaves it ignored; the Ctrl-C tests send a real SIGINT and need Python's own
+# handler, as in a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 DTYPES = [np.float32, np.float64]
 # per-dtype tolerance for comparing a kernel with its numpy reference
