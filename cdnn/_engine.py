@@ -38,11 +38,8 @@ KEEP_WORKSPACES = 2
 # layer's units instead, each thread reading only its part of the weights.
 MIN_WORK_TO_SHARE_UNITS = 250_000
 # One ready row always takes the short path (forward_row: one cdnn thread, the BLAS as it is,
-# which threads a large gemv itself; no Python-side plan). Sharing its units between threads
-# lost at every width on 2 cores (`python bench/one_row_threads.py`, 2026-12-02, median µs short
-# path / shared kernel call, MNIST-like rows and rows without zeros): 784-256-256-10 22 / 45 and
-# 34 / 43, 784-512-512-10 38 / 47 and 60 / 74, 784-1024-1024-10 156 / 369 and 217 / 463,
-# 784-2048-2048-10 634 / 777 and 631 / 918.
+# which threads a large gemv itself; no Python-side plan): sharing its units between threads
+# lost at every width measured (bench/RESULTS.md, "One row: the short path against shared units").
 
 def team_for(flops: float) -> int:
     """The threads worth waking for a call of this many FLOPs, within the user's ceiling."""

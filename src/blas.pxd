@@ -28,9 +28,8 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
 
 # One row's product is bound by reading B. Where at least half of a is zeros (an image's
 # background, a one-hot or bag-of-words input, a ReLU layer's output) reading only the rows of B
-# that face a's nonzero entries is faster, though each row read costs more than in gemv (1.3-1.5×
-# for widths 128 to 512). Against OpenBLAS's AVX-512 gemv, 784 inputs: MNIST rows (81 % zeros)
-# 3.6 -> 1.5 µs for 128 outputs and 15.9 -> 4.1 µs for 512; half zeros 3.5 -> 3.4 and 15.9 -> 11.3.
+# that face a's nonzero entries is faster, though each row read costs more than in gemv
+# (bench/RESULTS.md, "One row: skipping zeros").
 # Batches are another matter: there OpenBLAS's GEMM keeps pace with this even on MNIST's zeros.
 cdef enum:
     ROWS_PER_PASS = 256     # nonzero entries of a listed at a time, in a buffer on the stack
@@ -57,8 +56,8 @@ cdef inline void row_times_matrix(bint trans_a, bint trans_b, int n, int k, floa
 
 
 # A few rows (a prediction of a handful, a small batch's forward pass): OpenBLAS's GEMM packs
-# all of B for them, so 2 rows of 784-512 float32 took 160 µs where one row's gemv took 49
-# (one thread, 2026-12-02). Reading B once, four of its rows at a time while they sit in L1,
+# all of B for them, so 2 rows cost about three times one row's gemv (bench/RESULTS.md, "A few
+# rows"). Reading B once, four of its rows at a time while they sit in L1,
 # serves every row of A; each row's sum runs in the same order whatever m is.
 cdef enum:
     FEW_ROWS = 8

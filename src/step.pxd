@@ -212,8 +212,8 @@ cdef inline void update(Step* S, const floating* params, floating lr, long step,
                         int team) noexcept nogil:
     """The optimizer's update, each thread the parameters whose gradient it computed in the
     backward pass (its rows of each W, its entries of each b: still in its cache; an even
-    share of the flat buffer instead made D, eight 256-unit layers at batch 64, a quarter
-    slower at two threads, bench/RESULTS.md 2026-12-01); status := UPDATE_NOT_FINITE when it
+    share of the flat buffer instead made D, eight 256-unit layers at batch 64, slower at two
+    threads: bench/RESULTS.md); status := UPDATE_NOT_FINITE when it
     made a parameter non-finite. The update is element-wise: any split gives the same bits."""
     cdef const Layout* L = S.L
     cdef Part w, b
