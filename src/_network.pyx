@@ -16,7 +16,7 @@ from libc.stdint cimport intptr_t, uint64_t, uintptr_t
 from activations cimport (IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH, GELU,
                           keeps_preactivation, activate)
 from layout cimport Layout, n_outputs
-from team cimport team_work, team_run, team_set_spin, team_get_spin, team_has_pool, share
+from team cimport team_work, team_run, team_set_spin, share
 from passes cimport (DENSE_ROWS, CSR_ROWS, Input, Rows, forward_chunks, forward_one, rows_pass,
                      l2_penalty, loss_scale, finite)
 from step cimport Step, train_steps, STEP_OK, N_PARTIALS
@@ -536,19 +536,10 @@ def pool_thread_limit():
     return cdnn_pool_get_thread_limit()
 
 
-def has_thread_pool():
-    """Whether this build runs a team on more than one thread"""
-    return team_has_pool()
-
-
 def set_spin_ns(long ns):
-    """How long a waiting thread of a team spins before it sleeps, in ns (for the tests and
-    the benchmarks that measure it)"""
+    """How long a waiting thread of a team spins before it sleeps, in ns (for the benchmark
+    that measures it, bench/spin_wait.py)"""
     team_set_spin(ns)
-
-
-def spin_ns():
-    return team_get_spin()
 
 
 def all_finite(const floating[::1] a):

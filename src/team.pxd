@@ -305,23 +305,17 @@ cdef extern from *:
     }
 
     static void team_set_spin(long ns) { team_spin_ns = ns < 0 ? 0 : ns; }
-    static long team_get_spin(void) { return team_spin_ns; }
-    static int team_has_pool(void) { return 1; }
 
     #else   /* no pool: a team is always the calling thread */
     static int team_run(team_work work, void* ctx, int team) { work(ctx, 0, 1); return 0; }
     static void team_barrier(void) {}
     static void team_set_spin(long ns) { (void)ns; }
-    static long team_get_spin(void) { return 0; }
-    static int team_has_pool(void) { return 0; }
     #endif
     """
     ctypedef void (*team_work)(void* ctx, int tid, int team) noexcept nogil
     int team_run(team_work work, void* ctx, int team) noexcept nogil
     void team_barrier() noexcept nogil
     void team_set_spin(long ns) noexcept nogil
-    long team_get_spin() noexcept nogil
-    bint team_has_pool() noexcept nogil
 
 
 cdef struct Part:
