@@ -114,14 +114,14 @@ def exchange_worker(args) -> dict:
 def run_overhead(args) -> dict:
     """One process, 1 thread: an epoch with a native call per step against the usual ~20."""
     import cdnn
-    import cdnn.training as training
+    import cdnn._engine as _engine
 
     cdnn.set_num_threads(1)
     sizes, batch = WORKLOADS[args.workload]
     X, y = data(args.rows)
     out = {}
-    for calls in (training.CALLS_PER_EPOCH, 10**9):
-        training.CALLS_PER_EPOCH = calls
+    for calls in (_engine.CALLS_PER_EPOCH, 10**9):
+        _engine.CALLS_PER_EPOCH = calls
         trainer = cdnn.Trainer(cdnn.MLP(sizes, seed=0), cdnn.SGD(lr=0.01), batch_size=batch)
         times = []
         for _ in range(args.epochs + 1):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import threading
 from typing import NamedTuple
 
@@ -297,3 +298,90 @@ def _batch_buffer(X, batch_size: int):
         return SparseRows.buffer(batch_size, X.batch_entries_bound(batch_size), X.shape[1],
                                  X.dtype)
     return np.empty((batch_size, X.shape[1]), X.dtype)
+
+
+# --- running a fit's steps ------------------------------------------------------------------
+
+# Kernel calls per epoch: enough for a live progress bar and a prompt Ctrl-C, few enough that
+# Python's share of the time stays negligible.
+CALLS_PER_EPOCH = 20
+
+
+class StepRunner:
+    """Runs a fit's training steps an epoch at a time, in about CALLS_PER_EPOCH native runs.
+    Before each run the learning rates are drawn and the process group agrees (a failure or
+    a Ctrl-C on any process stops every one at the same step); after it the progress moves.
+    A step that fails (training diverged) raises FloatingPointError, the model keeping the
+    parameters of its last completed step. Trainer.fit and the scikit-learn estimators'
+    sgd/adam solvers both train through it."""
+
+    def __init__(self, steps: TrainingSteps, interrupt: DeferredInterrupt, group=None,
+                 progress=None):
+        from cdnn.distributed import ProcessGroup
+        self.steps, self.interrupt, self.progress = steps, interrupt, progress
+        self.group = ProcessGroup() if group is None else group
+
+    def epoch(self, epoch: int, order: np.ndarray, n_steps: int, rates, factors=None):
+        """Run n_steps steps over the rows in order (the steps' batches, one after another);
+        rates(count) gives the next count steps' learning rates, drawn before each run so
+        that a schedule sees the optimizer's step count; factors: the steps' (loss factors,
+        uniform) for the exchange. Returns the steps' losses, weighted counts of correct
+        predictions and learning rates."""
+        steps, group, batch = self.steps, self.group, self.steps.batch_size
+        losses, corrects, lrs = np.empty(n_steps), np.empty(n_steps), np.empty(n_steps)
+        run, step = max(1, math.ceil(n_steps / CALLS_PER_EPOCH)), 0
+        while step < n_steps:
+            count = min(run, n_steps - step)
+            with group.section("the learning-rate schedule"):
+                lrs[step:step + count] = rates(count)
+            group.agree(self.interrupt.pressed)
+            done, failure = steps.run(
+                lrs[step:step + count], order[step * batch:(step + count) * batch],
+                losses[step:], corrects[step:],
+                None if factors is None else tuple(f[step:step + count] for f in factors))
+            step += done
+            if self.progress is not None:
+                self.progress.steps(done)
+            if failure is not None:     # the same on every rank: the steps agree natively
+                raise FloatingPointError(
+                    f"training diverged at epoch {epoch + 1}, step {step + 1}: {failure}; "
+                    f"the model keeps its last finite parameters. Try a lower learning rate "
+                    f"(now {steps.optimizer.lr:g}), gradient clipping "
+                    f"(Trainer(clip_norm=1.0)) or scaling the inputs.")
+        group.agree(self.interrupt.pressed)
+        return losses, corrects, lrs
+
+
+class DeferredInterrupt:
+    """During a fit, Ctrl-C sets `pressed`, which the step runner checks between kernel runs,
+    instead of raising wherever Python happens to be: a Ctrl-C pressed during a run is
+    delivered as the run returns, and raising there would skip its bookkeeping (the step count
+    that Adam's bias correction, dropout masks, schedules and checkpoints rely on). A second
+    Ctrl-C raises at once. Installed only in the main thread and over Python's default
+    handler."""
+
+    def __init__(self):
+        self.pressed = self.installed = False
+
+    def install(self):
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            signal.signal(signal.SIGINT, self._handle)
+            self.installed = True
+
+    def _handle(self, signum, frame):
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    def restore(self):
+        if self.installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self.installed = False
+
+    def __enter__(self):
+        self.install()
+        return self
+
+    def __exit__(self, *exc):
+        self.restore()

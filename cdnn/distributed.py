@@ -20,7 +20,7 @@ The data:
   epoch; a smaller shard's rows come round more often than a larger one's.
 
 Settings: before the first collective of a fit, every rank's network, optimizer, batch size,
-epochs, data mode, rows (replicated) and validation are compared (Distributed.agree_on); on any
+epochs, data mode, rows (replicated) and validation are compared (MPIGroup.agree_on); on any
 difference every rank raises RankError naming it, instead of waiting for ever in a broadcast
 or allreduce of another size or count.
 
@@ -46,6 +46,7 @@ import zlib
 
 import numpy as np
 
+from cdnn import threads
 from cdnn._native import _network
 
 
@@ -102,8 +103,68 @@ def check_exchange(mpi, comm):
                            f"{comm.size * (comm.size + 1) / 2}")
 
 
-class Distributed:
-    """One fit's ranks: status agreement, broadcasts, reductions and the data's split."""
+class ProcessGroup:
+    """The processes of one fit, as Trainer.fit sees them: it calls every method at the same
+    point on every process, with no branch on how many there are. This, the group of one
+    process, does nothing: a failure raises where it happens, Ctrl-C raises at the next
+    agree(), the sums and the evaluation are this process's own. MPIGroup is the same
+    interface over the ranks of an MPI communicator."""
+
+    rank, size = 0, 1
+
+    def section(self, what: str):
+        """A block in which this process alone may fail (MPIGroup: the error waits for agree)."""
+        return contextlib.nullcontext()
+
+    def agree(self, interrupted: bool = False):
+        """Every process at the same point: raise if any failed, KeyboardInterrupt if any was
+        interrupted (Ctrl-C, deferred by the step runner)."""
+        if interrupted:
+            raise KeyboardInterrupt
+
+    def agree_on(self, settings: dict):
+        """Before the first collective that the settings shape: they are the same everywhere."""
+
+    def any(self, flag: bool) -> bool:
+        return bool(flag)
+
+    def sum(self, values) -> np.ndarray:
+        return np.array(values, dtype=np.float64)
+
+    def columns(self, mine: np.ndarray) -> np.ndarray:
+        """Every process's 1-D array of one length, side by side (length × processes)."""
+        return np.asarray(mine, dtype=np.float64)[:, None]
+
+    def broadcast_state(self, trainer):
+        """Rank 0's parameters, optimizer state and streams to every process."""
+
+    def check_identical(self, trainer):
+        """After an epoch: the parameters are the same bits everywhere."""
+
+    def common_weight_scale(self, batch, given):
+        """Sharded rows' sample weights, to one scale across the processes."""
+        return batch
+
+    def rows_everywhere(self, n: int) -> list[int]:
+        """Every process's count of training rows."""
+        return [n]
+
+    def own_seed(self, seed: int) -> int:
+        """This process's dropout stream (each rank its own masks)."""
+        return seed
+
+    def gradient_exchange(self, dtype, n: int):
+        """What each training step sums its gradient with (None: nothing to sum)."""
+        return None
+
+    def evaluate(self, net, val, sharded: bool) -> dict:
+        """Validation metrics over every process's validation rows."""
+        return net.evaluate_batch(val)
+
+
+class MPIGroup(ProcessGroup):
+    """A fit's MPI ranks: status agreement, broadcasts, reductions and the data's split. The
+    ranks on a node share its cores (cdnn.threads)."""
 
     def __init__(self, comm):
         try:
@@ -120,6 +181,7 @@ class Distributed:
         self.rank, self.size = comm.rank, comm.size
         self.error: str | None = None
         self.interrupted = False
+        threads.share_cores_between(self.ranks_on_this_node())
 
     def ranks_on_this_node(self) -> int:
         """The ranks that share this node's cores."""
@@ -185,6 +247,21 @@ class Distributed:
     def any(self, flag: bool) -> bool:
         return bool(self.comm.allreduce(int(bool(flag)), op=self.MPI.MAX))
 
+    def rows_everywhere(self, n: int) -> list[int]:
+        return self.comm.allgather(n)
+
+    def own_seed(self, seed: int) -> int:
+        return (seed + self.rank) % 2**63
+
+    def gradient_exchange(self, dtype, n: int):
+        """The native exchange (MPI_Allreduce from the steps, src/exchange.pxd), checked with
+        one collective sum once every rank has built its own."""
+        with self.section("setting up the gradient exchange"):
+            exchange = native_exchange(self.comm, dtype, n)
+        self.agree()
+        check_exchange(exchange, self.comm)
+        return exchange
+
     # --- state --------------------------------------------------------------------------------
 
     def broadcast_state(self, trainer):
@@ -245,119 +322,3 @@ class Distributed:
         if net.is_classifier:
             metrics["accuracy"] = float(correct_sum / total) if total > 0 else float("nan")
         return metrics
-
-
-# --- the data's split: which rows each rank trains on, step by step ---------------------------
-
-def part_edges(rows: int, size: int) -> np.ndarray:
-    """Where each rank's part of a batch of `rows` rows starts (and the last ends): rank r
-    takes rows // size rows, the first rows % size ranks one more."""
-    r = np.arange(size + 1)
-    return (rows // size) * r + np.minimum(r, rows % size)
-
-
-def step_factors(table: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    """From each step's part weights on every rank (steps × ranks: Σw, or the row count), this
-    rank's loss factor f = w_rank / Σ w and whether f is the same on every rank
-    (src/exchange.pxd). A step of zero weight in all gives every rank f = 1 / ranks, so the L2
-    term still counts once, as in one process."""
-    total = table.sum(axis=1)
-    zero = total == 0
-    f = np.where(zero, 1 / table.shape[1], table[:, rank] / np.where(zero, 1, total))
-    uniform = zero | (table == table[:, :1]).all(axis=1)
-    return f, uniform
-
-
-class Replicated:
-    """Every rank holds all n rows and draws the same permutation; rank r trains on its part
-    of each global batch (part_edges). A part with no rows (a last batch smaller than the
-    ranks) runs one padding row with factor 0: it counts for nothing. One process is the
-    case of one rank."""
-
-    def __init__(self, train, batch_size: int, rank: int = 0, size: int = 1):
-        self.train, self.rank, self.size = train, rank, size
-        self.n = len(train.X)
-        self.batch = min(batch_size, self.n)
-        self.steps = -(-self.n // self.batch)
-        self.full = self.n // self.batch
-        self.last = self.n - self.full * self.batch
-        edges = part_edges(self.batch, size)
-        self.local_batch = max(1, edges[rank + 1] - edges[rank])
-        self.order = np.arange(self.n)
-        self.rows = np.full(self.steps, self.batch)
-        self.rows[-1] = self.n - self.batch * (self.steps - 1)
-        self.total_weight = self.n if train.weights is None else float(train.weights.sum())
-
-    def shuffle(self, rng):
-        rng.shuffle(self.order)
-
-    def epoch(self, gather=None) -> tuple[np.ndarray, np.ndarray | None]:
-        """This rank's rows for the epoch's steps in the order they run (local_batch per step,
-        the last step maybe fewer), and the part weights (steps × ranks; None alone)."""
-        if self.size == 1:
-            return self.order, None
-        B, full = self.batch, self.full
-        pieces, tables = [], []
-        if full:
-            edges = part_edges(B, self.size)
-            lo, hi = edges[self.rank], edges[self.rank + 1]
-            batches = self.order[:full * B].reshape(full, B)
-            pieces.append((batches[:, lo:hi] if hi > lo else batches[:, :1]).ravel())
-            tables.append(self._weights(batches, edges))
-        if self.last:
-            edges = part_edges(self.last, self.size)
-            lo, hi = edges[self.rank], edges[self.rank + 1]
-            tail = self.order[full * B:]
-            pieces.append(tail[lo:hi] if hi > lo else tail[:1])
-            tables.append(self._weights(tail[None, :], edges))
-        return np.concatenate(pieces), np.concatenate(tables)
-
-    def _weights(self, batches: np.ndarray, edges: np.ndarray) -> np.ndarray:
-        """Each batch's parts' weights (batches × ranks)"""
-        if self.train.weights is None:
-            return np.tile(np.diff(edges).astype(np.float64), (len(batches), 1))
-        sums = np.cumsum(self.train.weights[batches], axis=1, dtype=np.float64)
-        sums = np.concatenate([np.zeros((len(batches), 1)), sums], axis=1)
-        return np.diff(sums[:, edges], axis=1)
-
-
-class Sharded:
-    """Each rank holds its own rows (shard sizes: counts). An epoch is ceil(Σ counts / B)
-    steps of B rows; rank r gives part_edges(B)'s share to every step, from its own endless
-    stream of passes over its shard (shuffled by its own generator)."""
-
-    def __init__(self, train, batch_size: int, rank: int, counts: list[int], rng,
-                 shuffle: bool):
-        size = len(counts)
-        if batch_size < size:
-            raise ValueError(f"batch_size={batch_size} is the global batch: it needs at "
-                             f"least one row for each of the {size} ranks")
-        self.train, self.rank, self.size = train, rank, size
-        self.batch = batch_size
-        self.n = sum(counts)
-        self.steps = -(-self.n // batch_size)
-        self.edges = part_edges(batch_size, size)
-        self.local_batch = int(self.edges[rank + 1] - self.edges[rank])
-        self.rows = np.full(self.steps, batch_size)
-        self.rng = np.random.default_rng([int(rng.integers(2**63)), rank])
-        self.shuffled = shuffle
-        self.stream = np.empty(0, dtype=np.intp)
-        self.total_weight = None        # the epoch's, from its table
-
-    def shuffle(self, rng):
-        pass            # each epoch draws from the stream, shuffled pass by pass
-
-    def epoch(self, gather) -> tuple[np.ndarray, np.ndarray]:
-        need = self.steps * self.local_batch
-        own = len(self.train.X)
-        while len(self.stream) < need:
-            one_pass = self.rng.permutation(own) if self.shuffled else np.arange(own)
-            self.stream = np.concatenate([self.stream, one_pass])
-        order, self.stream = self.stream[:need], self.stream[need:]
-        if self.train.weights is None:
-            table = np.tile(np.diff(self.edges).astype(np.float64), (self.steps, 1))
-        else:
-            mine = self.train.weights[order].reshape(self.steps, self.local_batch)
-            table = gather(mine.sum(axis=1, dtype=np.float64))
-        self.total_weight = float(table.sum())
-        return order, table

@@ -7,29 +7,23 @@ allocated once per fit, so a training step allocates nothing.
 """
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 import shutil
-import signal
 import sys
-import threading
 import warnings
 from typing import Sequence
 
 import numpy as np
 
-from cdnn import threads
 from cdnn._validation import check_positive_int, check_real, scaled_weights
 from cdnn.callbacks import Callback
-from cdnn._engine import Batch
+from cdnn._engine import Batch, DeferredInterrupt, StepRunner
+from cdnn._epochs import epoch_plan
+from cdnn.distributed import MPIGroup, ProcessGroup
 from cdnn.network import MLP
 from cdnn.optim import Optimizer
 from cdnn.schedules import Schedule
 
-# Kernel calls per epoch: enough for a live progress bar and a prompt Ctrl-C, few enough that
-# Python's share of the time stays negligible.
-CALLS_PER_EPOCH = 20
 # A last epoch's loss this many times the first step's: the fit made the model worse.
 LOSS_GROWTH = 10
 
@@ -115,20 +109,16 @@ class Trainer:
         self.stop_reason: str | None = None   # a callback's sentence on why it stopped the fit
         self._first_loss: float | None = None
         self.lazy_update = bool(lazy_update)
-        self.dist = None        # data-parallel over MPI: cdnn.distributed
-        if comm is not None:
-            if self.lazy_update:
-                raise ValueError("lazy_update is for one process: each rank's batch touches "
-                                 "other rows of the first layer, and the ranks must apply "
-                                 "the same update")
-            from cdnn.distributed import Distributed
-            self.dist = Distributed(comm)
-            threads.share_cores_between(self.dist.ranks_on_this_node())
+        if comm is not None and self.lazy_update:
+            raise ValueError("lazy_update is for one process: each rank's batch touches other "
+                             "rows of the first layer, and the ranks must apply the same update")
+        # the processes of the fit (cdnn.distributed): this one alone, or MPI's ranks
+        self.group = ProcessGroup() if comm is None else MPIGroup(comm)
 
     @property
     def is_chief(self) -> bool:
         """True in the process that prints and writes files (rank 0, or the only one)."""
-        return self.dist is None or self.dist.rank == 0
+        return self.group.rank == 0
 
     def fit(self, X, y, epochs: int = 1, *, validation_data=None,
             validation_split: float = 0.0, shuffle: bool = True, sample_weight=None,
@@ -138,59 +128,55 @@ class Trainer:
         callback sets trainer.stop_training, and cleanly on Ctrl-C (the model keeps the last
         completed step; history.interrupted is set). With Trainer(comm=...), sharded=True says
         each rank passes only its own rows (cdnn.distributed)."""
-        if sharded and self.dist is None:
+        group = self.group
+        if sharded and not isinstance(group, MPIGroup):
             raise ValueError("sharded=True is for data-parallel training: "
                              "Trainer(..., comm=MPI.COMM_WORLD)")
-        with self._section("checking the arguments"):   # a rank alone may fail in any of it
+        with group.section("checking the arguments"):   # a rank alone may fail in any of it
             epochs = check_positive_int(epochs, "epochs", 0)
             if verbose not in (0, 1, 2):
                 raise ValueError("verbose must be 0 (silent), 1 (progress bar) or 2 (a line "
                                  "per epoch)")
             self.optimizer.state_for(self.net.params)   # not another network's state
-        with self._section("checking the data"):
+        with group.section("checking the data"):
             train, val = self._prepare(X, y, sample_weight, validation_data, validation_split,
                                        class_weight, sharded)
-            settings = None if self.dist is None else self._must_match(
-                train, val, epochs, shuffle, sharded, validation_split)
-        self._agree()
-        if self.dist is not None:       # before the first collective that the settings shape
-            self.dist.agree_on(settings)
+            settings = self._must_match(train, val, epochs, shuffle, sharded, validation_split)
+        group.agree()
+        group.agree_on(settings)    # before the first collective that the settings shape
         if sharded:     # each rank's weights were scaled to its own largest: to one scale
             val_weights = validation_data[2] if validation_data is not None and len(
                 validation_data) == 3 else (sample_weight if validation_split else None)
-            train = self.dist.common_weight_scale(train, sample_weight)
+            train = group.common_weight_scale(train, sample_weight)
             if val is not None:
-                val = self.dist.common_weight_scale(val, val_weights)
+                val = group.common_weight_scale(val, val_weights)
         plan, steps = self._plan(train, shuffle, sharded)
         history = History()
         self.stop_training, self.stop_reason, self._first_loss = False, None, None
-        with self._section("on_train_begin"):
+        with group.section("on_train_begin"):
             self._begin(plan.steps, epochs, val is not None, callbacks)
-        self._agree()
+        group.agree()
         ctrl_c = DeferredInterrupt()
         progress = Progress(verbose, epochs, plan.steps) if verbose and self.is_chief else None
+        runner = StepRunner(steps, ctrl_c, group, progress)
         try:
             ctrl_c.install()
             for epoch in range(epochs):
-                logs = self._epoch(epoch, plan, steps, val, sharded, callbacks, ctrl_c,
-                                   progress)   # and validation
+                logs = self._epoch(epoch, plan, runner, val, sharded, callbacks)
                 history.append(epoch, logs)
                 if progress is not None:
                     progress.epoch_end(epoch, logs)
-                with self._section("on_epoch_end"):
+                with group.section("on_epoch_end"):
                     for cb in callbacks:
                         cb.on_epoch_end(epoch, logs)
-                self._agree(ctrl_c.pressed)
-                if self.dist is not None:
-                    self.stop_training = self.dist.any(self.stop_training)
-                    self.dist.check_identical(self)
+                group.agree(ctrl_c.pressed)
+                self.stop_training = group.any(self.stop_training)
+                group.check_identical(self)
                 if self.stop_training:
                     if progress is not None and epoch + 1 < epochs:
                         progress.note(f"stopped after epoch {epoch + 1} of {epochs}: "
                                       f"{self.stop_reason or 'a callback set stop_training'}")
                     break
-                if ctrl_c.pressed:
-                    raise KeyboardInterrupt
         except KeyboardInterrupt:
             history.interrupted = True
             print(f"\ninterrupted: the model keeps the parameters of its last completed step "
@@ -275,89 +261,40 @@ class Trainer:
         return train, val
 
     def _plan(self, train, shuffle: bool, sharded: bool):
-        """The epochs' split of the rows (cdnn.distributed) and the fit's training steps;
-        under MPI, rank 0's state goes to every rank first."""
-        from cdnn.distributed import Replicated, Sharded, check_exchange, native_exchange
-
-        net, dist, seed = self.net, self.dist, self.dropout_seed
-        if dist is None:
-            plan, exchange = Replicated(train, self.batch_size), None
-        else:
-            dist.broadcast_state(self)
-            counts = dist.comm.allgather(len(train.X))
-            with self._section("setting up"):
-                plan = (Sharded(train, self.batch_size, dist.rank, counts, self.rng, shuffle)
-                        if sharded else Replicated(train, self.batch_size, dist.rank, dist.size))
-                exchange = native_exchange(dist.comm, net.params.dtype, net.params.size)
-                seed = (seed + dist.rank) % 2**63      # each rank its own dropout masks
-            self._agree()
-            check_exchange(exchange, dist.comm)
-        plan.shuffled = shuffle
+        """The epochs' split of the rows (cdnn._epochs) and the fit's training steps; in a
+        group of several processes rank 0's state goes to every rank first."""
+        net, group = self.net, self.group
+        group.broadcast_state(self)
+        counts = group.rows_everywhere(len(train.X))
+        with group.section("setting up"):
+            plan = epoch_plan(group, train, self.batch_size, self.rng, shuffle, sharded, counts)
+        group.agree()
+        exchange = group.gradient_exchange(net.params.dtype, net.params.size)
         steps = net.engine.training_steps(net.params, self.optimizer, train, plan.local_batch,
-                                          self.clip_norm, seed, self.lazy_update, exchange)
+                                          self.clip_norm, group.own_seed(self.dropout_seed),
+                                          self.lazy_update, exchange)
         return plan, steps
 
-    def _epoch(self, epoch, plan, steps, val, sharded, callbacks, ctrl_c, progress):
+    def _epoch(self, epoch: int, plan, runner: StepRunner, val, sharded: bool, callbacks):
         """One epoch's steps, validation and callbacks; returns its logs."""
-        net, opt, dist = self.net, self.optimizer, self.dist
-        with self._section("on_epoch_begin"):
+        group, opt = self.group, self.optimizer
+        with group.section("on_epoch_begin"):
             for cb in callbacks:
                 cb.on_epoch_begin(epoch)
-            if plan.shuffled:
-                plan.shuffle(self.rng)
-        self._agree(ctrl_c.pressed)
-        order, table = plan.epoch(dist.columns if dist is not None else None)
-        factors = uniform = None
-        if table is not None:
-            from cdnn.distributed import step_factors
-            factors, uniform = step_factors(table, dist.rank)
-        n_steps, batch = plan.steps, plan.local_batch
-        losses, corrects, lrs = np.empty(n_steps), np.empty(n_steps), np.empty(n_steps)
-        step = 0
-        run = max(1, math.ceil(n_steps / CALLS_PER_EPOCH))
-        while step < n_steps:
-            count = min(run, n_steps - step)
-            with self._section("the learning-rate schedule"):
-                lrs[step:step + count] = self._learning_rates(opt, count, n_steps, opt.steps)
-            self._agree(ctrl_c.pressed)
-            done, failure = steps.run(
-                lrs[step:step + count], order[step * batch:min((step + count) * batch,
-                                                               len(order))],
-                losses[step:], corrects[step:],
-                None if factors is None else (factors[step:step + count],
-                                              uniform[step:step + count]))
-            step += done
-            if progress is not None:
-                progress.steps(done)
-            if failure is not None:     # the same on every rank: the steps agree natively
-                raise FloatingPointError(
-                    f"training diverged at epoch {epoch + 1}, step {step + 1}: "
-                    f"{failure}; the model keeps its last finite parameters. Try a "
-                    f"lower learning rate (now {opt.lr:g}), gradient clipping "
-                    f"(Trainer(clip_norm=1.0)) or scaling the inputs.")
-            if ctrl_c.pressed and dist is None:
-                raise KeyboardInterrupt
+        order, factors = plan.epoch(self.rng, group.columns)
+        losses, corrects, lrs = runner.epoch(
+            epoch, order, plan.steps,
+            lambda count: self._learning_rates(opt, count, plan.steps, opt.steps), factors)
         logs = {"loss": float(losses @ plan.rows / plan.rows.sum())}
-        if net.is_classifier:
+        if self.net.is_classifier:
             logs["accuracy"] = float(corrects.sum() / plan.total_weight)
-        self._agree(ctrl_c.pressed)
         if val is not None:
-            metrics = (net.evaluate_batch(val) if dist is None
-                       else dist.evaluate(net, val, sharded))
-            logs.update({f"val_{k}": v for k, v in metrics.items()})
+            logs.update({f"val_{k}": v for k, v in group.evaluate(self.net, val,
+                                                                  sharded).items()})
         logs["lr"] = float(lrs[-1])
         if epoch == 0:    # the loss of the untrained network, for _warn_if_loss_grew
             self._first_loss = float(losses[0])
         return logs
-
-    def _section(self, what: str):
-        """A block where this rank alone may fail; under MPI the error waits for _agree."""
-        return contextlib.nullcontext() if self.dist is None else self.dist.section(what)
-
-    def _agree(self, interrupted: bool = False):
-        """Under MPI: every rank raises if any failed (cdnn.distributed.Distributed.agree)."""
-        if self.dist is not None:
-            self.dist.agree(interrupted)
 
     def _learning_rates(self, opt: Optimizer, count: int, steps_per_epoch: int,
                         first: int) -> np.ndarray:
@@ -369,40 +306,6 @@ class Trainer:
             raise ValueError(f"the schedule must return one finite multiplier ≥ 0 per step "
                              f"({count} here), got {factors!r}")
         return opt.lr * factors
-
-
-class DeferredInterrupt:
-    """During fit, Ctrl-C sets `pressed`, which the loop checks after each kernel run, instead
-    of raising wherever Python happens to be: a Ctrl-C pressed during a run is delivered as the
-    run returns, and raising there would skip its bookkeeping (the step count that Adam's bias
-    correction, dropout masks, schedules and checkpoints rely on). A second Ctrl-C raises at
-    once. Installed only in the main thread and over Python's default handler."""
-
-    def __init__(self):
-        self.pressed = self.installed = False
-
-    def install(self):
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            signal.signal(signal.SIGINT, self._handle)
-            self.installed = True
-
-    def _handle(self, signum, frame):
-        if self.pressed:
-            raise KeyboardInterrupt
-        self.pressed = True
-
-    def restore(self):
-        if self.installed:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            self.installed = False
-
-    def __enter__(self):
-        self.install()
-        return self
-
-    def __exit__(self, *exc):
-        self.restore()
 
 
 def _split(batch: Batch, fraction: float) -> tuple[Batch, Batch]:

@@ -147,7 +147,7 @@ def test_ctrl_c_in_train_says_what_ran_saves_nothing_and_exits_130(tmp_path, cap
     from sigint import SigintAfter
     import math
     steps = math.ceil(len(cdnn.datasets.load_digits()[0][0]) / 32)   # digits' batch: 32
-    calls = math.ceil(steps / math.ceil(steps / cdnn.training.CALLS_PER_EPOCH))   # per epoch
+    calls = math.ceil(steps / math.ceil(steps / cdnn._engine.CALLS_PER_EPOCH))   # per epoch
     real = Engine.training_steps
     spies = []
     monkeypatch.setattr(Engine, "training_steps", lambda *a: spies.append(

@@ -25,7 +25,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import shuffle
 
 from cdnn.optim import SGD, Adam
-from cdnn.training import CALLS_PER_EPOCH, DeferredInterrupt
+from cdnn._engine import DeferredInterrupt, StepRunner
 
 NON_FINITE = ("Solver produced non-finite parameter weights. The input data may contain large "
               "values and need to be preprocessed.")
@@ -123,30 +123,23 @@ class _Epoch:
         before = squared_weights(est._net)
         total = 0.0
         for net, steps, start, stop, rows in self.runs:
-            total += _train(net, steps, est._net, order[start:stop], rows, interrupt)
+            total += _train(est.n_iter_, net, steps, est._net, order[start:stop], rows,
+                            interrupt)
         return total / self.n, lambda: (0.25 * est.alpha * self.n_batches
                                         * (before + squared_weights(est._net)) / self.n)
 
 
-def _train(net, steps, main, order: np.ndarray, rows: int, interrupt) -> float:
-    """The steps of `rows` rows over the rows in order, in CALLS_PER_EPOCH runs (for a prompt
-    Ctrl-C); returns the sum of their losses times their rows. The network takes main's
-    parameters for them and gives them back, also when training diverges."""
-    n_steps = len(order) // rows
-    losses, corrects = np.empty(n_steps), np.empty(n_steps)
-    chunk = -(-n_steps // CALLS_PER_EPOCH)
+def _train(epoch: int, net, steps, main, order: np.ndarray, rows: int, interrupt) -> float:
+    """The steps of `rows` rows over the rows in order, through the step runner (Ctrl-C after
+    a run of steps; divergence: FloatingPointError); returns the sum of their losses times
+    their rows. The network takes main's parameters for them and gives them back, also when
+    training diverges."""
     if net is not main:
         net.params[...] = main.params
     try:
-        for first in range(0, n_steps, chunk):
-            count = min(chunk, n_steps - first)
-            _, failure = steps.run(np.full(count, steps.optimizer.lr),
-                                   order[first * rows:(first + count) * rows],
-                                   losses[first:], corrects[first:])
-            if failure is not None:
-                raise FloatingPointError(failure)
-            if interrupt.pressed:
-                raise KeyboardInterrupt
+        losses, _, _ = StepRunner(steps, interrupt).epoch(
+            epoch, order, len(order) // rows,
+            lambda count: np.full(count, steps.optimizer.lr))
     finally:
         if net is not main:
             main.params[...] = net.params
