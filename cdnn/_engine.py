@@ -20,8 +20,8 @@ import numpy as np
 
 from cdnn._native import _network
 from cdnn._sparse import SparseRows
-from cdnn._validation import (as_float_array, check_labels, check_same_length,
-                              check_sample_weight, check_X)
+from cdnn._validation import (as_float_array, check_labels, check_real, check_same_length,
+                              check_sample_weight, check_X, scaled_weights)
 from cdnn.threads import get_num_threads, limit_threads, single_threaded_blas
 
 # FLOPs of a call per thread of its team: below this a second thread costs more (waking it,
@@ -129,6 +129,31 @@ class Engine:
                 _check_distributions(targets)
         return Batch(X, labels, targets, check_sample_weight(sample_weight, n, self.dtype))
 
+    def prepare_fit(self, X, y, sample_weight=None, validation_data=None,
+                    validation_split: float = 0.0, class_weight=None) -> tuple[Batch, Batch | None]:
+        """A fit's training and validation rows, validated (validation None without it):
+        validation_data = (X, y[, sample_weight]), or the last validation_split of the rows
+        (before shuffling), as Keras; class_weight multiplies the training rows' weights."""
+        check_real(validation_split, "validation_split", 0, 1, high_open=True)
+        if validation_data is not None and validation_split:
+            raise ValueError("give validation_data or validation_split, not both")
+        train = self.prepare(X, y, sample_weight)
+        if validation_split:
+            train, val = _split(train, validation_split)
+        elif validation_data is not None:
+            if len(validation_data) not in (2, 3):
+                raise ValueError("validation_data must be (X_val, y_val) or "
+                                 "(X_val, y_val, sample_weight_val)")
+            val = self.prepare(*validation_data)
+        else:
+            val = None
+        if class_weight is not None:   # training rows only, as Keras: validation is unweighted
+            train = _with_class_weight(train, class_weight, self.n_outputs,
+                                       np.asarray(y).dtype.kind == "b")
+            train = train._replace(weights=scaled_weights(train.weights,
+                                                          "class_weight (times sample_weight)"))
+        return train, val
+
     @contextlib.contextmanager
     def _workspace(self, rows: int):
         """A workspace of `rows` rows, lent for one call. Calls in several Python threads each
@@ -202,6 +227,53 @@ class Engine:
         exchange (cdnn.distributed), each step's gradient is summed across processes."""
         return TrainingSteps(self, params, optimizer, train, batch_size, clip_norm, seed, lazy,
                              exchange)
+
+
+def _split(batch: Batch, fraction: float) -> tuple[Batch, Batch]:
+    """The last `fraction` of the rows (before shuffling) for validation, as Keras does."""
+    n_val = int(round(len(batch.X) * fraction))
+    if not 0 < n_val < len(batch.X):
+        raise ValueError(f"validation_split={fraction} leaves no rows for training or "
+                         f"for validation out of {len(batch.X)}")
+    cut = len(batch.X) - n_val
+    head = Batch(*(None if a is None else a[:cut] for a in batch))
+    tail = Batch(*(None if a is None else a[cut:] for a in batch))
+    return head, tail
+
+
+def _with_class_weight(batch: Batch, class_weight, n_outputs: int,
+                       bool_labels: bool = False) -> Batch:
+    """Multiply each row's sample weight by its class's weight ("balanced": n / (k · count)).
+    Keys are class indices; False and True too where the labels given were bools."""
+    if batch.labels is not None:
+        classes = batch.labels
+    elif n_outputs > 1:
+        classes = batch.targets.argmax(axis=1)
+    else:
+        classes = (batch.targets[:, 0] > 0.5).astype(np.intc)
+    k = max(n_outputs, 2)
+    if class_weight == "balanced":
+        counts = np.bincount(classes, minlength=k).astype(np.float64)
+        table = np.where(counts > 0, len(classes) / (k * np.maximum(counts, 1)), 0.0)
+    elif isinstance(class_weight, dict):
+        table = np.ones(k)
+        for c, w in class_weight.items():
+            # a bool key is a class only where the labels were bools (numpy would read
+            # table[True] as a mask of every class, and table[False] as none)
+            if isinstance(c, (bool, np.bool_)):
+                if not bool_labels:
+                    raise ValueError(f"class_weight has a key {c!r}, a bool, but the labels "
+                                     f"are not bools: the classes are the indices 0..{k - 1}")
+                c = int(c)
+            if not (isinstance(c, (int, np.integer)) and 0 <= c < k):
+                raise ValueError(f"class_weight has a key {c!r} that is not a class in 0..{k - 1}")
+            table[c] = check_real(w, "class_weight values", 0)
+    else:
+        raise TypeError("class_weight must be a dict {class: weight} or 'balanced'")
+    weights = table[classes].astype(batch.X.dtype)
+    if batch.weights is not None:
+        weights *= batch.weights
+    return batch._replace(weights=weights)
 
 
 def _finite_outputs(out: np.ndarray, check_inputs=None) -> np.ndarray:
