@@ -22,8 +22,8 @@ GridSearchCV(n_jobs=k) get one thread each on a machine of k cores, with no code
 threadpoolctl), so numpy's products follow the same limit.
 
 Results are bit-identical for a given seed and team size; with another team the GEMMs take
-other shares of the rows or units, so results agree to rounding only (see the README's
-Reliability section).
+other shares of the rows or units, so results agree to rounding only (see docs/GUIDE.md,
+Reliability).
 """
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ autodoc_typehints = "signature"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = True
 
-# The user guide includes sections of README.md, whose links point at files of the repository
-# (bench/RESULTS.md, docs/EXPERIMENTS.md) rather than at pages of this reference.
+# docs/EXPERIMENTS.md links each experiment's own page (docs/experiments/*.md), which are not
+# pages of this reference
 suppress_warnings = ["myst.xref_missing"]
 html_theme = "alabaster"
