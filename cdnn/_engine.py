@@ -52,7 +52,7 @@ def solver_threads(n_params: int):
     below MIN_FLOPS_PER_THREAD of it every BLAS pool runs on one thread. OpenBLAS wakes its
     threads for such small calls and their spinning costs more than they save: L-BFGS-B over a
     1,201-parameter quadratic, no cdnn at all, took 8.2 ms an iteration at 2 OpenBLAS threads
-    and 0.32 ms at one on this 2-core machine (under load; bench/small_lbfgs_scipy_alone.py)."""
+    and 0.32 ms at one on this 2-core machine (under load; cdnn/bench/studies/small_lbfgs_scipy_alone.py)."""
     if 50 * n_params >= MIN_FLOPS_PER_THREAD or team_for(math.inf) == 1:
         return contextlib.nullcontext()
     return limit_threads(1)

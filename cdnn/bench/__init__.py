@@ -3,7 +3,7 @@ Runtime on prediction), and on small scikit-learn style jobs.
 
     cdnn bench --quick                      # a few minutes, smaller epochs
     cdnn bench --workloads small            # the small jobs only
-    python bench/run.py --full --json bench/results.json --markdown bench/RESULTS.md
+    cdnn bench --full --json bench/results.json --markdown bench/RESULTS.md
 
 How it measures, and why:
 - Every measurement runs in a worker subprocess that holds one contender only, so the

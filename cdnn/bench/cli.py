@@ -8,6 +8,7 @@ import time
 
 from .report import render_markdown, render_text, write_json
 from .runner import machine_info, run_suite
+from .studies import STUDIES
 from .summary import summarize
 from .workloads import CONTENDERS, SMALL_WORKLOADS, WORKLOADS
 
@@ -63,15 +64,34 @@ def build_parser():
                         "thread beside a busy process and beside a second fit, and "
                         "GridSearchCV(n_jobs=2) against n_jobs=1 and scikit-learn's (needs "
                         "scikit-learn; about 3 minutes on 2 cores)")
+    p.add_argument("--study", metavar="NAME", choices=STUDIES,
+                   help="run one study instead, with the arguments after NAME: "
+                        + "; ".join(f"{k}: {v}" for k, v in STUDIES.items()))
     p.add_argument("--json", metavar="PATH", help="write all raw timings and machine info here")
     p.add_argument("--markdown", metavar="PATH", help="write the tables as markdown here")
     return p
+
+
+def _study(name: str, argv: list[str]) -> int:
+    """Run cdnn.bench.studies.<name> as a script with argv."""
+    import runpy
+    saved = sys.argv
+    sys.argv = [f"cdnn bench --study {name}", *argv]
+    try:
+        runpy.run_module(f"cdnn.bench.studies.{name}", run_name="__main__")
+    finally:
+        sys.argv = saved
+    return 0
 
 
 def main(argv=None):
     """Run the benchmarks; return 0 (a benchmark never fails on a timing)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
+    if "--study" in argv:       # the arguments after its name are the study's
+        at = argv.index("--study")
+        args = parser.parse_args(argv[:at + 2])
+        return _study(args.study, argv[at + 2:])
     args = parser.parse_args(argv)
     if args.fresh is None:
         args.fresh = bool(args.full)

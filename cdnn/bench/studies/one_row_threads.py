@@ -3,7 +3,7 @@ cdnn thread, the BLAS as it is) against the kernel call that shares each layer's
 every thread (with the BLAS held at one thread, as the engine does), alternating in one
 process. It is why cdnn/_engine.py sends every ready row down the short path:
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/one_row_threads.py
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m cdnn.bench.studies.one_row_threads
 
 MNIST-like rows are 80 % zeros (the row product skips them); dense rows have none. Prints
 medians of 7 rounds of 300 calls; never asserts on a timing."""

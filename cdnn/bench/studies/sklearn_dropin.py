@@ -1,7 +1,7 @@
 """scikit-learn's MLPClassifier against cdnn's drop-in, on MNIST, with the same settings.
 
-    python bench/sklearn_dropin.py                       # both, one after the other
-    python bench/sklearn_dropin.py --impl cdnn --max-iter 20 --hidden 256,256
+    python -m cdnn.bench.studies.sklearn_dropin                       # both, one after the other
+    python -m cdnn.bench.studies.sklearn_dropin --impl cdnn --max-iter 20 --hidden 256,256
 
 The only difference between the two runs is the import line:
     from sklearn.neural_network import MLPClassifier     # --impl sklearn

@@ -2,7 +2,7 @@
 20 classes), one epoch of a 2^18-128-20 MLP (Adam, batch 256, the exact update by default);
 prints the peak RSS, the epoch's time and the held-out accuracy (chance is 1/20).
 
-    python bench/sparse_scale.py [--lazy]
+    python -m cdnn.bench.studies.sparse_scale [--lazy]
 
 The dense X would be 52 GB; the CSR rows are about 40 MB, and the network's parameters with
 their gradient, Adam's two moments and the per-run copies that restore a diverged step about

@@ -1,7 +1,9 @@
 """An A/B of two builds of cdnn on the bench suite's shapes, in fresh processes, alternating:
 
-    PYTHONPATH=/path/to/other/checkout python bench/engine_ab.py S,M,D,P1,P1s,P4,PB [threads]
-    python bench/engine_ab.py S,M,D,P1,P1s,P4,PB [threads]
+    PYTHONPATH=/path/to/other/checkout python cdnn/bench/studies/engine_ab.py S,M,D,P1,P1s,P4,PB
+    python cdnn/bench/studies/engine_ab.py S,M,D,P1,P1s,P4,PB [threads]
+
+(by its path, not with -m: the other build need not have this module)
 
 (run with env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE, as every benchmark here, and from a
 directory where `import cdnn` finds the build you mean). Random MNIST-shaped rows, 80 % zeros:
@@ -60,7 +62,7 @@ def predict(layers, rows) -> str:
 
 workloads = sys.argv[1].split(",") if len(sys.argv) in (2, 3) else []
 if not workloads or not set(workloads) <= TRAIN.keys() | PREDICT.keys():
-    sys.exit(f"usage: python bench/engine_ab.py WORKLOADS [threads]\n"
+    sys.exit(f"usage: python cdnn/bench/studies/engine_ab.py WORKLOADS [threads]\n"
              f"  WORKLOADS: a comma list of {','.join([*TRAIN, *PREDICT])}")
 if len(sys.argv) == 3:
     cdnn.set_num_threads(int(sys.argv[2]))

@@ -6,8 +6,8 @@ Also the exchange's costs: a native MPI_Allreduce of the gradient against mpi4py
 and the per-call cost of one native run per step (what splitting each step at its exchange,
 to sum from Python, would add).
 
-    python bench/distributed.py                    # every contender, S and M
-    python bench/distributed.py --workloads M --rows 8192 --epochs 3
+    python -m cdnn.bench.studies.distributed                    # every contender, S and M
+    python -m cdnn.bench.studies.distributed --workloads M --rows 8192 --epochs 3
 
 Each contender runs in its own processes (launched with mpiexec, or as two torch workers). It
 prints seconds per epoch (the best epoch after a warm-up one) and rows per second; a timing

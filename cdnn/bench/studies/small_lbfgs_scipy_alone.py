@@ -3,7 +3,7 @@ network (1,201), at the default BLAS threads and at one. What it prints bounds t
 goal "L-BFGS-B over loss_and_grad at the default threads within 1.5x of one thread": scipy's own
 iterations call a BLAS whose threads cost more than they save at this size.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/small_lbfgs_scipy_alone.py
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m cdnn.bench.studies.small_lbfgs_scipy_alone
 """
 import statistics
 import time

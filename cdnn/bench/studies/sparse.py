@@ -5,7 +5,7 @@ torch.sparse_csr_tensor batches; each trains one epoch (Adam, learning rate 1e-3
 ReLU, no L2) on the same rows, then predicts a held-out set. Prints seconds per epoch and the
 held-out accuracy. Standalone (the bench package has no sparse workload yet):
 
-    python bench/sparse.py [--rows 20000] [--features 65536] [--repeats 1] [--contenders ...]
+    python -m cdnn.bench.studies.sparse [--rows 20000] [--features 65536] [--repeats 1] [--contenders ...]
 
 The data: each row holds about 100 entries (Poisson), a tenth of them from a thousand columns
 its class favours and the rest anywhere, with exponential values scaled to unit L2 norm (as

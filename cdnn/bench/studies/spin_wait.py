@@ -1,9 +1,11 @@
 """The spin before a pool waiter sleeps: one-epoch fits of 20k random rows at spins of 0-50 us.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/spin_wait.py 784-128-10 32
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m cdnn.bench.studies.spin_wait 784-128-10 32
 """
 import sys, time, numpy as np, cdnn
 from cdnn._native import _network
+if len(sys.argv) != 3 or not sys.argv[2].isdigit():
+    sys.exit("usage: spin_wait LAYERS BATCH, e.g. 784-128-10 32")
 sizes = [int(v) for v in sys.argv[1].split("-")]; batch = int(sys.argv[2])
 rng = np.random.default_rng(0); X = rng.random((20000, sizes[0]), dtype=np.float32); y = rng.integers(0, sizes[-1], 20000)
 res = {}
