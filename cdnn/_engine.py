@@ -14,7 +14,7 @@ import contextlib
 import math
 import signal
 import threading
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -77,6 +77,55 @@ def _check_distributions(targets: np.ndarray):
                          f"for softmax_cross_entropy must each sum to 1")
 
 
+@runtime_checkable
+class EngineInterface(Protocol):
+    """What an engine provides: everything MLP, Trainer and the estimators ask of the code that
+    runs a network. The CPU engine (Engine, below) is its first implementation; another device
+    or matmul precision is another implementation chosen by make_engine, not a branch in
+    network.py or training.py. docs/ARCHITECTURE.md, "The engine interface", says more.
+
+    - The parameters: one flat buffer of n_params values of dtype (new_params), layer by layer
+      W_0 (n_0 × n_1, row-major), b_0, W_1, b_1, …; MLP's weights and biases are views of it,
+      gradients and optimizer state have its layout.
+    - prepare: validate a batch of rows (X, y, weights) into the engine's Batch once, for
+      every later call (a device engine uploads it here); prepare_fit does it for a fit.
+    - forward / evaluate / loss_and_grad: a call over every row of X or a Batch.
+    - training_steps: a fit's steps, built once per fit (its buffers and workspace live as
+      long as the fit); their run() trains a run of steps in one call, restoring the last good
+      step when one fails; exchange (a process group's gradient_exchange) is summed into each
+      step's gradient before the update.
+    - Workspaces for forward/evaluate/loss_and_grad are the engine's to lend per call."""
+
+    n_inputs: int
+    n_outputs: int
+    n_params: int
+    dtype: np.dtype
+    device: str
+    matmul_precision: str
+
+    def new_params(self): ...
+    def prepare(self, X, y, sample_weight=None) -> Batch: ...
+    def prepare_fit(self, X, y, sample_weight=None, validation_data=None,
+                    validation_split: float = 0.0, class_weight=None): ...
+    def forward(self, params, X): ...
+    def evaluate(self, params, batch: Batch) -> tuple[float, float]: ...
+    def loss_and_grad(self, params, batch: Batch) -> tuple[float, object]: ...
+    def training_steps(self, params, optimizer, train: Batch, batch_size: int,
+                       clip_norm: float, seed: int, lazy: bool = False, exchange=None): ...
+
+
+DEVICES = ("cpu",)
+MATMUL_PRECISIONS = ("float32",)
+
+
+def make_engine(layer_sizes, activations, loss: str, slope: float, dropout, l2: float,
+                dtype: np.dtype, device: str = "cpu",
+                matmul_precision: str = "float32") -> EngineInterface:
+    """The engine for a network on a device at a matmul precision: the one place that maps
+    them to an implementation (the arguments are checked by MLP)."""
+    return Engine(layer_sizes, activations, loss, slope, dropout, l2, dtype)
+
+
 class Engine:
     """Runs one network's kernels: predict, evaluate, gradients and training steps."""
 
@@ -86,8 +135,13 @@ class Engine:
         self.n_inputs, self.n_outputs = layer_sizes[0], layer_sizes[-1]
         self.n_hidden_1 = layer_sizes[1]     # the first layer's width
         self.loss, self.dtype, self.l2 = loss, dtype, l2
+        self.device, self.matmul_precision = "cpu", "float32"
         self.n_params = self.network.n_params
         self._spare, self._spare_lock = [], threading.Lock()   # see _workspace
+
+    def new_params(self) -> np.ndarray:
+        """A zeroed flat parameter buffer in this engine's layout."""
+        return np.zeros(self.n_params, dtype=self.dtype)
 
     # --- inputs ---------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cdnn._engine import Batch, Engine
+from cdnn._engine import Batch, make_engine
 from cdnn._native import _network
 from cdnn import io, onnx
 from cdnn._validation import (check_choice, check_dtype, check_layer_sizes,
@@ -74,9 +74,9 @@ class MLP:
         self.initialize(seed)
 
     def _build(self):
-        self.engine = Engine(self.layer_sizes, self.activations + ("identity",), self.loss,
-                             self.leaky_slope, self.dropout + (0.0,), self.l2, self.dtype)
-        self.params = np.zeros(self.engine.n_params, dtype=self.dtype)
+        self.engine = make_engine(self.layer_sizes, self.activations + ("identity",), self.loss,
+                                  self.leaky_slope, self.dropout + (0.0,), self.l2, self.dtype)
+        self.params = self.engine.new_params()
         self.weights, self.biases = [], []
         start = 0
         for fan_in, fan_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:]):
