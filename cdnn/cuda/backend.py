@@ -25,8 +25,9 @@ _backends: dict = {}
 _override = None            # a stand-in installed by use_backend (tests, --dry-run)
 
 
-class CudaUnavailable(RuntimeError):
-    """device="cuda" where CuPy or a GPU is missing."""
+class CudaUnavailable(ImportError, RuntimeError):
+    """device="cuda" where CuPy or a GPU is missing (an ImportError, as for any optional
+    dependency that is absent)."""
 
 
 def current() -> "CupyBackend | StandinBackend":
