@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cdnn {args.command}: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
     except ImportError as e:    # an optional dependency (safetensors for model files)
-        _error(args.command, f"{e}; install it with pip install {e.name}")
+        _error(args.command, f"{e}; install it with pip install {e.name}" if e.name else str(e))
     except MemoryError as e:
         _error(args.command, f"out of memory{f' ({e})' if str(e) else ''}")
     except (ValueError, TypeError, OSError, ArithmeticError) as e:

@@ -182,20 +182,32 @@ def test_a_recorded_run_is_replayed_and_hyperparameters_set_between_runs_are_rea
     np.testing.assert_allclose(nets[1], nets[0], rtol=0, atol=1e-10)
 
 
-def test_cuda_without_cupy_is_one_clear_error(monkeypatch):
+@pytest.fixture
+def no_cupy(monkeypatch):
     import builtins
     real_import = builtins.__import__
 
-    def no_cupy(name, *args, **kwargs):
+    def blocked(name, *args, **kwargs):
         if name == "cupy" or name.startswith("cupy."):
             raise ImportError("No module named 'cupy'")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_cupy)
+    monkeypatch.setattr(builtins, "__import__", blocked)
     monkeypatch.setattr(backend, "_backends", {})
     with use_backend(None):
-        with pytest.raises(CudaUnavailable, match=r"pip install 'cdnn\[cuda12\]'"):
-            cdnn.MLP([4, 2], device="cuda")
+        yield
+
+
+def test_cuda_without_cupy_is_one_clear_error(no_cupy):
+    with pytest.raises(CudaUnavailable, match=r"pip install 'cdnn\[cuda12\]'"):
+        cdnn.MLP([4, 2], device="cuda")
+
+
+def test_the_cli_says_what_to_install_for_device_cuda(no_cupy, capsys):
+    from cdnn import cli
+    assert cli.main(["train", "--device", "cuda", "--epochs", "1", "--verbose", "0"]) != 0
+    err = capsys.readouterr().err
+    assert "needs CuPy: pip install 'cdnn[cuda12]'" in err and "None" not in err
 
 
 def test_bad_devices_and_precisions_are_refused():
