@@ -81,7 +81,7 @@ def _check_distributions(targets: np.ndarray):
 class EngineInterface(Protocol):
     """What an engine provides: everything MLP, Trainer and the estimators ask of the code that
     runs a network. The CPU engine (Engine, below) is its first implementation; another device
-    or matmul precision is another implementation chosen by make_engine, not a branch in
+    or matmul precision is another implementation chosen by cdnn._devices.make_engine, not a branch in
     network.py or training.py. docs/ARCHITECTURE.md, "The engine interface", says more.
 
     - The parameters: one flat buffer of n_params values of dtype (new_params), layer by layer
@@ -112,18 +112,6 @@ class EngineInterface(Protocol):
     def loss_and_grad(self, params, batch: Batch) -> tuple[float, object]: ...
     def training_steps(self, params, optimizer, train: Batch, batch_size: int,
                        clip_norm: float, seed: int, lazy: bool = False, exchange=None): ...
-
-
-DEVICES = ("cpu",)
-MATMUL_PRECISIONS = ("float32",)
-
-
-def make_engine(layer_sizes, activations, loss: str, slope: float, dropout, l2: float,
-                dtype: np.dtype, device: str = "cpu",
-                matmul_precision: str = "float32") -> EngineInterface:
-    """The engine for a network on a device at a matmul precision: the one place that maps
-    them to an implementation (the arguments are checked by MLP)."""
-    return Engine(layer_sizes, activations, loss, slope, dropout, l2, dtype)
 
 
 class Engine:

@@ -84,6 +84,12 @@ def _file_path(text: str) -> str:
     return text
 
 
+def _add_device_option(parser: argparse.ArgumentParser):
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cuda: an NVIDIA GPU (needs pip install 'cdnn[cuda12]' or "
+                        "'cdnn[cuda13]')")
+
+
 def _add_data_options(parser: argparse.ArgumentParser):
     parser.add_argument("--dataset", choices=sorted(DATASETS), default=None,
                         help="digits (shipped, the default), mnist or fashion-mnist "
@@ -127,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=_integer(1), default=None,
                        help="default: 32 for digits, 128 for MNIST")
     train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    _add_device_option(train)
     train.add_argument("--seed", type=_integer(0), default=0)
     train.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
                        help="0 silent, 1 a progress bar (one line per epoch when stderr is not "
@@ -142,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "accuracy on the test split of a dataset.")
     evaluate.add_argument("model", help="a model file written by `cdnn train --save`")
     _add_data_options(evaluate)
+    _add_device_option(evaluate)
 
     predict = commands.add_parser("predict", help="run a saved model on an array of inputs",
                                   description="Predict one row per input row. INPUT is .npy "
@@ -153,6 +161,7 @@ def _parser() -> argparse.ArgumentParser:
                          ".csv); CSV on stdout when omitted")
     predict.add_argument("--proba", action="store_true",
                          help="class probabilities instead of class indices")
+    _add_device_option(predict)
 
     export = commands.add_parser("export", help="convert a saved model to ONNX",
                                  description="Write a saved model as an ONNX file (opset 17; "
@@ -339,7 +348,8 @@ def train(args) -> int:
     epochs = epochs if args.epochs is None else args.epochs
     batch = batch if args.batch_size is None else args.batch_size
     net = cdnn.MLP([X.shape[1], *hidden, int(y.max()) + 1], activation=args.activation,
-                   dtype=args.dtype, seed=args.seed, dropout=args.dropout)
+                   dtype=args.dtype, seed=args.seed, dropout=args.dropout,
+                   device=args.device)
     comm = None
     if args.distributed:
         from mpi4py import MPI
@@ -381,7 +391,7 @@ def train(args) -> int:
 
 
 def evaluate(args) -> int:
-    net = cdnn.load(args.model)
+    net = cdnn.load(args.model, device=args.device)
     name, _, (X_test, y_test) = _load_dataset(args)
     if X_test.shape[1] != net.n_inputs:
         raise ValueError(f"the model takes {net.n_inputs} features, {name} has "
@@ -393,7 +403,7 @@ def evaluate(args) -> int:
 
 
 def predict(args) -> int:
-    net = cdnn.load(args.model)
+    net = cdnn.load(args.model, device=args.device)
     X = _read_array(args.input)
     if X.ndim != 2:
         raise ValueError(f"{args.input}: expected a 2-D array (one sample per row), got "
@@ -431,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cdnn {args.command}: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
     except ImportError as e:    # an optional dependency (safetensors for model files)
-        _error(args.command, f"{e}; install it with pip install {e.name}")
+        _error(args.command, f"{e}; install it with pip install {e.name}" if e.name else str(e))
     except MemoryError as e:
         _error(args.command, f"out of memory{f' ({e})' if str(e) else ''}")
     except (ValueError, TypeError, OSError, ArithmeticError) as e:

@@ -45,8 +45,8 @@ def save(net, path, optimizer: Optimizer | None = None) -> None:
         raise TypeError(f"net must be a cdnn.MLP, got {type(net).__name__}")
     tensors = {}
     for i, (W, b) in enumerate(zip(net.weights, net.biases)):
-        tensors[f"layers.{i}.weight"] = np.ascontiguousarray(W)
-        tensors[f"layers.{i}.bias"] = np.ascontiguousarray(b)
+        tensors[f"layers.{i}.weight"] = np.ascontiguousarray(_on_host(W))
+        tensors[f"layers.{i}.bias"] = np.ascontiguousarray(_on_host(b))
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "config": json.dumps(net.get_config())}
     if optimizer is not None:
@@ -58,7 +58,7 @@ def save(net, path, optimizer: Optimizer | None = None) -> None:
             state = (np.zeros_like(net.params), np.zeros_like(net.params))
         elif state[0].shape != net.params.shape or state[0].dtype != net.params.dtype:
             raise ValueError("the optimizer holds state for another network")
-        tensors.update(zip(STATE_NAMES, state))
+        tensors.update(zip(STATE_NAMES, map(_on_host, state)))
         metadata["optimizer"] = json.dumps({"class": type(optimizer).__name__,
                                             "hyperparameters": _hyperparameters(optimizer),
                                             "steps": optimizer.steps})
@@ -66,6 +66,11 @@ def save(net, path, optimizer: Optimizer | None = None) -> None:
     # safetensors' save_file makes its own ".tmpXXXX" beside the target, which a killed
     # process leaves behind under a name nobody can safely recognise as garbage
     write_atomically(path, serialize(tensors, metadata=metadata))
+
+
+def _on_host(a) -> np.ndarray:
+    """A numpy array of a (a GPU array, device="cuda", is copied back)"""
+    return a if isinstance(a, np.ndarray) else a.get() if hasattr(a, "get") else np.asarray(a)
 
 
 def write_atomically(path, data: bytes) -> None:

@@ -6,7 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
-from cdnn._engine import Batch, make_engine
+from cdnn import _devices
+from cdnn._engine import Batch
 from cdnn._native import _network
 from cdnn import io, onnx
 from cdnn._validation import (check_choice, check_dtype, check_layer_sizes,
@@ -34,10 +35,16 @@ class MLP:
         dropout: rate on the output of each hidden layer (one number or one per hidden layer),
             active only while training.
         l2: penalty l2/2 · Σ‖W‖² on the weights (not biases), added to the loss.
+        device: "cpu", or "cuda" for the current NVIDIA GPU (needs CuPy: pip install
+            'cdnn[cuda12]' or 'cdnn[cuda13]'); net.to(device) moves a network.
+        matmul_precision: of the inputs of the matrix products: "float32" (the network's
+            dtype); on the GPU also "tensorfloat32" or "bfloat16" (tensor cores, float32
+            accumulation; parameters and element-wise work stay float32).
 
     Attributes:
-        params: every weight and bias in one flat 1-D array of the network's dtype; gradients
-            (loss_and_grad) and optimizer state have this layout.
+        params: every weight and bias in one flat 1-D array of the network's dtype (a CuPy
+            array on device="cuda"); gradients (loss_and_grad) and optimizer state have this
+            layout.
         weights: one array per layer, views into params: weights[i] has shape
             (fan_in, fan_out), as layer_sizes[i], layer_sizes[i + 1].
         biases: one array per layer, views into params: biases[i] has shape (fan_out,).
@@ -47,7 +54,8 @@ class MLP:
                  loss: str = "softmax_cross_entropy", init: str | None = None,
                  dtype: str = "float32", seed: int | None = None, *,
                  dropout: float | Sequence[float] = 0.0, l2: float = 0.0,
-                 leaky_slope: float = 0.01):
+                 leaky_slope: float = 0.01, device: str = "cpu",
+                 matmul_precision: str = "float32"):
         if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__len__"):
             raise TypeError("layer_sizes must be a list of layer widths, e.g. [784, 128, 10]")
         if len(layer_sizes) < 2:
@@ -70,12 +78,15 @@ class MLP:
         if seed is not None:
             check_positive_int(seed, "seed", 0)
         self.seed = seed
+        self.device = _devices.check_device(device)
+        self.matmul_precision = matmul_precision
         self._build()
         self.initialize(seed)
 
     def _build(self):
-        self.engine = make_engine(self.layer_sizes, self.activations + ("identity",), self.loss,
-                                  self.leaky_slope, self.dropout + (0.0,), self.l2, self.dtype)
+        self.engine = _devices.make_engine(
+            self.layer_sizes, self.activations + ("identity",), self.loss, self.leaky_slope,
+            self.dropout + (0.0,), self.l2, self.dtype, self.device, self.matmul_precision)
         self.params = self.engine.new_params()
         self.weights, self.biases = [], []
         start = 0
@@ -89,8 +100,19 @@ class MLP:
         """Draw fresh weights with the network's initialiser; zero the biases."""
         rng = np.random.default_rng(seed)
         for W, b in zip(self.weights, self.biases):
-            W[...] = INITIALIZERS[self.init](rng, *W.shape)
+            W[...] = _devices.to_engine(self.engine, INITIALIZERS[self.init](rng, *W.shape))
             b[...] = 0
+
+    def to(self, device: str) -> "MLP":
+        """Move the network to device ("cpu" or "cuda"), in place; returns it. An optimizer's
+        state moves with it at the next fit."""
+        device = _devices.check_device(device)
+        if device != self.device:
+            params = _devices.to_host(self.engine, self.params)
+            self.device = device
+            self._build()
+            self.params[...] = _devices.to_engine(self.engine, params)
+        return self
 
     @property
     def n_inputs(self) -> int:
@@ -123,13 +145,13 @@ class MLP:
     def __getstate__(self):
         state = {k: v for k, v in self.__dict__.items()
                  if k not in ("engine", "weights", "biases", "params")}
-        return state | {"params": self.params.copy()}
+        return state | {"params": _devices.to_host(self.engine, self.params)}
 
     def __setstate__(self, state):
         params = state.pop("params")
-        self.__dict__.update(state)
+        self.__dict__ |= {"device": "cpu", "matmul_precision": "float32"} | state
         self._build()
-        self.params[...] = params
+        self.params[...] = _devices.to_engine(self.engine, params)
 
     def save(self, path, optimizer=None):
         """Write the network (and optionally an optimizer's state) to a safetensors file."""
@@ -143,15 +165,10 @@ class MLP:
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities: softmax of the outputs, or per-output sigmoid."""
-        out = self.forward(X)
-        if self.loss == "softmax_cross_entropy":
-            _network.softmax_rows(out)
-        elif self.loss == "sigmoid_cross_entropy":
-            _network.apply_activation(out, "sigmoid")
-        else:
+        if not self.is_classifier:
             raise ValueError("predict_proba needs a classification loss; this network "
                              "is a regressor (use predict)")
-        return out
+        return _devices.probabilities(self.engine, self.forward(X), self.loss)
 
     def predict(self, X) -> np.ndarray:
         """Class indices (softmax), 0/1 per output (sigmoid) or the outputs (regression);
@@ -162,7 +179,7 @@ class MLP:
         if self.loss == "sigmoid_cross_entropy":
             out = (out > 0).astype(np.int64)
         if self.loss == "poisson":          # the output is the log of the mean
-            out = np.exp(out)
+            out = _devices.array_module(self.engine).exp(out)
         return out[:, 0] if self.n_outputs == 1 else out
 
     def evaluate(self, X, y, sample_weight=None) -> dict:
@@ -231,14 +248,16 @@ def _per_hidden_layer(value, n_hidden: int, name: str) -> tuple:
     return value
 
 
-def load(path, optimizer=None) -> MLP:
-    """Read a network written by MLP.save (and, if given, restore the optimizer's state)."""
+def load(path, optimizer=None, device: str = "cpu") -> MLP:
+    """Read a network written by MLP.save (and, if given, restore the optimizer's state) onto
+    device ("cpu" or "cuda")."""
     config, layers = io.read(path, optimizer)
+    device = _devices.check_device(device)
     try:   # only after io.read checked every tensor: a config alone may ask for terabytes
-        net = MLP(**config)
+        net = MLP(**config, device=device)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path!r}: the config does not build a network: {e}") from e
     for (W, b), (saved_W, saved_b) in zip(zip(net.weights, net.biases), layers):
-        W[...] = saved_W
-        b[...] = saved_b
+        W[...] = _devices.to_engine(net.engine, saved_W)
+        b[...] = _devices.to_engine(net.engine, saved_b)
     return net
