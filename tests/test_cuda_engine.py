@@ -219,3 +219,13 @@ def test_bad_devices_and_precisions_are_refused():
         cdnn.MLP([4, 2], device="cuda", matmul_precision="float16")
     with pytest.raises(ValueError, match="3 features per row, the network expects 4"):
         cdnn.MLP([4, 2], device="cuda").predict(np.ones((2, 3)))
+
+
+def test_the_cuda_engine_implements_the_engine_interface():
+    """Issue 24's interface, which a second engine implements: every name it lists."""
+    from cdnn._engine import EngineInterface
+    engine = cdnn.MLP([4, 3, 2], device="cuda").engine
+    missing = {name for name in set(vars(EngineInterface)) | set(EngineInterface.__annotations__)
+               if not name.startswith("_") and not hasattr(engine, name)}
+    assert isinstance(engine, EngineInterface) and not missing, missing
+    assert engine.device == "cuda"
