@@ -2,11 +2,9 @@
 
 device="cpu" is cdnn/_engine.py's Engine; device="cuda" is cdnn/cuda's engine on the current GPU
 (CuPy's: CUDA_VISIBLE_DEVICES or cupy.cuda.Device(n).use() choose it), imported only when asked
-for, so the core needs no CuPy. The helpers below let the Python layer move arrays without knowing where they live.
+for, so the core needs no CuPy.
 """
 from __future__ import annotations
-
-import numpy as np
 
 from cdnn._engine import Engine
 
@@ -30,32 +28,3 @@ def make_engine(layer_sizes, activations, loss, slope, dropout, l2, dtype, devic
         return Engine(layer_sizes, activations, loss, slope, dropout, l2, dtype)
     from cdnn.cuda.engine import CudaEngine
     return CudaEngine(layer_sizes, activations, loss, slope, dropout, l2, dtype, matmul_precision)
-
-
-def array_module(engine):
-    """numpy, or the engine's device array module (CuPy)"""
-    return getattr(engine, "xp", np)
-
-
-def to_engine(engine, values):
-    """values (any array) as an array where the engine keeps its parameters"""
-    convert = getattr(engine, "asarray", None)
-    return np.asarray(values) if convert is None else convert(values)
-
-
-def to_host(engine, values) -> np.ndarray:
-    """A numpy copy of an engine's array"""
-    convert = getattr(engine, "to_host", None)
-    return np.array(values) if convert is None else convert(values)
-
-
-def probabilities(engine, out, loss: str):
-    """out := softmax rows or per-output sigmoids, in place, wherever out lives"""
-    if isinstance(out, np.ndarray):
-        from cdnn._native import _network
-        if loss == "softmax_cross_entropy":
-            _network.softmax_rows(out)
-        else:
-            _network.apply_activation(out, "sigmoid")
-        return out
-    return engine.probabilities(out)

@@ -86,7 +86,8 @@ class EngineInterface(Protocol):
 
     - The parameters: one flat buffer of n_params values of dtype (new_params), layer by layer
       W_0 (n_0 × n_1, row-major), b_0, W_1, b_1, …; MLP's weights and biases are views of it,
-      gradients and optimizer state have its layout.
+      gradients and optimizer state have its layout. Its arrays are of the module xp; asarray
+      and to_host move values in and out.
     - prepare: validate a batch of rows (X, y, weights) into the engine's Batch once, for
       every later call (a device engine uploads it here); prepare_fit does it for a fit.
     - forward / evaluate / loss_and_grad: a call over every row of X or a Batch.
@@ -103,7 +104,12 @@ class EngineInterface(Protocol):
     device: str
     matmul_precision: str
 
+    xp: object      # the array module of the engine's arrays (numpy, CuPy)
+
     def new_params(self): ...
+    def asarray(self, a): ...
+    def to_host(self, a) -> np.ndarray: ...
+    def probabilities(self, out): ...
     def prepare(self, X, y, sample_weight=None) -> Batch: ...
     def prepare_fit(self, X, y, sample_weight=None, validation_data=None,
                     validation_split: float = 0.0, class_weight=None): ...
@@ -127,9 +133,27 @@ class Engine:
         self.n_params = self.network.n_params
         self._spare, self._spare_lock = [], threading.Lock()   # see _workspace
 
+    xp = np          # the array module of the engine's arrays
+
     def new_params(self) -> np.ndarray:
         """A zeroed flat parameter buffer in this engine's layout."""
         return np.zeros(self.n_params, dtype=self.dtype)
+
+    def asarray(self, a) -> np.ndarray:
+        """a as an array where this engine keeps its parameters"""
+        return np.asarray(a)
+
+    def to_host(self, a) -> np.ndarray:
+        """A numpy copy of one of this engine's arrays"""
+        return np.array(a)
+
+    def probabilities(self, out: np.ndarray) -> np.ndarray:
+        """out := softmax rows, or the sigmoid of each output, in place"""
+        if self.loss == "softmax_cross_entropy":
+            _network.softmax_rows(out)
+        else:
+            _network.apply_activation(out, "sigmoid")
+        return out
 
     # --- inputs ---------------------------------------------------------------------------
 

@@ -100,7 +100,7 @@ class MLP:
         """Draw fresh weights with the network's initialiser; zero the biases."""
         rng = np.random.default_rng(seed)
         for W, b in zip(self.weights, self.biases):
-            W[...] = _devices.to_engine(self.engine, INITIALIZERS[self.init](rng, *W.shape))
+            W[...] = self.engine.asarray(INITIALIZERS[self.init](rng, *W.shape))
             b[...] = 0
 
     def to(self, device: str) -> "MLP":
@@ -108,10 +108,10 @@ class MLP:
         state moves with it at the next fit."""
         device = _devices.check_device(device)
         if device != self.device:
-            params = _devices.to_host(self.engine, self.params)
+            params = self.engine.to_host(self.params)
             self.device = device
             self._build()
-            self.params[...] = _devices.to_engine(self.engine, params)
+            self.params[...] = self.engine.asarray(params)
         return self
 
     @property
@@ -145,13 +145,13 @@ class MLP:
     def __getstate__(self):
         state = {k: v for k, v in self.__dict__.items()
                  if k not in ("engine", "weights", "biases", "params")}
-        return state | {"params": _devices.to_host(self.engine, self.params)}
+        return state | {"params": self.engine.to_host(self.params)}
 
     def __setstate__(self, state):
         params = state.pop("params")
         self.__dict__ |= {"device": "cpu", "matmul_precision": "float32"} | state
         self._build()
-        self.params[...] = _devices.to_engine(self.engine, params)
+        self.params[...] = self.engine.asarray(params)
 
     def save(self, path, optimizer=None):
         """Write the network (and optionally an optimizer's state) to a safetensors file."""
@@ -168,7 +168,7 @@ class MLP:
         if not self.is_classifier:
             raise ValueError("predict_proba needs a classification loss; this network "
                              "is a regressor (use predict)")
-        return _devices.probabilities(self.engine, self.forward(X), self.loss)
+        return self.engine.probabilities(self.forward(X))
 
     def predict(self, X) -> np.ndarray:
         """Class indices (softmax), 0/1 per output (sigmoid) or the outputs (regression);
@@ -179,7 +179,7 @@ class MLP:
         if self.loss == "sigmoid_cross_entropy":
             out = (out > 0).astype(np.int64)
         if self.loss == "poisson":          # the output is the log of the mean
-            out = _devices.array_module(self.engine).exp(out)
+            out = self.engine.xp.exp(out)
         return out[:, 0] if self.n_outputs == 1 else out
 
     def evaluate(self, X, y, sample_weight=None) -> dict:
@@ -258,6 +258,6 @@ def load(path, optimizer=None, device: str = "cpu") -> MLP:
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path!r}: the config does not build a network: {e}") from e
     for (W, b), (saved_W, saved_b) in zip(zip(net.weights, net.biases), layers):
-        W[...] = _devices.to_engine(net.engine, saved_W)
-        b[...] = _devices.to_engine(net.engine, saved_b)
+        W[...] = net.engine.asarray(saved_W)
+        b[...] = net.engine.asarray(saved_b)
     return net
