@@ -59,7 +59,7 @@ def test_parameters_are_bit_identical_on_every_rank_after_every_epoch():
 
         def on_epoch_end(self, epoch, logs=None):
             assert same_on_every_rank(self.trainer.net.params)
-            assert same_on_every_rank(self.trainer.optimizer.state[0])
+            assert same_on_every_rank(self.trainer.optimizer.state["momentum"])
             self.epochs += 1
 
     for sharded in (False, True):
