@@ -2,6 +2,7 @@
 activation's, loss's and optimizer's own reference is its entry in cdnn/kinds.py; these compose
 them into what the kernels compute."""
 import numpy as np
+from scipy.special import softmax   # noqa: F401 (the tests' reference for predict_proba)
 
 from cdnn.kinds import ACTIVATIONS, LOSSES, OPTIMIZERS
 
