@@ -108,6 +108,13 @@ class Optimizer:
         self.steps += 1
         _network.optimizer_step(config, lr, self.steps, params, grad, self.state_for(params))
 
+    def __setstate__(self, state: dict):
+        """Unpickling. cdnn up to 3f99230 held the state as a tuple (state1, state2), its
+        buffers in kinds.py's order (SGD's second unused)."""
+        if isinstance(state.get("state"), tuple):
+            state["state"] = dict(zip(self.spec().state, state["state"]))
+        self.__dict__.update(state)
+
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items()
                          if k not in ("state", "steps"))

@@ -294,3 +294,15 @@ def test_reset_in_a_callback_zeroes_the_state_and_training_goes_on():
     assert opt.state["m"].shape == opt.state["v"].shape == other.params.shape
     with pytest.raises(ValueError, match="already holds state"):
         fit(cdnn.MLP([3, 8, 2], dtype="float64", seed=0), opt, 1)
+
+
+def test_an_optimizer_pickled_with_positional_state_unpickles_with_named_state():
+    """cdnn up to 3f99230 pickled (state1, state2); a fitted estimator carries its optimizer"""
+    import pickle
+    m, v = np.arange(3.0), np.ones(3)
+    opt = cdnn.Adam(lr=0.01)
+    opt.__dict__["state"] = (m, v)     # as the old class's __dict__ held it
+    back = pickle.loads(pickle.dumps(opt))
+    assert list(back.state) == ["m", "v"] and back.lr == 0.01
+    np.testing.assert_array_equal(back.state["m"], m)
+    np.testing.assert_array_equal(back.state["v"], v)
