@@ -38,7 +38,7 @@ DATASETS = {
     "mnist": ("MNIST", cdnn.datasets.load_mnist, [256], 3, 128),
     "fashion-mnist": ("Fashion-MNIST", cdnn.datasets.load_fashion_mnist, [256], 3, 128),
 }
-OPTIMIZERS = {name: kind.cls for name, kind in kinds.OPTIMIZERS.items()}
+OPTIMIZERS = {name: cdnn.optim.class_of(kind) for name, kind in kinds.OPTIMIZERS.items()}
 ARRAY_FORMATS = (".npy", ".csv")
 INPUT_FORMATS = ARRAY_FORMATS + (".npz",)     # .npz: a scipy.sparse.save_npz matrix
 # the share of --data's rows (the last ones) held out as its test set

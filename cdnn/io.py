@@ -30,7 +30,7 @@ import numpy as np
 
 from cdnn import kinds
 from cdnn._validation import check_dtype
-from cdnn.optim import Optimizer
+from cdnn.optim import Optimizer, class_of
 
 FORMAT = "cdnn"
 FORMAT_VERSION = "2"
@@ -361,9 +361,9 @@ def _restore_optimizer(optimizer: Optimizer, saved: dict, state: dict, where: st
         raise ValueError(f"{where}: the optimizer's step count {steps!r} is not an integer in "
                          f"0..2**53")
     kind = OPTIMIZERS[name]
-    _check_json_types(hyper, _hyperparameters(kind.cls()), where)
+    _check_json_types(hyper, _hyperparameters(class_of(kind)()), where)
     try:   # the constructor validates the values (and turns betas back into a tuple)
-        fresh = kind.cls(**hyper)
+        fresh = class_of(kind)(**hyper)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: bad optimizer hyper-parameters: {e}") from e
     for buffer in kind.squares:

@@ -3,9 +3,10 @@
 Each entry says what the rest of cdnn needs to know about a kind: its name (and the other names
 it answers to), its id in the kernels' enum (src/activations.pxd, src/losses.pxd,
 src/optim.pxd), its ONNX form, its plain numpy reference (which the tests compare the kernels
-with), and for an optimizer its class and its state buffers. The names MLP accepts, the CLI's
-choices, the model file's optimizer registry, the ONNX export and the tests' parametrisation
-are all read from these tables; tests/test_kinds.py checks them against the kernels' enums.
+with), and for an optimizer its class (cdnn.optim.class_of) and its state buffers. The names
+MLP accepts, the CLI's choices, the model file's optimizer registry, the ONNX export and the
+tests' parametrisation are all read from these tables; tests/test_kinds.py checks them against
+the kernels' enums.
 
 The ONNX forms build on cdnn.onnx's graph (op, const, dtype, normal_cdf), which imports onnx
 only when a model is exported.
@@ -171,11 +172,6 @@ class OptimizerKind:
                                         # order as optimizer.state1, state2
     reference: Callable
     squares: tuple[str, ...] = ()       # the buffers of running squares (never < 0)
-
-    @property
-    def cls(self) -> type:
-        from cdnn import optim
-        return getattr(optim, self.class_name)
 
 
 OPTIMIZERS: dict[str, OptimizerKind] = {o.name: o for o in (

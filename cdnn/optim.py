@@ -16,6 +16,11 @@ from cdnn._native import _network
 from cdnn._validation import check_bool, check_real
 
 
+def class_of(kind: kinds.OptimizerKind) -> type:
+    """The class of an entry of kinds.OPTIMIZERS."""
+    return globals()[kind.class_name]
+
+
 class Hyperparameter:
     """An attribute checked on every assignment by check(value, name) -> the value to keep.
     The value lives in the instance's __dict__, so vars(optimizer) lists the hyper-parameters."""

@@ -22,8 +22,8 @@ from step cimport (Step, train_steps, N_PARTIALS, STEP_OK, LOSS_NOT_FINITE, NORM
                    EXCHANGE_FAILED, UPDATE_NOT_FINITE)
 from exchange cimport MPIContext, mpi_allreduce, mpi_exchange
 from losses cimport SOFTMAX_CROSS_ENTROPY, softmax
-from optim cimport (OptimizerConfig, OptimizerState, make_config, holds_state, state_buffers,
-                   optimizer_update)
+from optim cimport (OptimizerConfig, OptimizerState, make_config, named_state,
+                   state_buffers, optimizer_update)
 
 cdef extern from *:
     """
@@ -503,7 +503,7 @@ cdef int _bind_step(Step* S, const Layout* L, floating[::1] params, floating[::1
     S.data = _rows(train, &params[0], L, &n)
     if not grad.shape[0] == params.shape[0] == L.n_params:
         raise ValueError("params or grad has the wrong size")
-    S.state = _optimizer_state(&S.opt, state, &params[0], L.n_params)
+    S.state = named_state(&S.opt, state, &params[0], L.n_params)
     S.n_kept = state_buffers(&S.state, S.kept)
     S.L = L
     S.cap = _capacity(L, params.shape[0], workspace.shape[0])
@@ -516,33 +516,6 @@ cdef int _bind_step(Step* S, const Layout* L, floating[::1] params, floating[::1
     S.ws = &workspace[0]
     S.labels = &label_buffer[0]
     return 0
-
-
-cdef OptimizerState _optimizer_state(const OptimizerConfig* c, dict state, const floating* like,
-                                     Py_ssize_t n) except *:
-    """The buffers of state (name -> array of n of like's dtype) by name, after checking that
-    they are every one the optimizer's update reads"""
-    cdef OptimizerState s
-    cdef floating[::1] a
-    s.m, s.v, s.momentum, s.square_avg = NULL, NULL, NULL, NULL
-    for name, array in state.items():
-        a = array
-        if a.shape[0] != n:
-            raise ValueError(f"the optimizer's {name} buffer has {a.shape[0]} elements, the "
-                             f"network {n} parameters")
-        if name == "m":
-            s.m = &a[0]
-        elif name == "v":
-            s.v = &a[0]
-        elif name == "momentum":
-            s.momentum = &a[0]
-        elif name == "square_avg":
-            s.square_avg = &a[0]
-        else:
-            raise ValueError(f"no optimizer keeps a buffer named {name!r}")
-    if not holds_state(c, &s):
-        raise ValueError(f"the optimizer's update reads a buffer that {sorted(state)} lacks")
-    return s
 
 
 # --- production helpers the Python layer calls ------------------------------------------------
@@ -596,7 +569,7 @@ def optimizer_step(dict config, double lr, long step, floating[::1] params,
     if grad.shape[0] != n:
         raise ValueError("params and grad must have one size")
     cdef OptimizerConfig c = make_config(config)
-    cdef OptimizerState s = _optimizer_state(&c, state, &params[0], n)
+    cdef OptimizerState s = named_state(&c, state, &params[0], n)
     cdef int bad = 0
     with nogil:
         bad = optimizer_update(&c, <floating>lr, step, &params[0], &grad[0], &s, 0, n,

@@ -61,6 +61,35 @@ cdef inline bint holds_state(const OptimizerConfig* c, const OptimizerState* s) 
     return s.square_avg != NULL and s.momentum != NULL
 
 
+cdef inline OptimizerState named_state(const OptimizerConfig* c, dict state,
+                                       const floating* like, Py_ssize_t n) except *:
+    """The buffers of state (name -> array of n of like's dtype) by name, after checking that
+    they are every one the optimizer's update reads"""
+    cdef OptimizerState s
+    cdef floating[::1] a
+    s.m, s.v, s.momentum, s.square_avg = NULL, NULL, NULL, NULL
+    if len(state) > MAX_STATE:
+        raise ValueError(f"an optimizer keeps at most {MAX_STATE} buffers, not {sorted(state)}")
+    for name, array in state.items():
+        a = array
+        if a.shape[0] != n:
+            raise ValueError(f"the optimizer's {name} buffer has {a.shape[0]} elements, the "
+                             f"network {n} parameters")
+        if name == "m":
+            s.m = &a[0]
+        elif name == "v":
+            s.v = &a[0]
+        elif name == "momentum":
+            s.momentum = &a[0]
+        elif name == "square_avg":
+            s.square_avg = &a[0]
+        else:
+            raise ValueError(f"no optimizer keeps a buffer named {name!r}")
+    if not holds_state(c, &s):
+        raise ValueError(f"the optimizer's update reads a buffer that {sorted(state)} lacks")
+    return s
+
+
 cdef inline int state_buffers(const OptimizerState* s, void** out) noexcept nogil:
     """The buffers s holds, in one fixed order, into out (room for MAX_STATE); returns how
     many (for code that treats them alike: the lazy update's undo)"""

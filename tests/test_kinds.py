@@ -65,11 +65,12 @@ def test_the_step_failures_are_the_status_enum():
 def test_optimizer_classes_and_entries_name_each_other():
     classes = {cls for _, cls in inspect.getmembers(optim, inspect.isclass)
                if issubclass(cls, optim.Optimizer) and cls is not optim.Optimizer}
-    assert {kind.cls for kind in kinds.OPTIMIZERS.values()} == classes
+    assert {optim.class_of(kind) for kind in kinds.OPTIMIZERS.values()} == classes
     for name, kind in kinds.OPTIMIZERS.items():
-        assert kind.cls.kind == name and kind.cls.__name__ == kind.class_name
-        assert getattr(cdnn, kind.class_name) is kind.cls
-        assert kind.cls().kernel_config()["kernel"] == kind.kernel
+        cls = optim.class_of(kind)
+        assert cls.kind == name and cls.__name__ == kind.class_name and cls.spec() is kind
+        assert getattr(cdnn, kind.class_name) is cls
+        assert cls().kernel_config()["kernel"] == kind.kernel
 
 
 @pytest.mark.parametrize("table", [kinds.ACTIVATIONS, kinds.LOSSES])

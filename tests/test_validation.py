@@ -11,7 +11,7 @@ from cdnn import kinds
 from cdnn.network import ACTIVATIONS
 
 N_IN, N_CLASSES = 4, 3
-OPTIMIZERS = [kind.cls for kind in kinds.OPTIMIZERS.values()]
+OPTIMIZERS = [cdnn.optim.class_of(kind) for kind in kinds.OPTIMIZERS.values()]
 
 
 @pytest.fixture
