@@ -18,6 +18,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
+from cdnn import kinds
 from cdnn._native import _network
 from cdnn._sparse import SparseRows
 from cdnn._validation import (as_float_array, check_labels, check_real, check_same_length,
@@ -60,7 +61,8 @@ def solver_threads(n_params: int):
 
 class Batch(NamedTuple):
     """Validated arrays, ready for the kernels: exactly one of labels and targets is set.
-    labels are always the engine's own copy: the kernels read them without the GIL."""
+    labels are always the engine's own copy: the kernels read them without the GIL. The
+    kernels take a Batch whole and read its fields by name."""
     X: np.ndarray
     labels: np.ndarray | None
     targets: np.ndarray | None
@@ -125,7 +127,9 @@ class Engine:
 
     def __init__(self, layer_sizes, activations, loss: str, slope: float, dropout, l2: float,
                  dtype: np.dtype):
-        self.network = _network.Network(layer_sizes, activations, loss, slope, dropout, l2)
+        self.network = _network.Network(layer_sizes,
+                                        [kinds.ACTIVATIONS[a].kernel for a in activations],
+                                        kinds.LOSSES[loss].kernel, slope, dropout, l2)
         self.n_inputs, self.n_outputs = layer_sizes[0], layer_sizes[-1]
         self.n_hidden_1 = layer_sizes[1]     # the first layer's width
         self.loss, self.dtype, self.l2 = loss, dtype, l2
@@ -152,7 +156,7 @@ class Engine:
         if self.loss == "softmax_cross_entropy":
             _network.softmax_rows(out)
         else:
-            _network.apply_activation(out, "sigmoid")
+            _network.apply_activation(out, kinds.ACTIVATIONS["sigmoid"].kernel)
         return out
 
     # --- inputs ---------------------------------------------------------------------------
@@ -276,14 +280,14 @@ class Engine:
         """(mean loss, weighted count of correct predictions); dropout off, no L2 term."""
         team, rows = self._plan(batch.X, 2)
         with self._workspace(rows) as workspace, single_threaded_blas():
-            return self.network.evaluate(params, *batch, workspace, team)
+            return self.network.evaluate(params, batch, workspace, team)
 
     def loss_and_grad(self, params: np.ndarray, batch: Batch) -> tuple[float, np.ndarray]:
         """The mean loss (plus the L2 penalty) and its gradient in params' layout."""
         team, rows = self._plan(batch.X, 6)
         grads = np.empty((team, self.n_params), dtype=self.dtype)
         with self._workspace(rows) as workspace, single_threaded_blas():
-            loss = self.network.loss_and_grad(params, *batch, grads, workspace)
+            loss = self.network.loss_and_grad(params, batch, grads, workspace)
         return loss, grads[0] if team == 1 else grads[0].copy()
 
     def training_steps(self, params: np.ndarray, optimizer, train: Batch, batch_size: int,
@@ -373,7 +377,7 @@ class TrainingSteps:
         self.params, self.optimizer, self.batch_size = params, optimizer, batch_size
         state = optimizer.state_for(params)
         self.team = min(batch_size, team_for(6 * engine.params_per_row(train.X) * batch_size))
-        lazy_buffers = ()
+        lazy_buffers = None
         if lazy:
             if not isinstance(train.X, SparseRows):
                 raise ValueError("the lazy update is for sparse X (scipy.sparse); dense rows "
@@ -382,15 +386,17 @@ class TrainingSteps:
                 raise ValueError("the lazy update skips the first layer's rows without "
                                  "gradient, but the network's l2 penalty gives every row one; "
                                  "use the optimizer's weight_decay instead")
-            lazy_buffers = _lazy_buffers(engine, train.X, batch_size)
+            lazy_buffers = _lazy_buffers(engine, train.X, batch_size, len(state))
         self.grad = np.zeros_like(params) if lazy else np.empty_like(params)   # lazy: dW₁ = 0
         # the lazy update restores a failed step itself: no copy of every parameter per run
-        self.saved = [] if lazy else [np.empty_like(a) for a in (params, *state)]
+        self.saved = [] if lazy else [np.empty_like(a) for a in (params, *state.values())]
         self.native = _network.TrainingSteps(
-            engine.network, params, self.grad, *state, optimizer.kernel_config(), *train,
-            np.empty(batch_size * engine.network.row_width, params.dtype),
-            np.empty(batch_size, dtype=np.intc), _batch_buffer(train.X, batch_size),
-            self.team, clip_norm, seed, *lazy_buffers)
+            engine.network, params=params, grad=self.grad, state=state,
+            optimizer=optimizer.kernel_config(), train=train,
+            workspace=np.empty(batch_size * engine.network.row_width, params.dtype),
+            label_buffer=np.empty(batch_size, dtype=np.intc),
+            batch_buffer=_batch_buffer(train.X, batch_size), n_threads=self.team,
+            clip_norm=clip_norm, seed=seed, lazy=lazy_buffers)
         self.exchange = exchange
         self.native.exchange_over(exchange)
 
@@ -399,7 +405,7 @@ class TrainingSteps:
         """Run len(lrs) steps over the rows in order; return how many completed and, when a
         step failed (training diverged), why: the parameters are then those after the last
         completed step. factors: the steps' (loss factors, uniform) for the exchange."""
-        live = (self.params, *self.optimizer.state)
+        live = (self.params, *self.optimizer.state.values())
         for saved, array in zip(self.saved, live):
             np.copyto(saved, array)
         with single_threaded_blas():
@@ -420,13 +426,22 @@ class TrainingSteps:
                                corrects)
 
 
-def _lazy_buffers(engine: Engine, X: SparseRows, batch_size: int) -> tuple:
+class LazyBuffers(NamedTuple):
     """The lazy update's marks (one per input column), room for the rows of W₁ a batch can
-    touch, and its undo buffer (their values, and the other parameters', three times)."""
-    rooms = min(X.batch_entries_bound(batch_size), engine.n_inputs)
+    touch, and its undo buffer (their values and the other parameters', and the same of each
+    optimizer state buffer)."""
+    touched: np.ndarray
+    touched_rows: np.ndarray
+    undo: np.ndarray
+
+
+def _lazy_buffers(engine: Engine, X: SparseRows, batch_size: int,
+                  n_state: int) -> LazyBuffers:
+    rooms = max(min(X.batch_entries_bound(batch_size), engine.n_inputs), 1)
     rest = engine.n_params - engine.n_inputs * engine.n_hidden_1
-    return (np.zeros(engine.n_inputs, np.uint8), np.empty(max(rooms, 1), np.intp),
-            np.empty(3 * (max(rooms, 1) * engine.n_hidden_1 + rest), engine.dtype))
+    return LazyBuffers(np.zeros(engine.n_inputs, np.uint8), np.empty(rooms, np.intp),
+                       np.empty((1 + n_state) * (rooms * engine.n_hidden_1 + rest),
+                                engine.dtype))
 
 
 def _batch_buffer(X, batch_size: int):

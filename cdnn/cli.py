@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 import cdnn
+from cdnn import kinds
 from cdnn._validation import MAX_WIDTH, check_labels, check_real
 from cdnn.io import check_writable, open_atomically
 
@@ -37,7 +38,7 @@ DATASETS = {
     "mnist": ("MNIST", cdnn.datasets.load_mnist, [256], 3, 128),
     "fashion-mnist": ("Fashion-MNIST", cdnn.datasets.load_fashion_mnist, [256], 3, 128),
 }
-OPTIMIZERS = {"sgd": cdnn.SGD, "adam": cdnn.Adam, "adamw": cdnn.AdamW, "rmsprop": cdnn.RMSprop}
+OPTIMIZERS = {name: cdnn.optim.class_of(kind) for name, kind in kinds.OPTIMIZERS.items()}
 ARRAY_FORMATS = (".npy", ".csv")
 INPUT_FORMATS = ARRAY_FORMATS + (".npz",)     # .npz: a scipy.sparse.save_npz matrix
 # the share of --data's rows (the last ones) held out as its test set
@@ -114,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--hidden", type=_sizes, default=None,
                        help="hidden layer widths, e.g. 256,128 (default: 128 for digits, "
                        "256 for MNIST)")
-    train.add_argument("--activation", default="relu", choices=sorted(cdnn.network.ACTIVATIONS))
+    train.add_argument("--activation", default="relu", choices=sorted(kinds.ACTIVATIONS))
     train.add_argument("--dropout", type=float, default=0.0,
                        help="dropout rate after each hidden layer (default 0)")
     train.add_argument("--optimizer", default="sgd", choices=sorted(OPTIMIZERS))

@@ -13,18 +13,16 @@ import sys
 
 import numpy as np
 
-from cdnn import onnx
-from cdnn.network import ACTIVATIONS, MLP
+from cdnn import kinds, onnx
+from cdnn.network import MLP
 
 # scikit-learn's out_activation_ -> the cdnn loss whose predict_proba/predict applies it
-SKLEARN_OUTPUTS = {"softmax": "softmax_cross_entropy", "logistic": "sigmoid_cross_entropy",
-                   "identity": "mean_squared_error", "exp": "poisson"}
-SKLEARN_ACTIVATIONS = {"logistic": "sigmoid"}
+SKLEARN_OUTPUTS = {loss.sklearn_output: loss.name for loss in kinds.LOSSES.values()}
 # torch.nn class name -> cdnn activation; Identity and Dropout (a no-op when predicting) vanish.
 # A layer is matched by its exact class (_torch_kind): a subclass may override forward, and a
 # user's class of the same name may compute anything.
-TORCH_ACTIVATIONS = {"ReLU": "relu", "LeakyReLU": "leaky_relu", "Sigmoid": "sigmoid",
-                     "Tanh": "tanh", "GELU": "gelu", "Softmax": "softmax"}
+TORCH_ACTIVATIONS = {a.torch: a.name for a in kinds.ACTIVATIONS.values() if a.torch} | {
+    "Softmax": "softmax"}
 TORCH_NO_OPS = ("Identity", "Dropout")
 TORCH_CONTAINERS = ("Sequential",)
 # an activation after the last Linear is the loss's output function
@@ -71,8 +69,8 @@ def from_sklearn(estimator) -> MLP:
     if out not in SKLEARN_OUTPUTS:
         raise ValueError(f"out_activation_ {out!r} has no cdnn loss; supported: "
                          f"{', '.join(SKLEARN_OUTPUTS)}")
-    activation = SKLEARN_ACTIVATIONS.get(estimator.activation, estimator.activation)
-    if activation not in ACTIVATIONS:
+    activation = kinds.activation_name(estimator.activation)
+    if activation not in kinds.ACTIVATIONS:
         raise ValueError(f"activation {estimator.activation!r} has no cdnn equivalent")
     weights = [np.asarray(W) for W in estimator.coefs_]
     biases = [np.asarray(b) for b in estimator.intercepts_]

@@ -268,7 +268,7 @@ class MPIGroup(ProcessGroup):
         """Rank 0's parameters, optimizer state, step count, learning rate, shuffling state
         and dropout seed to every rank."""
         opt, net = trainer.optimizer, trainer.net
-        for array in (net.params, *opt.state_for(net.params)):
+        for array in (net.params, *opt.state_for(net.params).values()):
             self.comm.Bcast(array, root=0)
         opt.steps, opt.lr, trainer.dropout_seed, rng_state = self.comm.bcast(
             (opt.steps, opt.lr, trainer.dropout_seed, trainer.rng.bit_generator.state), root=0)

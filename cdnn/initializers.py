@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cdnn.kinds import ACTIVATIONS
+
 
 def he_uniform(rng, fan_in, fan_out):
     limit = np.sqrt(6.0 / fan_in)
@@ -41,5 +43,6 @@ INITIALIZERS = {f.__name__: f for f in
 
 
 def default_for(activation: str) -> str:
-    """He for the ReLU family (their variance halves at each layer), Glorot otherwise."""
-    return "he_uniform" if activation in ("relu", "leaky_relu", "gelu") else "glorot_uniform"
+    """The activation's initialiser in cdnn/kinds.py: He for the ReLU family (their variance
+    halves at each layer), Glorot otherwise."""
+    return ACTIVATIONS[activation].init

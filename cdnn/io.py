@@ -1,10 +1,15 @@
 """Model files: a network (and optionally its optimizer's state) in one safetensors file.
 
 Tensors: `layers.{i}.weight` (fan_in, fan_out) and `layers.{i}.bias` (fan_out,) in the network's
-dtype; with an optimizer also `optimizer.state1` and `optimizer.state2` (the flat parameter
-layout). Metadata (all strings): format "cdnn", format_version "1", config (JSON of
-MLP.get_config()), and with an optimizer `optimizer` (JSON: class, hyper-parameters, steps).
-Any safetensors reader opens the file; nothing is pickled, and load checks every part.
+dtype; with an optimizer also its state buffers `optimizer.{name}` (the flat parameter layout),
+by the names cdnn/kinds.py gives them: `optimizer.momentum` for SGD, `optimizer.m` and
+`optimizer.v` for Adam and AdamW, `optimizer.square_avg` and `optimizer.momentum` for RMSprop.
+Metadata (all strings): format "cdnn", format_version "2", config (JSON of MLP.get_config()),
+and with an optimizer `optimizer` (JSON: class, hyper-parameters, steps). Any safetensors
+reader opens the file; nothing is pickled, and load checks every part.
+
+Format 1 (cdnn up to 3f99230) differs only in the optimizer's tensors: `optimizer.state1` and
+`optimizer.state2`, the buffers in kinds.py's order (SGD's state2 unused). It is read as well.
 
 Resuming: a file saved with its optimizer restores the optimizer's state, hyper-parameters
 and step count, so learning-rate schedules and the dropout masks (keyed by the Trainer's seed
@@ -23,13 +28,16 @@ import stat
 
 import numpy as np
 
+from cdnn import kinds
 from cdnn._validation import check_dtype
-from cdnn.optim import SGD, Adam, AdamW, Optimizer, RMSprop
+from cdnn.optim import Optimizer, class_of
 
 FORMAT = "cdnn"
-FORMAT_VERSION = "1"
-OPTIMIZERS = {cls.__name__: cls for cls in (SGD, Adam, AdamW, RMSprop)}
-STATE_NAMES = ("optimizer.state1", "optimizer.state2")
+FORMAT_VERSION = "2"
+READS = ("1", FORMAT_VERSION)
+# class name -> its kind (kinds.py), the registry of what a file may hold
+OPTIMIZERS = {kind.class_name: kind for kind in kinds.OPTIMIZERS.values()}
+V1_STATE_NAMES = ("optimizer.state1", "optimizer.state2")
 TEMPORARY_MARK = ".cdnn-tmp-"
 # A saved step count above this is refused: schedules and Adam's bias correction compute with
 # the step number as a double, exact up to 2**53.
@@ -55,10 +63,11 @@ def save(net, path, optimizer: Optimizer | None = None) -> None:
                             f"{type(optimizer).__name__}")
         state = optimizer.state
         if state is None:   # not stepped yet: its state is zeros
-            state = (np.zeros_like(net.params), np.zeros_like(net.params))
-        elif state[0].shape != net.params.shape or state[0].dtype != net.params.dtype:
+            state = {name: np.zeros_like(net.params) for name in optimizer.spec().state}
+        elif any(a.shape != net.params.shape or a.dtype != net.params.dtype
+                 for a in state.values()):
             raise ValueError("the optimizer holds state for another network")
-        tensors.update(zip(STATE_NAMES, map(_on_host, state)))
+        tensors.update({f"optimizer.{name}": _on_host(array) for name, array in state.items()})
         metadata["optimizer"] = json.dumps({"class": type(optimizer).__name__,
                                             "hyperparameters": _hyperparameters(optimizer),
                                             "steps": optimizer.steps})
@@ -209,25 +218,28 @@ def read(path, optimizer: Optimizer | None = None) -> tuple[dict, list]:
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{where} is not a cdnn model file (format "
                          f"{metadata.get('format')!r}, expected {FORMAT!r})")
-    if metadata.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{where} has format_version {metadata.get('format_version')!r}; this "
-                         f"cdnn reads version {FORMAT_VERSION}")
+    version = metadata.get("format_version")
+    if version not in READS:
+        raise ValueError(f"{where} has format_version {version!r}; this cdnn reads versions "
+                         f"{', '.join(READS)}")
     config = _json(metadata, "config", where)
     if not isinstance(config, dict):
         raise ValueError(f"{where}: config is not a JSON object")
-    has_optimizer = "optimizer" in metadata
+    saved = _saved_optimizer(metadata, where) if "optimizer" in metadata else None
     expected = _expected_shapes(config, where)
-    if has_optimizer:
+    if saved is not None:
         n_params = sum(int(np.prod(shape)) for shape in expected.values())
-        expected.update({name: (n_params,) for name in STATE_NAMES})
+        state_tensors = _state_tensors(OPTIMIZERS[saved["class"]], version)
+        held = V1_STATE_NAMES if version == "1" else state_tensors.values()
+        expected.update({name: (n_params,) for name in held})
     _check_names(tensors, expected, where)
     _check_tensors(tensors, expected, _config_dtype(config, where), where)
     if optimizer is not None:
-        if not has_optimizer:
+        if saved is None:
             raise ValueError(f"{where} holds no optimizer state; save it with "
                              f"net.save(path, optimizer)")
-        _restore_optimizer(optimizer, _json(metadata, "optimizer", where),
-                           [tensors[name] for name in STATE_NAMES], where)
+        _restore_optimizer(optimizer, saved, {name: (tensor, tensors[tensor])
+                                              for name, tensor in state_tensors.items()}, where)
     n_layers = len(config["layer_sizes"]) - 1
     return config, [(tensors[f"layers.{i}.weight"], tensors[f"layers.{i}.bias"])
                     for i in range(n_layers)]
@@ -324,29 +336,46 @@ def _check_names(tensors: dict, expected: dict, where: str):
         raise ValueError(f"{where} holds unexpected tensors {', '.join(extra)}")
 
 
-def _restore_optimizer(optimizer: Optimizer, saved, state: list[np.ndarray], where: str):
-    if not isinstance(optimizer, Optimizer):
-        raise TypeError(f"optimizer must be a cdnn optimizer, got {type(optimizer).__name__}")
+def _saved_optimizer(metadata: dict, where: str) -> dict:
+    """The optimizer metadata, its keys and class checked."""
+    saved = _json(metadata, "optimizer", where)
     if not isinstance(saved, dict) or set(saved) != {"class", "hyperparameters", "steps"}:
         raise ValueError(f"{where}: the optimizer metadata must hold class, hyperparameters "
                          f"and steps")
+    if not isinstance(saved["class"], str) or saved["class"] not in OPTIMIZERS:
+        raise ValueError(f"{where}: unknown optimizer class {saved['class']!r}")
+    return saved
+
+
+def _state_tensors(kind: kinds.OptimizerKind, version: str) -> dict[str, str]:
+    """Each state buffer's name -> the tensor that holds it in a file of this version."""
+    if version == "1":   # state1, state2 in the kind's order (SGD left state2 unused)
+        return dict(zip(kind.state, V1_STATE_NAMES))
+    return {name: f"optimizer.{name}" for name in kind.state}
+
+
+def _restore_optimizer(optimizer: Optimizer, saved: dict, state: dict, where: str):
+    """state: each buffer's name -> (its tensor's name, the tensor)"""
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be a cdnn optimizer, got {type(optimizer).__name__}")
     name, hyper, steps = saved["class"], saved["hyperparameters"], saved["steps"]
-    if not isinstance(name, str) or name not in OPTIMIZERS:
-        raise ValueError(f"{where}: unknown optimizer class {name!r}")
     if type(optimizer).__name__ != name:
         raise ValueError(f"{where} holds optimizer state of class {name}, not "
                          f"{type(optimizer).__name__}")
     if type(steps) is not int or not 0 <= steps <= MAX_STEPS:
         raise ValueError(f"{where}: the optimizer's step count {steps!r} is not an integer in "
                          f"0..2**53")
-    _check_json_types(hyper, _hyperparameters(OPTIMIZERS[name]()), where)
+    kind = OPTIMIZERS[name]
+    _check_json_types(hyper, _hyperparameters(class_of(kind)()), where)
     try:   # the constructor validates the values (and turns betas back into a tuple)
-        fresh = OPTIMIZERS[name](**hyper)
+        fresh = class_of(kind)(**hyper)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: bad optimizer hyper-parameters: {e}") from e
-    if fresh.squares is not None and (state[fresh.squares] < 0).any():
-        raise ValueError(f"{where}: optimizer.state{fresh.squares + 1} holds running squares "
-                         f"of the gradient, which cannot be negative")
+    for buffer in kind.squares:
+        tensor, values = state[buffer]
+        if (values < 0).any():
+            raise ValueError(f"{where}: {tensor} holds running squares of the gradient, which "
+                             f"cannot be negative")
     optimizer.__dict__.update(_hyperparameters(fresh))
     optimizer.steps = steps
-    optimizer.state = (state[0].copy(), state[1].copy())
+    optimizer.state = {buffer: values.copy() for buffer, (_, values) in state.items()}

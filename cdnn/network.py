@@ -9,14 +9,13 @@ import numpy as np
 from cdnn import _devices
 from cdnn._engine import Batch
 from cdnn._native import _network
-from cdnn import io, onnx
+from cdnn import io, kinds, onnx
 from cdnn._validation import (check_choice, check_dtype, check_layer_sizes,
                               check_positive_int, check_real)
 from cdnn.initializers import INITIALIZERS, default_for
 
-LOSS_ALIASES = {"mse": "mean_squared_error", "binary_cross_entropy": "sigmoid_cross_entropy"}
-LOSSES = tuple(_network.LOSSES) + tuple(LOSS_ALIASES)
-ACTIVATIONS = tuple(_network.ACTIVATIONS)
+LOSSES = kinds.names(kinds.LOSSES)                  # every name accepted, aliases included
+ACTIVATIONS = kinds.names(kinds.ACTIVATIONS)
 
 
 class MLP:
@@ -62,10 +61,11 @@ class MLP:
             raise ValueError("layer_sizes needs at least an input and an output width")
         self.layer_sizes = check_layer_sizes(layer_sizes)
         n_hidden = len(self.layer_sizes) - 2
-        self.activations = _per_hidden_layer(activation, n_hidden, "activation")
+        self.activations = tuple(map(kinds.activation_name,
+                                     _per_hidden_layer(activation, n_hidden, "activation")))
         for a in self.activations or ([activation] if isinstance(activation, str) else []):
             check_choice(a, "activation", ACTIVATIONS)
-        self.loss = LOSS_ALIASES.get(loss, loss) if isinstance(loss, str) else loss
+        self.loss = kinds.loss_name(loss)
         check_choice(self.loss, "loss", LOSSES)
         self.init = init if init is not None else default_for(
             self.activations[0] if n_hidden else "identity")
@@ -122,7 +122,7 @@ class MLP:
     @property
     def is_classifier(self) -> bool:
         """Whether the loss is a cross-entropy, whose predictions have an accuracy."""
-        return self.loss in ("softmax_cross_entropy", "sigmoid_cross_entropy")
+        return kinds.LOSSES[self.loss].classifier
 
     @property
     def n_outputs(self) -> int:

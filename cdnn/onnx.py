@@ -21,11 +21,11 @@ import json
 
 import numpy as np
 
+from cdnn import kinds
 from cdnn._version import __version__
 
 OPSET = 17
 IR_VERSION = 8      # the IR version that opset 17 came with: older runtimes can read it
-HIDDEN_OPS = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}
 # erfc's Chebyshev degree for float64 GELU: at 24 the largest error over [0, 30] is 8e-16
 ERFC_DEGREE = 24
 
@@ -59,6 +59,10 @@ class _Graph:
                                                      name=output, **attributes))
         return output
 
+    def normal_cdf(self, z: str) -> str:
+        """Φ(z) (for GELU's ONNX form in cdnn/kinds.py)"""
+        return _normal_cdf(self, z)
+
     def output(self, value: str, name: str) -> str:
         """Give a graph output its public name."""
         self.nodes.append(self.onnx.helper.make_node("Identity", [value], [name], name=name))
@@ -72,24 +76,8 @@ def _network(graph: _Graph, net, x: str) -> str:
         x = graph.op("Gemm", x, graph.const(W, f"layers.{i}.weight"),
                      graph.const(b, f"layers.{i}.bias"))
         if i < n_layers - 1:
-            x = _activation(graph, net.activations[i], x, net.leaky_slope)
+            x = kinds.ACTIVATIONS[net.activations[i]].onnx(graph, x, net.leaky_slope)
     return x
-
-
-def _activation(graph: _Graph, kind: str, z: str, slope: float) -> str:
-    if kind == "identity":
-        return z
-    if kind in HIDDEN_OPS:
-        return graph.op(HIDDEN_OPS[kind], z)
-    if kind == "leaky_relu":
-        # LeakyRelu's alpha attribute is a 32-bit float: a float64 slope would be rounded
-        if graph.dtype == np.float32:
-            return graph.op("LeakyRelu", z, alpha=float(slope))
-        return graph.op("Where", graph.op("Greater", z, graph.const(0)), z,
-                        graph.op("Mul", z, graph.const(slope)))
-    if kind == "gelu":
-        return graph.op("Mul", z, _normal_cdf(graph, z))
-    raise ValueError(f"no ONNX form for activation {kind!r}")
 
 
 def _normal_cdf(graph: _Graph, z: str) -> str:
@@ -162,17 +150,13 @@ def to_onnx(net, path=None, *, classes=None, sklearn_outputs: bool = False):
                         f"estimators: cdnn.convert.estimator_to_onnx)")
     graph = _Graph(_import_onnx(), net.dtype)
     logits = _network(graph, net, "X")
-    if sklearn_outputs and net.loss not in ("mean_squared_error", "poisson"):
+    loss = kinds.LOSSES[net.loss]
+    if sklearn_outputs and loss.classifier:
         outputs = _label_and_probabilities(graph, net, logits, classes)
     else:
-        name, value = ("variable" if sklearn_outputs else "predictions"), logits
-        if net.loss == "poisson":           # predict's mean
-            value = graph.op("Exp", logits)
-        elif net.loss != "mean_squared_error":
-            name = "probabilities"
-            value = graph.op("Softmax", logits, axis=-1) \
-                if net.loss == "softmax_cross_entropy" else graph.op("Sigmoid", logits)
-        graph.output(value, name)
+        name = ("probabilities" if loss.classifier else
+                "variable" if sklearn_outputs else "predictions")
+        graph.output(loss.onnx(graph, logits), name)   # predict_proba's or predict's values
         outputs = [(name, graph.tensor_type, ["N", net.n_outputs])]
     return _model(graph, net, outputs, path, f"{net!r} exported by cdnn")
 

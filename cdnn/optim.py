@@ -1,6 +1,7 @@
 """Optimizers, with PyTorch's names, defaults and semantics. Each holds its hyper-parameters and
-its state (in the flat parameter layout); the update itself is a fused kernel over the whole
-buffer, run inside the training step.
+its state: buffers in the flat parameter layout, by the names cdnn/kinds.py's OPTIMIZERS give
+them (as PyTorch's: m and v for Adam, momentum for SGD, square_avg and momentum for RMSprop).
+The update itself is a fused kernel over the whole buffer, run inside the training step.
 
 Every hyper-parameter is checked when it is set, in the constructor or later (`opt.lr = 0.01`
 from a callback or a hand-written loop), so a bad value is refused where it is given."""
@@ -10,8 +11,14 @@ from functools import partial
 
 import numpy as np
 
+from cdnn import kinds
 from cdnn._native import _network
 from cdnn._validation import check_bool, check_real
+
+
+def class_of(kind: kinds.OptimizerKind) -> type:
+    """The class of an entry of kinds.OPTIMIZERS."""
+    return globals()[kind.class_name]
 
 
 class Hyperparameter:
@@ -45,27 +52,32 @@ fraction = partial(check_real, low=0, high=1)
 class Optimizer:
     """Base class. `lr` may be changed between epochs (schedules and callbacks do)."""
 
-    kind = ""
-    squares = None    # which state buffer holds running squares of the gradient (never < 0)
+    kind = ""         # its name in cdnn/kinds.py's OPTIMIZERS
     lr = Hyperparameter(positive)
 
     def __init__(self, lr: float):
         self.lr = lr
         self.steps = 0              # updates made so far (Adam's bias correction counts them)
-        self.state: tuple[np.ndarray, np.ndarray] | None = None
+        self.state: dict[str, np.ndarray] | None = None    # name -> buffer (kinds.py's names)
+
+    @classmethod
+    def spec(cls) -> kinds.OptimizerKind:
+        """Its entry in cdnn/kinds.py: kernel id, state buffers, reference."""
+        return kinds.OPTIMIZERS[cls.kind]
 
     def kernel_config(self) -> dict:
-        """The hyper-parameters the update kernel reads."""
+        """The hyper-parameters the update kernel reads, and the kernel's id."""
         raise NotImplementedError
 
-    def state_for(self, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def state_for(self, params: np.ndarray) -> dict[str, np.ndarray]:
         """The state buffers for these parameters, created (zeroed) on first use."""
-        if self.state is None or (self._is_reset() and (
-                self.state[0].shape != params.shape or self.state[0].dtype != params.dtype)):
-            self.state = (np.zeros_like(params), np.zeros_like(params))
-        elif self.state[0].shape != params.shape or self.state[0].dtype != params.dtype:
-            raise ValueError(f"this optimizer already holds state for {self.state[0].size} "
-                             f"{self.state[0].dtype} parameters; make a new one for this network")
+        first = None if self.state is None else next(iter(self.state.values()))
+        if first is None or (self._is_reset() and (
+                first.shape != params.shape or first.dtype != params.dtype)):
+            self.state = {name: np.zeros_like(params) for name in self.spec().state}
+        elif first.shape != params.shape or first.dtype != params.dtype:
+            raise ValueError(f"this optimizer already holds state for {first.size} "
+                             f"{first.dtype} parameters; make a new one for this network")
         return self.state
 
     def reset(self):
@@ -73,13 +85,13 @@ class Optimizer:
         from a callback: training goes on from zero state."""
         # zeroed in place, not dropped: a fit's training steps hold these very buffers
         if self.state is not None:
-            for buffer in self.state:
+            for buffer in self.state.values():
                 buffer.fill(0)
         self.steps = 0
 
     def _is_reset(self) -> bool:
         """No steps and zero state: the same as none, so it may take another network's shape."""
-        return self.steps == 0 and not any(buffer.any() for buffer in self.state)
+        return self.steps == 0 and not any(buffer.any() for buffer in self.state.values())
 
     def step(self, params: np.ndarray, grad: np.ndarray, lr: float | None = None):
         """Update params in place from grad (for loops written around MLP.loss_and_grad)."""
@@ -99,7 +111,14 @@ class Optimizer:
                              "spoil every parameter")
         config = self.kernel_config()
         self.steps += 1
-        _network.optimizer_step(config, lr, self.steps, params, grad, *self.state_for(params))
+        _network.optimizer_step(config, lr, self.steps, params, grad, self.state_for(params))
+
+    def __setstate__(self, state: dict):
+        """Unpickling. cdnn up to 3f99230 held the state as a tuple (state1, state2), its
+        buffers in kinds.py's order (SGD's second unused)."""
+        if isinstance(state.get("state"), tuple):
+            state["state"] = dict(zip(self.spec().state, state["state"]))
+        self.__dict__.update(state)
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items()
@@ -124,15 +143,14 @@ class SGD(Optimizer):
     def kernel_config(self):
         if self.nesterov and self.momentum == 0:   # the one check across two attributes
             raise ValueError("Nesterov momentum requires a momentum > 0")
-        return {"kind": "sgd", "momentum": self.momentum, "nesterov": self.nesterov,
-                "weight_decay": self.weight_decay}
+        return {"kernel": self.spec().kernel, "momentum": self.momentum,
+                "nesterov": self.nesterov, "weight_decay": self.weight_decay}
 
 
 class Adam(Optimizer):
     """Adam, as torch.optim.Adam; weight_decay adds wd·p to the gradient (L2)."""
 
     kind = "adam"
-    squares = 1       # (m, v)
     decoupled = False
     betas = Hyperparameter(_betas)
     eps = Hyperparameter(positive)   # > 0: the first step divides by sqrt(v) + eps, v = g²
@@ -144,13 +162,14 @@ class Adam(Optimizer):
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
 
     def kernel_config(self):
-        return {"kind": "adam", "betas": self.betas, "eps": self.eps,
+        return {"kernel": self.spec().kernel, "betas": self.betas, "eps": self.eps,
                 "weight_decay": self.weight_decay, "decoupled": self.decoupled}
 
 
 class AdamW(Adam):
     """Adam with decoupled weight decay, as torch.optim.AdamW: p ← p·(1 − lr·wd) each step."""
 
+    kind = "adamw"
     decoupled = True
 
     def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -162,7 +181,6 @@ class RMSprop(Optimizer):
     """RMSprop, as torch.optim.RMSprop (not centered)."""
 
     kind = "rmsprop"
-    squares = 0       # (square average, momentum buffer)
     alpha = Hyperparameter(fraction)
     eps = Hyperparameter(positive)
     momentum = Hyperparameter(non_negative)
@@ -175,5 +193,5 @@ class RMSprop(Optimizer):
         self.weight_decay = weight_decay
 
     def kernel_config(self):
-        return {"kind": "rmsprop", "alpha": self.alpha, "eps": self.eps,
+        return {"kernel": self.spec().kernel, "alpha": self.alpha, "eps": self.eps,
                 "momentum": self.momentum, "weight_decay": self.weight_decay}

@@ -212,7 +212,7 @@ class Trainer:
         rank 1 train as one)."""
         config = self.net.get_config()
         optimizer = ", ".join(f"{k}={v!r}" for k, v in self.optimizer.kernel_config().items()
-                              if k != "kind")
+                              if k != "kernel")
         schedule = self.schedule
         if schedule is not None and not isinstance(schedule, Schedule):   # no repr to compare
             schedule = getattr(schedule, "__qualname__", type(schedule).__qualname__)

@@ -13,17 +13,17 @@ cimport numpy as cnp
 from cython cimport floating
 from libc.stdint cimport intptr_t, uint64_t, uintptr_t
 
-from activations cimport (IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH, GELU,
-                          keeps_preactivation, activate)
+from activations cimport keeps_preactivation, activate
 from layout cimport Layout, n_outputs
 from team cimport team_work, team_run, team_set_spin, share
 from passes cimport (DENSE_ROWS, CSR_ROWS, Input, Rows, forward_chunks, forward_one, rows_pass,
                      l2_penalty, loss_scale, finite)
-from step cimport Step, train_steps, STEP_OK, N_PARTIALS
+from step cimport (Step, train_steps, N_PARTIALS, STEP_OK, LOSS_NOT_FINITE, NORM_NOT_FINITE,
+                   EXCHANGE_FAILED, UPDATE_NOT_FINITE)
 from exchange cimport MPIContext, mpi_allreduce, mpi_exchange
-from losses cimport (SOFTMAX_CROSS_ENTROPY, SIGMOID_CROSS_ENTROPY, MEAN_SQUARED_ERROR, POISSON,
-                     softmax)
-from optim cimport OptimizerConfig, make_config, optimizer_update
+from losses cimport SOFTMAX_CROSS_ENTROPY, softmax
+from optim cimport (OptimizerConfig, OptimizerState, make_config, named_state,
+                   state_buffers, optimizer_update)
 
 cdef extern from *:
     """
@@ -57,19 +57,17 @@ cdef extern from *:
 
 cnp.import_array()
 
-ACTIVATIONS = {"identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU,
-               "sigmoid": SIGMOID, "tanh": TANH, "gelu": GELU}
-LOSSES = {"softmax_cross_entropy": SOFTMAX_CROSS_ENTROPY,
-          "sigmoid_cross_entropy": SIGMOID_CROSS_ENTROPY,
-          "mean_squared_error": MEAN_SQUARED_ERROR, "poisson": POISSON}
 # Why a training step stopped (step.pxd's Status)
-STEP_FAILURES = {1: "the loss is not finite", 2: "the gradient's norm is not finite",
-                 3: "the gradient exchange failed",
-                 4: "the update made a parameter or the optimizer's state non-finite"}
+STEP_FAILURES = {LOSS_NOT_FINITE: "the loss is not finite",
+                 NORM_NOT_FINITE: "the gradient's norm is not finite",
+                 EXCHANGE_FAILED: "the gradient exchange failed",
+                 UPDATE_NOT_FINITE: "the update made a parameter or the optimizer's state "
+                                    "non-finite"}
 
 
 cdef class Network:
-    """The shape of a dense network (widths, activations, loss, dropout) and its passes."""
+    """The shape of a dense network (widths, activations, loss, dropout) and its passes.
+    Activations and the loss are given by their kernel ids (cdnn/kinds.py)."""
     cdef Layout layout
     # the arrays the layout points into
     cdef int[::1] _sizes, _kinds
@@ -77,11 +75,11 @@ cdef class Network:
     cdef Py_ssize_t[::1] _offsets
     cdef readonly Py_ssize_t n_params, row_width
 
-    def __init__(self, sizes, activations, str loss, double slope=0.01, dropout=None,
+    def __init__(self, sizes, activations, int loss, double slope=0.01, dropout=None,
                  double l2=0.0):
         cdef Py_ssize_t n_layers = len(sizes) - 1
         sizes_ = np.asarray(sizes, dtype=np.intc)
-        kinds = np.asarray([ACTIVATIONS[a] for a in activations], dtype=np.intc)
+        kinds = np.asarray(activations, dtype=np.intc)
         rates = np.zeros(n_layers) if dropout is None else np.asarray(dropout, dtype=np.float64)
         if n_layers < 1 or kinds.shape[0] != n_layers or rates.shape[0] != n_layers:
             raise ValueError("need one activation and one dropout rate per layer")
@@ -91,7 +89,7 @@ cdef class Network:
         self._offsets = np.zeros(5 * n_layers, dtype=np.intp)
         self._lay_out(sizes_, kinds, rates)
         self.layout.n_layers = <int>n_layers
-        self.layout.loss = LOSSES[loss]
+        self.layout.loss = loss
         self.layout.sizes = &self._sizes[0]
         self.layout.kinds = &self._kinds[0]
         self.layout.dropout = &self._rates[0]
@@ -183,11 +181,10 @@ cdef class Network:
                 done = forward_one(L, <const double*>p, <const double*>x, <double*>y)
         return out if done else None
 
-    def loss_and_grad(self, const floating[::1] params, X,
-                      const int[::1] labels, const floating[:, ::1] targets,
-                      const floating[::1] weights, floating[:, ::1] grads,
+    def loss_and_grad(self, const floating[::1] params, batch, floating[:, ::1] grads,
                       floating[::1] workspace):
-        """grads[0] := dL/dparams of the mean loss over all rows of X (plus the L2 penalty);
+        """grads[0] := dL/dparams of the mean loss over all rows of the batch (cdnn._engine's
+        Batch: X, labels or targets, weights) plus the L2 penalty;
         returns the loss. A team of len(grads) threads takes a contiguous share of the rows
         each, in chunks of its part of the workspace, into its own row of grads; the rows are
         then summed in a fixed order."""
@@ -195,8 +192,7 @@ cdef class Network:
         cdef Py_ssize_t i, n = grads.shape[1]
         if n != params.shape[0]:
             raise ValueError("grads has the wrong size")
-        loss, _, ran = self._over_rows(params, X, labels, targets, weights, workspace,
-                                       n_threads, &grads[0, 0])
+        loss, _, ran = self._over_rows(params, batch, workspace, n_threads, &grads[0, 0])
         team = ran
         cdef double total = loss
         with nogil:
@@ -206,25 +202,22 @@ cdef class Network:
             total += l2_penalty(&self.layout, &params[0], &grads[0, 0])
         return total
 
-    def evaluate(self, const floating[::1] params, X,
-                 const int[::1] labels, const floating[:, ::1] targets,
-                 const floating[::1] weights, floating[::1] workspace, int n_threads=1):
-        """Returns (the mean loss, Σ w over correct predictions) over all rows of X; dropout is
-        off, the L2 penalty is not included. Rows are shared between threads as in forward."""
-        loss, correct, _ = self._over_rows(params, X, labels, targets, weights, workspace,
-                                           n_threads, NULL)
+    def evaluate(self, const floating[::1] params, batch, floating[::1] workspace,
+                 int n_threads=1):
+        """Returns (the mean loss, Σ w over correct predictions) over all rows of the batch (as
+        loss_and_grad's); dropout is off, the L2 penalty is not included. Rows are shared
+        between threads as in forward."""
+        loss, correct, _ = self._over_rows(params, batch, workspace, n_threads, NULL)
         return loss, correct
 
-    cdef tuple _over_rows(self, const floating[::1] params, X,
-                          const int[::1] labels, const floating[:, ::1] targets,
-                          const floating[::1] weights, floating[::1] workspace, int n_threads,
-                          floating* grads):
-        """(loss, correct, the team that ran) over all rows of X and, when grads is not NULL,
-        each thread's gradient in grads[thread]"""
+    cdef tuple _over_rows(self, const floating[::1] params, batch, floating[::1] workspace,
+                          int n_threads, floating* grads):
+        """(loss, correct, the team that ran) over all rows of the batch and, when grads is not
+        NULL, each thread's gradient in grads[thread]"""
         cdef Layout* L = &self.layout
         cdef Py_ssize_t cap = _capacity(L, params.shape[0], workspace.shape[0] // n_threads)
         cdef Py_ssize_t n = 0
-        cdef Rows data = _rows(X, &params[0], L, labels, targets, weights, &n)
+        cdef Rows data = _rows(batch, &params[0], L, &n)
         cdef floating scale = loss_scale(L, <const floating*>data.weights, NULL, n)
         cdef double[:, ::1] part = np.zeros((n_threads, 2))
         cdef RowsCall call
@@ -344,37 +337,38 @@ cdef class TrainingSteps:
     cdef double[:, ::1] partial
     cdef MPIExchange mpi
 
-    def __init__(self, Network net, params, grad, state1, state2, dict optimizer, X, labels,
-                 targets, weights, workspace, label_buffer, batch_buffer, int n_threads=1,
-                 double clip_norm=0, uint64_t seed=0, touched=None, touched_rows=None,
-                 undo=None):
-        """batch_buffer receives each gathered batch: for dense X, an array of the workspace's
-        rows × n_0; for CSR rows, CSR rows of as many rows (indptr zeroed) whose indices and
-        values hold the largest batch's entries (run() checks every batch against it).
-        touched, for the lazy update of CSR rows (step.pxd), is n_0 zeroed bytes (grad must
-        then be zero), touched_rows room (intp) for the most rows of W₁ a batch can touch, and
-        undo 3 × (that × n_1 + the other parameters) of params' dtype."""
+    def __init__(self, Network net, *, params, grad, dict state, dict optimizer, train,
+                 workspace, label_buffer, batch_buffer, int n_threads=1, double clip_norm=0,
+                 uint64_t seed=0, lazy=None):
+        """params, grad: the flat buffers; state: the optimizer's buffers by name (optim.pxd's
+        OptimizerState), optimizer its kernel_config(); train: the training rows (cdnn._engine's
+        Batch). batch_buffer receives each gathered batch: for dense X, an array of the
+        workspace's rows × n_0; for CSR rows, CSR rows of as many rows (indptr zeroed) whose
+        indices and values hold the largest batch's entries (run() checks every batch against
+        it). lazy, for the lazy update of CSR rows (step.pxd; grad must then be zero): touched,
+        n_0 zeroed bytes; touched_rows, room (intp) for the most rows of W₁ a batch can touch;
+        undo, (1 + the state's buffers) × (that × n_1 + the other parameters) of params' dtype."""
+        X = train.X
         if n_threads < 1:
             raise ValueError("n_threads must be positive")
         if (batch_buffer.__class__ is np.ndarray) != (X.__class__ is np.ndarray):
             raise ValueError("X and batch_buffer must be of one kind")
         self.net, self.n_threads, self.n_rows = net, n_threads, X.shape[0]
         self.double_precision = params.dtype == np.float64
-        self.keep = [params, grad, state1, state2, X, labels, targets, weights, workspace,
-                     label_buffer, batch_buffer, touched, touched_rows, undo]
+        self.keep = [params, grad, state, train, workspace, label_buffer, batch_buffer, lazy]
         self.partial = np.zeros((n_threads, N_PARTIALS))
-        if self.double_precision:
-            _bind_step[double](&self.step, &net.layout, params, grad, state1, state2, X, labels,
-                               targets, weights, workspace, label_buffer, batch_buffer)
-        else:
-            _bind_step[float](&self.step, &net.layout, params, grad, state1, state2, X, labels,
-                              targets, weights, workspace, label_buffer, batch_buffer)
-        self.entry_room = len(batch_buffer.indices) if self.step.data.x.kind == CSR_ROWS else 0
         cdef Step* S = &self.step
-        S.touched = NULL
-        if touched is not None:
-            self._bind_lazy(touched, touched_rows, undo)
         S.opt = make_config(optimizer)
+        if self.double_precision:
+            _bind_step[double](S, &net.layout, params, grad, state, train, workspace,
+                               label_buffer, batch_buffer)
+        else:
+            _bind_step[float](S, &net.layout, params, grad, state, train, workspace,
+                              label_buffer, batch_buffer)
+        self.entry_room = len(batch_buffer.indices) if S.data.x.kind == CSR_ROWS else 0
+        S.touched = NULL
+        if lazy is not None:
+            self._bind_lazy(lazy.touched, lazy.touched_rows, lazy.undo)
         S.clip_norm, S.seed = clip_norm, seed
         S.exchange, S.exchange_context = NULL, NULL
         S.partial = &self.partial[0, 0]
@@ -391,7 +385,7 @@ cdef class TrainingSteps:
             raise ValueError("touched_rows holds fewer rows than a batch can touch")
         if (buffer.dtype != (np.float64 if self.double_precision else np.float32)
                 or not buffer.flags.c_contiguous
-                or buffer.size < 3 * (touched_rows.shape[0] * n_1 + rest)):
+                or buffer.size < (1 + S.n_kept) * (touched_rows.shape[0] * n_1 + rest)):
             raise ValueError("undo is too small, or not of params' dtype")
         S.touched, S.touched_rows, S.batch.clean_grad = &touched[0], &touched_rows[0], True
         S.n_rooms, S.undo_part = touched_rows.shape[0], touched_rows.shape[0] * n_1 + rest
@@ -435,9 +429,10 @@ cdef class TrainingSteps:
         _run_team(<team_work>_steps_call, &call, self.n_threads)
         done = call.done
         failure = STEP_FAILURES.get(S.status) if done < n_steps else None
-        if failure is not None and S.status != 4:   # the step failed before its update
+        if failure is not None and S.status != UPDATE_NOT_FINITE:   # failed before its update
             losses[done] = S.loss
-        return done, failure, S.status == 4 and S.touched == NULL   # lazy: restored already
+        # the lazy update restores a failed one itself
+        return done, failure, S.status == UPDATE_NOT_FINITE and S.touched == NULL
 
 
 cdef class MPIExchange:
@@ -501,15 +496,15 @@ cdef class MPIExchange:
 
 
 cdef int _bind_step(Step* S, const Layout* L, floating[::1] params, floating[::1] grad,
-                    floating[::1] state1, floating[::1] state2, X, const int[::1] labels,
-                    const floating[:, ::1] targets, const floating[::1] weights,
-                    floating[::1] workspace, int[::1] label_buffer, batch_buffer) except -1:
-    """Point the Step at a fit's arrays, after checking their sizes"""
+                    dict state, train, floating[::1] workspace, int[::1] label_buffer,
+                    batch_buffer) except -1:
+    """Point the Step at a fit's arrays, after checking their sizes (S.opt is set)"""
     cdef Py_ssize_t n = 0, room = 0
-    S.data = _rows(X, &params[0], L, labels, targets, weights, &n)
-    if not (grad.shape[0] == state1.shape[0] == state2.shape[0] == params.shape[0]
-            == L.n_params):
-        raise ValueError("params, grad or the optimizer state has the wrong size")
+    S.data = _rows(train, &params[0], L, &n)
+    if not grad.shape[0] == params.shape[0] == L.n_params:
+        raise ValueError("params or grad has the wrong size")
+    S.state = named_state(&S.opt, state, &params[0], L.n_params)
+    S.n_kept = state_buffers(&S.state, S.kept)
     S.L = L
     S.cap = _capacity(L, params.shape[0], workspace.shape[0])
     if label_buffer.shape[0] < S.cap:
@@ -518,7 +513,6 @@ cdef int _bind_step(Step* S, const Layout* L, floating[::1] params, floating[::1
     if room < S.cap:
         raise ValueError("batch_buffer holds fewer rows than the workspace")
     S.params, S.grad = &params[0], &grad[0]
-    S.state1, S.state2 = &state1[0], &state2[0]
     S.ws = &workspace[0]
     S.labels = &label_buffer[0]
     return 0
@@ -558,29 +552,28 @@ def softmax_rows(floating[:, ::1] z):
         softmax(&z[0, 0], &z[0, 0], z.shape[0], z.shape[1])
 
 
-def apply_activation(floating[:, ::1] z, str activation, double slope=0.01):
-    """z := f(z), in place"""
-    cdef int kind = ACTIVATIONS[activation]
+def apply_activation(floating[:, ::1] z, int activation, double slope=0.01):
+    """z := f(z), in place, for the activation of this kernel id (cdnn/kinds.py)"""
     cdef Py_ssize_t i, n = z.shape[0] * z.shape[1]
     cdef floating* p = &z[0, 0]
     with nogil:
         for i in range(n):
-            p[i] = activate(p[i], kind, <floating>slope)
+            p[i] = activate(p[i], activation, <floating>slope)
 
 
 def optimizer_step(dict config, double lr, long step, floating[::1] params,
-                   const floating[::1] grad, floating[::1] state1, floating[::1] state2,
-                   double gscale=1):
-    """One update of params (and the state) by the optimizer the config describes; returns
-    whether it made a parameter non-finite"""
+                   const floating[::1] grad, dict state, double gscale=1):
+    """One update of params (and state, the optimizer's buffers by name) by the optimizer the
+    config describes; returns whether it made a parameter non-finite"""
     cdef Py_ssize_t n = params.shape[0]
-    if not grad.shape[0] == state1.shape[0] == state2.shape[0] == n:
-        raise ValueError("params, grad and the optimizer state must have one size")
+    if grad.shape[0] != n:
+        raise ValueError("params and grad must have one size")
     cdef OptimizerConfig c = make_config(config)
+    cdef OptimizerState s = named_state(&c, state, &params[0], n)
     cdef int bad = 0
     with nogil:
-        bad = optimizer_update(&c, <floating>lr, step, &params[0], &grad[0], &state1[0],
-                               &state2[0], n, <floating>gscale)
+        bad = optimizer_update(&c, <floating>lr, step, &params[0], &grad[0], &s, 0, n,
+                               <floating>gscale)
     return bad != 0
 
 
@@ -629,11 +622,14 @@ cdef Py_ssize_t _check_csr(const Py_ssize_t[::1] indptr, const int[::1] indices,
     return n
 
 
-cdef Rows _rows(X, const floating* like, const Layout* L, const int[::1] labels,
-                const floating[:, ::1] targets, const floating[::1] weights,
-                Py_ssize_t* n) except *:
+cdef Rows _rows(batch, const floating* like, const Layout* L, Py_ssize_t* n) except *:
+    """The rows of a batch (cdnn._engine's Batch: X, labels, targets, weights by name), checked;
+    their number in n"""
+    cdef const int[::1] labels = batch.labels
+    cdef const floating[:, ::1] targets = batch.targets
+    cdef const floating[::1] weights = batch.weights
     cdef Rows data
-    data.x = _input(X, like, L, n)
+    data.x = _input(batch.X, like, L, n)
     _check_targets(L, n[0], labels, targets, weights)
     data.labels = &labels[0] if labels is not None else NULL
     data.targets = &targets[0, 0] if targets is not None else NULL

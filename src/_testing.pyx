@@ -1,6 +1,6 @@
 """Thin memoryview wrappers around each kernel, for the tests only: each compares a kernel with
-its plain numpy reference (tests/reference.py). Production code calls the kernels through the
-engine (_network.pyx), never through this module."""
+its plain numpy reference (cdnn/kinds.py, tests/reference.py). Production code calls the
+kernels through the engine (_network.pyx), never through this module."""
 
 from cython cimport floating
 from libc.stdint cimport uint64_t
@@ -12,7 +12,7 @@ from dense cimport (dense_forward, dense_backward_delta, dense_backward_params,
 from dropout cimport dropout_forward, dropout_backward
 from losses cimport loss_forward_backward
 
-from cdnn._network import ACTIVATIONS, LOSSES
+from cdnn.kinds import ACTIVATIONS, LOSSES
 
 
 cdef _require(bint ok, str what):
@@ -37,7 +37,7 @@ def bias_activation(floating[:, ::1] z, floating[:, ::1] a, const floating[::1] 
                     str activation, floating slope=0.01):
     """z := z + bias (GELU only); a := f(z + bias)"""
     _require(a.shape[0] == z.shape[0] and a.shape[1] == z.shape[1] == bias.shape[0], "shapes")
-    cdef int kind = ACTIVATIONS[activation]
+    cdef int kind = ACTIVATIONS[activation].kernel
     with nogil:
         bias_activation_forward(&z[0, 0], &a[0, 0], &bias[0], z.shape[0], z.shape[1],
                                 z.shape[1], kind, slope)
@@ -48,7 +48,7 @@ def activation_grad(floating[:, ::1] d, const floating[:, ::1] a, const floating
     """d := d · f'(z)"""
     _require(a.shape[0] == z.shape[0] == d.shape[0] and a.shape[1] == z.shape[1] == d.shape[1],
              "shapes")
-    cdef int kind = ACTIVATIONS[activation]
+    cdef int kind = ACTIVATIONS[activation].kernel
     with nogil:
         activation_backward(&d[0, 0], &a[0, 0], &z[0, 0], d.shape[0], d.shape[1], d.shape[1],
                             kind, slope)
@@ -73,7 +73,7 @@ def dense(floating[:, ::1] z, floating[:, ::1] a, const floating[:, ::1] inp,
     _require(inp.shape[1] == W.shape[0] and W.shape[1] == b.shape[0] == z.shape[1] == a.shape[1]
              and z.shape[0] == a.shape[0] == inp.shape[0] and 0 <= first <= last <= W.shape[1],
              "shapes")
-    cdef int kind = ACTIVATIONS[activation]
+    cdef int kind = ACTIVATIONS[activation].kernel
     with nogil:
         dense_forward(&z[0, 0], &a[0, 0], &inp[0, 0], &W[0, 0], &b[0], inp.shape[0],
                       W.shape[0], W.shape[1], first, last, kind, slope)
@@ -97,7 +97,7 @@ def dense_grad(floating[:, ::1] dW, floating[::1] db, floating[:, ::1] d,
              and d.shape[1] == a.shape[1] == z.shape[1] == n_out
              and 0 <= w_first <= w_last <= n_in and 0 <= b_first <= b_last <= n_out
              and (dinp is None or (dinp.shape[0] == rows and dinp.shape[1] == n_in)), "shapes")
-    cdef int kind = ACTIVATIONS[activation]
+    cdef int kind = ACTIVATIONS[activation].kernel
     cdef floating* dinp_ptr = &dinp[0, 0] if dinp is not None else NULL
     with nogil:
         dense_backward_delta(&d[0, 0], &a[0, 0], &z[0, 0], rows, n_out, 0, n_out, kind, slope)
@@ -122,7 +122,7 @@ def loss(str name, const floating[:, ::1] outputs, const int[::1] labels,
         _require(name == "softmax_cross_entropy", "labels need the softmax loss")
         for i in range(rows):
             _require(0 <= labels[i] < k, "label out of range")
-    cdef int kind = LOSSES[name]
+    cdef int kind = LOSSES[name].kernel
     cdef double result
     with nogil:
         result = loss_forward_backward(

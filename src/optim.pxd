@@ -8,7 +8,7 @@
 from cython cimport floating
 from mathf cimport fsqrt
 
-cdef enum OptimizerKind:
+cdef enum OptimizerKind:       # cdnn/kinds.py's OPTIMIZERS give each optimizer its kind
     SGD = 0
     ADAM = 1
     RMSPROP = 2
@@ -23,11 +23,24 @@ cdef struct OptimizerConfig:
     bint decoupled                    # AdamW: decay the weights, not the gradient
     double alpha                      # RMSprop
 
+# The buffers an optimizer keeps, by the names cdnn/kinds.py gives them (PyTorch's), each in
+# the flat parameter layout, of the parameters' dtype; NULL for one it does not keep.
+cdef struct OptimizerState:
+    void* m                 # Adam: the running average of g
+    void* v                 # Adam: the running average of g²
+    void* momentum          # SGD, RMSprop: the momentum buffer
+    void* square_avg        # RMSprop: the running average of g²
+
+cdef enum:
+    MAX_STATE = 2           # the most buffers one optimizer keeps
+
 
 cdef inline OptimizerConfig make_config(dict o) except *:
     """The struct for a Python optimizer's kernel_config() dict"""
     cdef OptimizerConfig c
-    c.kind = {"sgd": SGD, "adam": ADAM, "rmsprop": RMSPROP}[o["kind"]]
+    c.kind = o["kernel"]
+    if not SGD <= c.kind <= RMSPROP:
+        raise ValueError(f"no optimizer kernel {c.kind}")
     c.momentum = o.get("momentum", 0.0)
     c.weight_decay = o.get("weight_decay", 0.0)
     c.nesterov = o.get("nesterov", False)
@@ -37,6 +50,57 @@ cdef inline OptimizerConfig make_config(dict o) except *:
     c.decoupled = o.get("decoupled", False)
     c.alpha = o.get("alpha", 0.99)
     return c
+
+
+cdef inline bint holds_state(const OptimizerConfig* c, const OptimizerState* s) noexcept nogil:
+    """Whether s holds every buffer the optimizer's update reads"""
+    if c.kind == SGD:
+        return s.momentum != NULL
+    if c.kind == ADAM:
+        return s.m != NULL and s.v != NULL
+    return s.square_avg != NULL and s.momentum != NULL
+
+
+cdef inline OptimizerState named_state(const OptimizerConfig* c, dict state,
+                                       const floating* like, Py_ssize_t n) except *:
+    """The buffers of state (name -> array of n of like's dtype) by name, after checking that
+    they are every one the optimizer's update reads"""
+    cdef OptimizerState s
+    cdef floating[::1] a
+    s.m, s.v, s.momentum, s.square_avg = NULL, NULL, NULL, NULL
+    if len(state) > MAX_STATE:
+        raise ValueError(f"an optimizer keeps at most {MAX_STATE} buffers, not {sorted(state)}")
+    for name, array in state.items():
+        a = array
+        if a.shape[0] != n:
+            raise ValueError(f"the optimizer's {name} buffer has {a.shape[0]} elements, the "
+                             f"network {n} parameters")
+        if name == "m":
+            s.m = &a[0]
+        elif name == "v":
+            s.v = &a[0]
+        elif name == "momentum":
+            s.momentum = &a[0]
+        elif name == "square_avg":
+            s.square_avg = &a[0]
+        else:
+            raise ValueError(f"no optimizer keeps a buffer named {name!r}")
+    if not holds_state(c, &s):
+        raise ValueError(f"the optimizer's update reads a buffer that {sorted(state)} lacks")
+    return s
+
+
+cdef inline int state_buffers(const OptimizerState* s, void** out) noexcept nogil:
+    """The buffers s holds, in one fixed order, into out (room for MAX_STATE); returns how
+    many (for code that treats them alike: the lazy update's undo)"""
+    cdef void* named[4]
+    cdef int i, n = 0
+    named[0], named[1], named[2], named[3] = s.m, s.v, s.momentum, s.square_avg
+    for i in range(4):
+        if named[i] != NULL and n < MAX_STATE:
+            out[n] = named[i]
+            n += 1
+    return n
 
 
 cdef inline int sgd_update(const OptimizerConfig* c, floating lr, floating* p, const floating* g,
@@ -108,13 +172,16 @@ cdef inline int rmsprop_update(const OptimizerConfig* c, floating lr, floating* 
 
 
 cdef inline int optimizer_update(const OptimizerConfig* c, floating lr, long step, floating* p,
-                                  const floating* g, floating* s1, floating* s2, Py_ssize_t n,
-                                  floating gscale) noexcept nogil:
+                                  const floating* g, const OptimizerState* s, Py_ssize_t at,
+                                  Py_ssize_t n, floating gscale) noexcept nogil:
+    """The update of the n parameters from at of the flat buffers p, g and s's"""
     if c.kind == SGD:
-        return sgd_update(c, lr, p, g, s1, n, gscale)
+        return sgd_update(c, lr, p + at, g + at, <floating*>s.momentum + at, n, gscale)
     if c.kind == ADAM:
-        return adam_update(c, lr, step, p, g, s1, s2, n, gscale)
-    return rmsprop_update(c, lr, p, g, s1, s2, n, gscale)
+        return adam_update(c, lr, step, p + at, g + at, <floating*>s.m + at,
+                           <floating*>s.v + at, n, gscale)
+    return rmsprop_update(c, lr, p + at, g + at, <floating*>s.square_avg + at,
+                          <floating*>s.momentum + at, n, gscale)
 
 
 cdef inline double sum_of_squares(const floating* x, Py_ssize_t n) noexcept nogil:

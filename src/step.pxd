@@ -23,7 +23,8 @@ from layout cimport Layout, n_outputs
 from team cimport Part, share, barrier
 from passes cimport Input, Rows, CSR_ROWS, gather_rows, forward, backward, loss_scale
 from losses cimport loss_forward_backward, count_correct
-from optim cimport OptimizerConfig, optimizer_update, sum_of_squares
+from optim cimport (OptimizerConfig, OptimizerState, MAX_STATE, optimizer_update,
+                   sum_of_squares)
 
 
 # The exchange phase's contract: called by one thread while the others wait, with the full
@@ -64,9 +65,10 @@ cdef struct Step:
                                 # CSR rows with room for the largest batch's entries
     void* params                # the flat buffers, of the network's dtype
     void* grad
-    void* state1
-    void* state2
     OptimizerConfig opt
+    OptimizerState state        # the optimizer's buffers, by name
+    void* kept[MAX_STATE]       # the same buffers as a list (optim.pxd's state_buffers), for
+    int n_kept                  #   the lazy update's undo
     void* ws                    # the workspace, cap rows
     Py_ssize_t cap
     int* labels                 # the batch's labels (cap,)
@@ -81,8 +83,9 @@ cdef struct Step:
     Py_ssize_t* touched_rows    # those rows, in the order first seen (room for the most a
     Py_ssize_t n_touched        #   batch can touch: n_rooms)
     Py_ssize_t n_rooms
-    void* undo                  # 3 parts of undo_part = n_rooms × n_1 + the other parameters:
-    Py_ssize_t undo_part        #   the values the lazy update overwrote, restored if it fails
+    void* undo                  # 1 + n_kept parts (the parameters, each kept buffer) of
+    Py_ssize_t undo_part        #   undo_part = n_rooms × n_1 + the other parameters: the values
+                                #   the lazy update overwrote, restored if it fails
     # written by thread 0 between barriers, read by the team
     double scale, gscale, loss, correct
     int status
@@ -203,9 +206,8 @@ cdef inline void clip(Step* S, const floating* params, int tid, int team) noexce
 cdef inline int update_range(Step* S, const floating* params, floating lr, long step,
                              Py_ssize_t first, Py_ssize_t count) noexcept nogil:
     """The optimizer's update of the parameters first..first + count of the flat buffer"""
-    return optimizer_update(&S.opt, lr, step, <floating*>S.params + first,
-                            <floating*>S.grad + first, <floating*>S.state1 + first,
-                            <floating*>S.state2 + first, count, <floating>S.gscale)
+    return optimizer_update(&S.opt, lr, step, <floating*>S.params, <const floating*>S.grad,
+                            &S.state, first, count, <floating>S.gscale)
 
 
 cdef inline void update(Step* S, const floating* params, floating lr, long step, int tid,
@@ -265,12 +267,23 @@ cdef inline int lazy_run(Step* S, floating lr, long step, Py_ssize_t at, Py_ssiz
     """The parameters at..at+n (and their state) into undo at slot, then updated"""
     cdef floating* undo = <floating*>S.undo + slot
     cdef Py_ssize_t part = S.undo_part
+    cdef int k
     memcpy(undo, <floating*>S.params + at, n * sizeof(floating))
-    memcpy(undo + part, <floating*>S.state1 + at, n * sizeof(floating))
-    memcpy(undo + 2 * part, <floating*>S.state2 + at, n * sizeof(floating))
-    return optimizer_update(&S.opt, lr, step, <floating*>S.params + at, <floating*>S.grad + at,
-                            <floating*>S.state1 + at, <floating*>S.state2 + at, n,
-                            <floating>S.gscale)
+    for k in range(S.n_kept):
+        memcpy(undo + (k + 1) * part, <floating*>S.kept[k] + at, n * sizeof(floating))
+    return optimizer_update(&S.opt, lr, step, <floating*>S.params, <const floating*>S.grad,
+                            &S.state, at, n, <floating>S.gscale)
+
+
+cdef inline void restore(Step* S, const floating* params, Py_ssize_t at, Py_ssize_t n,
+                         Py_ssize_t slot) noexcept nogil:
+    """The parameters at..at+n (and their state) back from undo at slot (params: their dtype)"""
+    cdef floating* undo = <floating*>S.undo + slot
+    cdef Py_ssize_t part = S.undo_part
+    cdef int k
+    memcpy(<floating*>S.params + at, undo, n * sizeof(floating))
+    for k in range(S.n_kept):
+        memcpy(<floating*>S.kept[k] + at, undo + (k + 1) * part, n * sizeof(floating))
 
 
 cdef inline void lazy_finish(Step* S, const floating* params, bint failed, int tid,
@@ -279,21 +292,14 @@ cdef inline void lazy_finish(Step* S, const floating* params, bint failed, int t
     keeps the failed step); then its touched rows' gradient and marks cleared for the next step"""
     cdef Py_ssize_t n_1 = S.L.sizes[1], w1 = <Py_ssize_t>S.L.sizes[0] * n_1, j, at
     cdef Part mine = share(S.n_touched, tid, team), rest = share(S.L.n_params - w1, tid, team)
-    cdef floating* undo = <floating*>S.undo
-    cdef Py_ssize_t part = S.undo_part, size = sizeof(floating)
     for j in range(mine.first, mine.first + mine.count):
         at = S.touched_rows[j] * n_1
         if failed:
-            memcpy(<floating*>S.params + at, undo + j * n_1, n_1 * size)
-            memcpy(<floating*>S.state1 + at, undo + part + j * n_1, n_1 * size)
-            memcpy(<floating*>S.state2 + at, undo + 2 * part + j * n_1, n_1 * size)
-        memset(<floating*>S.grad + at, 0, n_1 * size)
+            restore(S, params, at, n_1, j * n_1)
+        memset(<floating*>S.grad + at, 0, n_1 * sizeof(floating))
         S.touched[S.touched_rows[j]] = 0
     if failed:
-        at = S.n_rooms * n_1 + rest.first
-        memcpy(<floating*>S.params + w1 + rest.first, undo + at, rest.count * size)
-        memcpy(<floating*>S.state1 + w1 + rest.first, undo + part + at, rest.count * size)
-        memcpy(<floating*>S.state2 + w1 + rest.first, undo + 2 * part + at, rest.count * size)
+        restore(S, params, w1 + rest.first, rest.count, S.n_rooms * n_1 + rest.first)
     barrier(team)       # every mark is clear before thread 0 marks the next batch
 
 

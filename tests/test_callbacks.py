@@ -136,7 +136,7 @@ def test_checkpoint_with_optimizer_state(data, tmp_path):
     opt = cdnn.SGD(lr=1.0)
     cdnn.load(path, optimizer=opt)
     assert opt.steps == trainer.optimizer.steps == 8 and opt.momentum == 0.9
-    np.testing.assert_array_equal(opt.state[0], trainer.optimizer.state[0])
+    np.testing.assert_array_equal(opt.state["momentum"], trainer.optimizer.state["momentum"])
 
 
 def test_checkpoint_path_with_an_unknown_field(data, tmp_path):

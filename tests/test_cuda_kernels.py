@@ -16,12 +16,14 @@ from scipy.special import softmax
 
 import reference as ref
 from cdnn import _native
+from cdnn import kinds
+from cdnn._engine import Batch, Engine
 from cdnn._native import _network
 from cdnn.cuda import kernels as K
 from conftest import DTYPES, RTOL
 
-ACTIVATIONS = list(_network.ACTIVATIONS)
-LOSSES = list(_network.LOSSES)
+ACTIVATIONS = list(kinds.ACTIVATIONS)
+LOSSES = list(kinds.LOSSES)
 GRIDS = [(1, 1), (3, 4), (64, 32)]      # (blocks, threads): fewer and more than the work
 NULL = np.uint64(0)
 
@@ -79,12 +81,12 @@ def test_bias_activation(rng, dtype, activation, grid):
     b = rng.normal(size=cols).astype(dtype)
     z, a = z0.copy(), np.full((rows, cols), np.nan, dtype)
     z, a, *_ = launch("bias_activation", dtype, grid, z, a, b, np.int64(rows), np.int32(cols),
-                      np.int32(_network.ACTIVATIONS[activation]), T(dtype)(0.01))
+                      np.int32(kinds.ACTIVATIONS[activation].kernel), T(dtype)(0.01))
     expected_z = z0.astype(float) + b
     close(a, ref.activate(expected_z, activation), dtype)
     close(z, expected_z if activation == "gelu" else z0, dtype)   # only GELU keeps z
     x, *_ = launch("activation_inplace", dtype, grid, z0.copy(), np.int64(z0.size),
-                   np.int32(_network.ACTIVATIONS[activation]), T(dtype)(0.01))
+                   np.int32(kinds.ACTIVATIONS[activation].kernel), T(dtype)(0.01))
     close(x, ref.activate(z0.astype(float), activation), dtype)
 
 
@@ -101,7 +103,7 @@ def test_activation_backward_and_bias_gradient(rng, dtype, activation, chunk_row
     partial = np.full((chunks, cols), np.nan, dtype)
     d, _, _, _, _, _, _, partial, _ = launch(
         "activation_backward_bias", dtype, (3, 4), upstream.copy(), a, z, np.int64(rows),
-        np.int32(cols), np.int32(_network.ACTIVATIONS[activation]), T(dtype)(0.01), partial,
+        np.int32(cols), np.int32(kinds.ACTIVATIONS[activation].kernel), T(dtype)(0.01), partial,
         np.int64(chunk_rows))
     dz = upstream * ref.derivative(z.astype(float), activation)
     close(d, dz, dtype)
@@ -148,7 +150,7 @@ def _loss_inputs(rng, dtype, name, rows, k, weighted, dense_targets):
 def test_loss_delta_scale_and_sums(rng, dtype, name, weighted, dense_targets):
     rows, k = 17, 4
     z, labels, t, w = _loss_inputs(rng, dtype, name, rows, k, weighted, dense_targets)
-    code = np.int32(_network.LOSSES[name])
+    code = np.int32(kinds.LOSSES[name].kernel)
     scale = np.zeros(1, dtype)
     scale = launch("loss_scale", dtype, (2, 3), w if w is not None else NULL, np.int64(rows),
                    np.int32(1 if name == "softmax_cross_entropy" else k), scale)[3]
@@ -173,9 +175,10 @@ def test_loss_delta_scale_and_sums(rng, dtype, name, weighted, dense_targets):
     close(host(out[4])[1], expected_loss, dtype)
     np.testing.assert_array_equal(host(out[7]), [0, 0])
     # correct predictions, as the CPU kernel counts them
-    expected_correct = _network.Network([k, k], ["identity"], name).evaluate(
-        np.r_[np.eye(k).ravel(), np.zeros(k)].astype(dtype), z, labels, None if labels is not None
-        else t, w, np.empty(rows * 64, dtype))[1]
+    identity = Engine([k, k], ["identity"], name, 0.01, [0.0], 0.0, np.dtype(dtype))
+    expected_correct = identity.evaluate(
+        np.r_[np.eye(k).ravel(), np.zeros(k)].astype(dtype),
+        Batch(z, labels, None if labels is not None else t, w))[1]
     np.testing.assert_allclose(host(out[5])[1], expected_correct, rtol=1e-6)
 
 
@@ -214,23 +217,17 @@ def test_sum_squares_l2_gradient_and_clip(rng, dtype, grid):
     np.testing.assert_array_equal(status, [2, 7])
 
 
+# (kernel, its configuration, the table's reference and its hyper-parameters)
 OPTIMIZERS = [
-    ("sgd", dict(), lambda p, g, s1, s2, lr, t: ref.sgd(p, g, s1, lr)),
-    ("sgd", dict(momentum=0.9, weight_decay=0.01),
-     lambda p, g, s1, s2, lr, t: ref.sgd(p, g, s1, lr, 0.9, False, 0.01)),
-    ("sgd", dict(momentum=0.9, nesterov=True),
-     lambda p, g, s1, s2, lr, t: ref.sgd(p, g, s1, lr, 0.9, True)),
-    ("adam", dict(weight_decay=0.01),
-     lambda p, g, s1, s2, lr, t: ref.adam(p, g, s1, s2, lr, t, weight_decay=0.01)),
-    ("adam", dict(weight_decay=0.01, decoupled=True),
-     lambda p, g, s1, s2, lr, t: ref.adam(p, g, s1, s2, lr, t, weight_decay=0.01,
-                                          decoupled=True)),
-    ("adam", dict(eps_inside=True),
-     lambda p, g, s1, s2, lr, t: ref.adam(p, g, s1, s2, lr, t, eps_inside=True)),
-    ("rmsprop", dict(), lambda p, g, s1, s2, lr, t: ref.rmsprop(p, g, s1, s2, lr)),
-    ("rmsprop", dict(momentum=0.9, weight_decay=0.01),
-     lambda p, g, s1, s2, lr, t: ref.rmsprop(p, g, s1, s2, lr, momentum=0.9,
-                                             weight_decay=0.01)),
+    ("sgd", dict(), "sgd", dict()),
+    ("sgd", dict(momentum=0.9, weight_decay=0.01), "sgd", dict(momentum=0.9, weight_decay=0.01)),
+    ("sgd", dict(momentum=0.9, nesterov=True), "sgd", dict(momentum=0.9, nesterov=True)),
+    ("adam", dict(weight_decay=0.01), "adam", dict(weight_decay=0.01)),
+    ("adam", dict(weight_decay=0.01, decoupled=True), "adamw", dict(weight_decay=0.01)),
+    ("adam", dict(eps_inside=True), "adam", dict(eps_inside=True)),
+    ("rmsprop", dict(), "rmsprop", dict()),
+    ("rmsprop", dict(momentum=0.9, weight_decay=0.01), "rmsprop",
+     dict(momentum=0.9, weight_decay=0.01)),
 ]
 
 
@@ -249,13 +246,15 @@ def _update_args(kind, config, dtype, p, g, s1, s2, lrs, step0, s, gscale, statu
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind,config,reference", OPTIMIZERS)
-def test_optimizer_updates(rng, dtype, kind, config, reference):
+@pytest.mark.parametrize("kind,config,name,hyper", OPTIMIZERS)
+def test_optimizer_updates(rng, dtype, kind, config, name, hyper):
     n = 37
     p, s1, s2 = (rng.normal(size=n).astype(dtype) for _ in range(3))
     s2 = np.abs(s2)             # v (Adam) is ≥ 0, as is RMSprop's square average (s1)
     s1 = np.abs(s1) if kind == "rmsprop" else s1
     expected = [a.astype(float) for a in (p, s1, s2)]
+    table = kinds.OPTIMIZERS[name]
+    state = dict(zip(table.state, expected[1:]))     # the kernel's s1, s2 in the table's order
     lrs, step0 = np.array([0.1, 0.01, 0.05]), np.array([4], np.int64)
     for s in range(3):          # three steps: step numbers 5, 6, 7 and their learning rates
         g = rng.normal(size=n).astype(dtype)
@@ -264,8 +263,8 @@ def test_optimizer_updates(rng, dtype, kind, config, reference):
                                     np.full(1, 0.5), np.zeros(2, np.int32)))
         p, s1 = host(args[0]), host(args[2])
         s2 = host(args[3]) if kind != "sgd" else s2
-        expected[0] = reference(expected[0], 0.5 * g.astype(float), expected[1], expected[2],
-                                lrs[s], 5 + s)
+        expected[0] = table.reference(expected[0], 0.5 * g.astype(float), state, lrs[s], 5 + s,
+                                      **hyper)
     close(p, expected[0], dtype, scale=10)
     close(s1, expected[1], dtype, scale=10)
     close(s2, expected[2], dtype, scale=10)

@@ -98,7 +98,7 @@ SIZES = st.lists(st.one_of(st.integers(-2, 8), st.just(2**31), st.just(2**40)), 
 def header_edits(draw):
     """A list of (where, what) edits of the header's JSON."""
     tensor = st.sampled_from(["layers.0.weight", "layers.0.bias", "layers.1.weight",
-                              "layers.1.bias", "optimizer.state1", "optimizer.state2"])
+                              "layers.1.bias", "optimizer.m", "optimizer.v"])
     return draw(st.lists(st.one_of(
         st.tuples(st.just("dtype"), tensor,
                   st.sampled_from(["F64", "F32", "F16", "BF16", "I32", "U8", "BOOL", "X"])),

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 
 import cdnn
+from cdnn.kinds import ACTIVATIONS, LOSSES
 
-ACTIVATIONS = ["identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu"]
-LOSSES = ["softmax_cross_entropy", "sigmoid_cross_entropy", "mean_squared_error", "poisson"]
 DEPTHS = {1: [4, 3], 2: [4, 5, 3], 4: [4, 6, 5, 4, 3]}
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import cdnn
+from cdnn import kinds
 
 # a few iterations are enough to compare predictions
 pytestmark = pytest.mark.filterwarnings("ignore:Stochastic Optimizer:Warning")
@@ -117,7 +118,7 @@ def test_from_sklearn_poisson_regressor_predicts_the_mean(data):
 
 # --- PyTorch -------------------------------------------------------------------------------
 
-TORCH_ACTIVATIONS = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Identity"]
+TORCH_ACTIVATIONS = [a.torch for a in kinds.ACTIVATIONS.values() if a.torch] + ["Identity"]
 
 
 def torch_layer(name):

@@ -1,6 +1,7 @@
 """Model files: safetensors round trips, refusal of every malformed file, and resuming training
 from a checkpoint that holds the optimizer's state."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -8,6 +9,8 @@ import pytest
 import cdnn
 from cdnn import io
 from cdnn.schedules import CosineWithWarmup
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
 
 safetensors = pytest.importorskip("safetensors")
 from safetensors import safe_open                       # noqa: E402
@@ -45,7 +48,7 @@ def test_the_file_is_plain_safetensors(rng, tmp_path):
         np.testing.assert_array_equal(tensors[f"layers.{i}.bias"], b)
     with safe_open(path, framework="numpy") as f:
         meta = f.metadata()
-    assert meta["format"] == "cdnn" and meta["format_version"] == "1"
+    assert meta["format"] == "cdnn" and meta["format_version"] == "2"
     assert json.loads(meta["config"]) == net.get_config()
 
 
@@ -85,7 +88,7 @@ BROKEN = {
     "no metadata": lambda t, m: (t, None),
     "wrong format": lambda t, m: (t, m | {"format": "keras"}),
     "no format": lambda t, m: (t, {k: v for k, v in m.items() if k != "format"}),
-    "future version": lambda t, m: (t, m | {"format_version": "2"}),
+    "future version": lambda t, m: (t, m | {"format_version": "3"}),
     "no config": lambda t, m: (t, {k: v for k, v in m.items() if k != "config"}),
     "config not json": lambda t, m: (t, m | {"config": "{layer_sizes: [4"}),
     "config not an object": lambda t, m: (t, m | {"config": "[4, 6, 5, 3]"}),
@@ -100,11 +103,20 @@ BROKEN = {
     "integer tensor": lambda t, m: (t | {"layers.0.bias": np.zeros(6, np.int64)}, m),
     "nan weight": lambda t, m: (t | {"layers.2.weight": np.full((5, 3), np.nan)}, m),
     "inf bias": lambda t, m: (t | {"layers.2.bias": np.array([0, np.inf, 0])}, m),
-    "state of wrong size": lambda t, m: (t | {"optimizer.state1": np.zeros(3)}, m),
-    "state missing": lambda t, m: ({k: v for k, v in t.items() if k != "optimizer.state2"}, m),
+    "state of wrong size": lambda t, m: (t | {"optimizer.momentum": np.zeros(3)}, m),
+    "state missing": lambda t, m: ({k: v for k, v in t.items() if k != "optimizer.momentum"}, m),
     "state without metadata": lambda t, m: (t, {k: v for k, v in m.items() if k != "optimizer"}),
-    "nan state": lambda t, m: (t | {"optimizer.state1": np.full_like(t["optimizer.state1"],
-                                                                     np.nan)}, m),
+    "nan state": lambda t, m: (t | {"optimizer.momentum": np.full_like(t["optimizer.momentum"],
+                                                                       np.nan)}, m),
+    "another optimizer's state": lambda t, m: ({k: v for k, v in t.items()
+                                                if k != "optimizer.momentum"}
+                                               | {"optimizer.m": t["optimizer.momentum"]}, m),
+    "format 1 names in format 2": lambda t, m: ({k: v for k, v in t.items()
+                                                 if k != "optimizer.momentum"}
+                                                | {"optimizer.state1": t["optimizer.momentum"],
+                                                   "optimizer.state2": t["optimizer.momentum"]},
+                                                m),
+    "format 2 names in format 1": lambda t, m: (t, m | {"format_version": "1"}),
 }
 
 
@@ -231,10 +243,47 @@ def test_negative_running_squares_are_refused(rng, tmp_path):
     """Row 17: Adam's v < 0 loaded, then gave a spurious divergence."""
     net, _, _ = trained_net("float64", rng)
     opt = cdnn.Adam()
-    opt.state_for(net.params)[1][0] = -1.0
+    opt.state_for(net.params)["v"][0] = -1.0
     net.save(tmp_path / "adam.safetensors", opt)
-    with pytest.raises(ValueError, match="state2 holds running squares"):
+    with pytest.raises(ValueError, match="optimizer.v holds running squares"):
         cdnn.load(tmp_path / "adam.safetensors", optimizer=cdnn.Adam())
+
+
+V1_FILES = {"sgd": cdnn.SGD, "adam": cdnn.Adam, "rmsprop": cdnn.RMSprop}
+
+
+@pytest.mark.parametrize("name", V1_FILES)
+def test_format_1_files_load_and_resume_as_the_version_that_wrote_them(name):
+    """tests/data/v1_*: files of cdnn 3f99230 (optimizer.state1, state2), and the parameters
+    and state that version reached one step later (tools/make_v1_model_files.py)"""
+    path = f"{DATA}/v1_{name}.safetensors"
+    with safe_open(path, framework="numpy") as f:
+        assert f.metadata()["format_version"] == "1"
+    opt = V1_FILES[name]()
+    net = cdnn.load(path, optimizer=opt)
+    assert sorted(opt.state) == sorted(opt.spec().state)
+    old = load_file(path)
+    for buffer, tensor in zip(opt.spec().state, ("optimizer.state1", "optimizer.state2")):
+        np.testing.assert_array_equal(opt.state[buffer], old[tensor])
+    then = np.load(f"{DATA}/v1_{name}_next.npz")
+    cdnn.Trainer(net, opt, batch_size=8).fit(then["X"], then["y"], epochs=1, shuffle=False,
+                                             verbose=0)
+    np.testing.assert_array_equal(net.params, then["params"])
+    for buffer, old_name in zip(opt.spec().state, ("state1", "state2")):
+        np.testing.assert_array_equal(opt.state[buffer], then[old_name])
+
+
+def test_a_resaved_format_1_file_names_its_state(tmp_path):
+    opt = cdnn.RMSprop()
+    net = cdnn.load(f"{DATA}/v1_rmsprop.safetensors", optimizer=opt)
+    net.save(tmp_path / "v2.safetensors", opt)
+    assert sorted(load_file(tmp_path / "v2.safetensors")) == sorted(
+        ["layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias",
+         "optimizer.square_avg", "optimizer.momentum"])
+    again = cdnn.RMSprop()
+    cdnn.load(tmp_path / "v2.safetensors", optimizer=again)
+    for buffer in opt.state:
+        np.testing.assert_array_equal(again.state[buffer], opt.state[buffer])
 
 
 # --- saving: paths, permissions, interruptions (issue 13 rows 3, 4; issue 17) ----------------

@@ -5,11 +5,11 @@ import pytest
 import reference as ref
 from cdnn import _native
 from cdnn._native import _network
+from cdnn.kinds import ACTIVATIONS, LOSSES, OPTIMIZERS as OPTIMIZER_KINDS
 from conftest import DTYPES, RTOL
 
 kernels = _native.testing_kernels()   # portable: test_native.py shows the AVX2 engine matches it
 
-ACTIVATIONS = ["identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu"]
 # (rows, n_in, n_out): one row, one unit, widths that are not multiples of 8
 SHAPES = [(1, 1, 1), (1, 7, 3), (5, 1, 9), (13, 17, 11), (64, 33, 10)]
 
@@ -184,8 +184,7 @@ def _targets(rng, name, rows, k):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", ["softmax_cross_entropy", "sigmoid_cross_entropy",
-                                  "mean_squared_error", "poisson"])
+@pytest.mark.parametrize("name", LOSSES)
 @pytest.mark.parametrize("rows,k", [(1, 1), (1, 3), (7, 10), (33, 2)])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("dense_targets", [False, True])
@@ -196,7 +195,7 @@ def test_losses(rng, dtype, name, rows, k, weighted, dense_targets):
         targets = rng.dirichlet(np.ones(k), rows)     # soft labels
     weights = rng.uniform(0.1, 2, rows) if weighted else None
     expected_loss, expected_delta = ref.loss_and_delta(name, z.astype(float), targets, weights)
-    norm = (weights.sum() if weighted else rows) * (1 if name == "softmax_cross_entropy" else k)
+    norm = (weights.sum() if weighted else rows) * (k if LOSSES[name].per_output else 1)
     delta = np.empty_like(z)
     use_labels = labels is not None and not dense_targets
     loss = kernels.loss(name, z, labels if use_labels else None,
@@ -223,45 +222,57 @@ def test_loss_rejects_labels_out_of_range():
                       np.empty_like(z))
 
 
-OPTIMIZERS = [
-    ({"kind": "sgd"}, lambda p, g, s1, s2, lr, t: ref.sgd(p, g, s1, lr)),
-    ({"kind": "sgd", "momentum": 0.9, "weight_decay": 0.01},
-     lambda p, g, s1, s2, lr, t: ref.sgd(p, g, s1, lr, 0.9, False, 0.01)),
-    ({"kind": "sgd", "momentum": 0.8, "nesterov": True},
-     lambda p, g, s1, s2, lr, t: ref.sgd(p, g, s1, lr, 0.8, True)),
-    ({"kind": "adam", "weight_decay": 0.1},
-     lambda p, g, s1, s2, lr, t: ref.adam(p, g, s1, s2, lr, t, weight_decay=0.1)),
-    ({"kind": "adam", "eps": 1e-3, "eps_inside": True},     # scikit-learn's Adam
-     lambda p, g, s1, s2, lr, t: ref.adam(p, g, s1, s2, lr, t, eps=1e-3, eps_inside=True)),
-    ({"kind": "adam", "weight_decay": 0.1, "decoupled": True},
-     lambda p, g, s1, s2, lr, t: ref.adam(p, g, s1, s2, lr, t, weight_decay=0.1,
-                                          decoupled=True)),
-    ({"kind": "rmsprop", "momentum": 0.5, "weight_decay": 0.01},
-     lambda p, g, s1, s2, lr, t: ref.rmsprop(p, g, s1, s2, lr, momentum=0.5,
-                                             weight_decay=0.01)),
+# (optimizer, hyper-parameters the kernel reads): every optimizer of cdnn/kinds.py, with the
+# variants of its update
+OPTIMIZERS = [(name, {}) for name in OPTIMIZER_KINDS] + [
+    ("sgd", {"momentum": 0.9, "weight_decay": 0.01}),
+    ("sgd", {"momentum": 0.8, "nesterov": True}),
+    ("adam", {"weight_decay": 0.1}),
+    ("adam", {"eps": 1e-3, "eps_inside": True}),     # scikit-learn's Adam
+    ("adamw", {"weight_decay": 0.1}),
+    ("rmsprop", {"momentum": 0.5, "weight_decay": 0.01}),
 ]
 
 
+def _kernel_config(name, hyper):
+    kind = OPTIMIZER_KINDS[name]
+    return {"kernel": kind.kernel, **hyper, **({"decoupled": True} if name == "adamw" else {})}
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("config,reference", OPTIMIZERS,
-                         ids=[str(c) for c, _ in OPTIMIZERS])
-def test_optimizer_update(rng, dtype, config, reference):
+@pytest.mark.parametrize("name,hyper", OPTIMIZERS, ids=[f"{n}{h}" for n, h in OPTIMIZERS])
+def test_optimizer_update(rng, dtype, name, hyper):
     n, lr = 23, 0.05
-    p, state = rng.normal(size=n), [np.zeros(n), np.zeros(n)]
-    p_k, state_k = p.astype(dtype), [np.zeros(n, dtype), np.zeros(n, dtype)]
+    names = OPTIMIZER_KINDS[name].state
+    p, state = rng.normal(size=n), {s: np.zeros(n) for s in names}
+    p_k, state_k = p.astype(dtype), {s: np.zeros(n, dtype) for s in names}
     for step in range(1, 4):
         g = rng.normal(size=n)
-        p = reference(p, g, *state, lr, step)
-        _network.optimizer_step(config, lr, step, p_k, g.astype(dtype), *state_k)
+        p = ref.optimizer_update(name, p, g, state, lr, step, **hyper)
+        _network.optimizer_step(_kernel_config(name, hyper), lr, step, p_k, g.astype(dtype),
+                                state_k)
         close(p_k, p, dtype)
+        for s in names:
+            close(state_k[s], state[s], dtype)
+
+
+def test_optimizer_state_must_be_the_buffers_its_update_reads():
+    p, g = np.zeros(4), np.zeros(4)
+    adam = _kernel_config("adam", {})
+    with pytest.raises(ValueError, match="lacks"):
+        _network.optimizer_step(adam, 0.1, 1, p, g, {"m": np.zeros(4)})
+    with pytest.raises(ValueError, match="no optimizer keeps a buffer named 'state1'"):
+        _network.optimizer_step(adam, 0.1, 1, p, g, {"state1": np.zeros(4)})
+    with pytest.raises(ValueError, match="v buffer has 3 elements"):
+        _network.optimizer_step(adam, 0.1, 1, p, g, {"m": np.zeros(4), "v": np.zeros(3)})
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_optimizer_gradient_scale(rng, dtype):
     p, g = rng.normal(size=5).astype(dtype), rng.normal(size=5).astype(dtype)
     expected = p - 0.1 * 0.5 * g
-    _network.optimizer_step({"kind": "sgd"}, 0.1, 1, p, g, np.zeros_like(p), np.zeros_like(p),
-                            0.5)
+    _network.optimizer_step(_kernel_config("sgd", {}), 0.1, 1, p, g,
+                            {"momentum": np.zeros_like(p)}, 0.5)
     close(p, expected, dtype)
 
 

@@ -10,13 +10,12 @@ import pytest
 import cdnn
 from cdnn import cli
 from cdnn.convert import estimator_to_onnx
+from cdnn.kinds import ACTIVATIONS, LOSSES
 from cdnn.onnx import to_onnx
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-ACTIVATIONS = ["identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu"]
-LOSSES = ["softmax_cross_entropy", "sigmoid_cross_entropy", "mean_squared_error", "poisson"]
 DTYPES = ["float32", "float64"]
 # a few iterations are enough to compare predictions
 pytestmark = pytest.mark.filterwarnings("ignore:Stochastic Optimizer:Warning")
@@ -41,8 +40,7 @@ def random_net(activation, loss, dtype, seed=0, sizes=(5, 8, 7, 3)):
 
 
 def cdnn_output(net, X):
-    return net.predict(X).reshape(len(X), -1) if net.loss in ("mean_squared_error", "poisson") \
-        else net.predict_proba(X)
+    return net.predict_proba(X) if net.is_classifier else net.predict(X).reshape(len(X), -1)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -7,10 +7,11 @@ import pytest
 import scipy.sparse
 
 import cdnn
+from cdnn import kinds
 from cdnn.network import ACTIVATIONS
 
 N_IN, N_CLASSES = 4, 3
-OPTIMIZERS = [cdnn.SGD, cdnn.Adam, cdnn.AdamW, cdnn.RMSprop]
+OPTIMIZERS = [cdnn.optim.class_of(kind) for kind in kinds.OPTIMIZERS.values()]
 
 
 @pytest.fixture

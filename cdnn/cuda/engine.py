@@ -12,6 +12,7 @@ import threading
 
 import numpy as np
 
+from cdnn import kinds
 from cdnn._engine import Batch, Engine
 from cdnn._native import _network
 from cdnn.cuda import backend as backends
@@ -38,8 +39,8 @@ class CudaEngine:
         self.host = Engine(layer_sizes, activations, loss, slope, dropout, l2, dtype)
         self.sizes, self.activations = list(layer_sizes), list(activations)
         self.dropout, self.slope = list(dropout), slope
-        self.kind_codes = [_network.ACTIVATIONS[a] for a in activations]
-        self.loss, self.loss_code, self.l2 = loss, _network.LOSSES[loss], l2
+        self.kind_codes = [kinds.ACTIVATIONS[a].kernel for a in activations]
+        self.loss, self.loss_code, self.l2 = loss, kinds.LOSSES[loss].kernel, l2
         self.dtype = np.dtype(dtype)
         self.matmul_precision = "float32" if self.dtype == np.float64 else matmul_precision
         self.n_inputs, self.n_outputs = layer_sizes[0], layer_sizes[-1]
@@ -180,7 +181,7 @@ class CudaEngine:
                                    i32(out.shape[1]))
             else:
                 self.launcher.over("activation_inplace", out.size, out, i64(out.size),
-                                   i32(_network.ACTIVATIONS["sigmoid"]), self.launcher.T(0))
+                                   i32(kinds.ACTIVATIONS["sigmoid"].kernel), self.launcher.T(0))
         return out
 
     def evaluate(self, params, batch: Batch) -> tuple[float, float]:

@@ -22,6 +22,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from cdnn import kinds
 from cdnn._native import _network
 from cdnn.cuda.passes import Workspace, i32, i64, f64
 
@@ -41,7 +42,7 @@ class CudaTrainingSteps:
         self.data = engine.on_device(train)
         self.n_rows = len(train.X)
         self.grad = xp.zeros_like(params)
-        self.saved = [xp.empty_like(a) for a in (params, *self.state)]
+        self.saved = [xp.empty_like(a) for a in (params, *self.state.values())]
         self.ws = Workspace(engine, batch_size, training=True)
         self.step0 = xp.zeros(1, np.int64)
         self.status = xp.zeros(2, np.int32)
@@ -74,13 +75,13 @@ class CudaTrainingSteps:
         self._check_state()
         be, xp = self.e.backend, self.e.xp
         with be.on_stream():
-            for saved, array in zip(self.saved, (self.params, *self.state)):
+            for saved, array in zip(self.saved, (self.params, *self.state.values())):
                 xp.copyto(saved, array)
             done, status = self._call(np.asarray(lrs, np.float64), order)
             losses[:n_steps] = self.e.to_host(self.losses[:n_steps])
             corrects[:n_steps] = self.e.to_host(self.corrects[:n_steps])
             if status == UPDATE_NOT_FINITE:         # undo the failed update, replay the good
-                for saved, array in zip(self.saved, (self.params, *self.state)):
+                for saved, array in zip(self.saved, (self.params, *self.state.values())):
                     xp.copyto(array, saved)
                 if done:
                     self._call(np.asarray(lrs[:done], np.float64),
@@ -161,18 +162,18 @@ class CudaTrainingSteps:
 
     def _update(self, s: int):
         c, k, T, n = self.config, self.e.launcher, self.e.launcher.T, self.params.size
-        p, g, (s1, s2) = self.params, self.grad, self.state
+        p, g, state = self.params, self.grad, self.state      # named as cdnn/kinds.py names them
         common = (i64(n), self.lrs)
-        if c["kind"] == "sgd":
-            k.over("sgd_update", n, p, g, s1, *common, i32(s), self.gscale, self.status,
+        if c["kernel"] == kinds.OPTIMIZERS["sgd"].kernel:
+            k.over("sgd_update", n, p, g, state["momentum"], *common, i32(s), self.gscale, self.status,
                    T(c["momentum"]), T(c["weight_decay"]), i32(c["nesterov"]))
-        elif c["kind"] == "adam":
+        elif c["kernel"] == kinds.OPTIMIZERS["adam"].kernel:
             beta1, beta2 = c["betas"]
-            k.over("adam_update", n, p, g, s1, s2, *common, self.step0, i32(s), self.gscale,
+            k.over("adam_update", n, p, g, state["m"], state["v"], *common, self.step0, i32(s), self.gscale,
                    self.status, f64(beta1), f64(beta2), f64(c["eps"]), T(c["weight_decay"]),
                    i32(c.get("eps_inside", False)), i32(c["decoupled"]))
         else:
-            k.over("rmsprop_update", n, p, g, s1, s2, *common, i32(s), self.gscale, self.status,
+            k.over("rmsprop_update", n, p, g, state["square_avg"], state["momentum"], *common, i32(s), self.gscale, self.status,
                    T(c["alpha"]), T(c["eps"]), T(c["momentum"]), T(c["weight_decay"]))
 
 
@@ -187,6 +188,6 @@ def _device_state(engine, optimizer, params):
     CPU network, is moved there once)"""
     state = optimizer.state_for(params)
     if not all(engine.backend.is_device_array(a) or isinstance(a, engine.xp.ndarray)
-               for a in state):
-        optimizer.state = tuple(engine.asarray(a) for a in state)
+               for a in state.values()):
+        optimizer.state = {name: engine.asarray(a) for name, a in state.items()}
     return optimizer.state

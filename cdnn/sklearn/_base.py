@@ -17,11 +17,10 @@ from cdnn._validation import (check_choice, check_dtype, check_positive_int, che
                               check_sample_weight)
 from cdnn._engine import solver_threads
 from cdnn.convert import estimator_to_onnx
+from cdnn import kinds
 from cdnn.network import ACTIVATIONS, MLP
 from cdnn.sklearn._stochastic import NON_FINITE, fit_stochastic, squared_weights
 
-# scikit-learn's activation names that cdnn spells differently
-ACTIVATION_NAMES = {"logistic": "sigmoid"}
 SOLVERS = ("sgd", "adam", "lbfgs")
 LEARNING_RATES = ("constant", "invscaling", "adaptive")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -134,9 +133,8 @@ class _BaseMLP(BaseEstimator):
         sizes = self.hidden_layer_sizes
         sizes = [sizes] if isinstance(sizes, numbers.Integral) else list(sizes)
         self._hidden = [check_positive_int(s, "every hidden_layer_sizes entry") for s in sizes]
-        activation = ACTIVATION_NAMES.get(self.activation, self.activation)
-        self._activation = check_choice(activation, "activation",
-                                        set(ACTIVATIONS) | set(ACTIVATION_NAMES))
+        self._activation = check_choice(kinds.activation_name(self.activation), "activation",
+                                        ACTIVATIONS)   # scikit-learn's names among them
         check_choice(self.solver, "solver", SOLVERS)
         check_choice(self.learning_rate, "learning_rate", LEARNING_RATES)
         check_real(self.alpha, "alpha", 0)

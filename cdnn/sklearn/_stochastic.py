@@ -223,7 +223,7 @@ def _set_learning_rate(est, c: float):
         if opt.state is not None:
             # scikit-learn's velocity is −lr × cdnn's momentum buffer, and it carries over
             # unchanged when the rate changes: rescale the buffer to match
-            momentum = opt.state[0]
+            momentum = opt.state["momentum"]
             momentum *= opt.lr / lr
         opt.lr = lr
 

@@ -59,7 +59,8 @@ def test_parameters_are_bit_identical_on_every_rank_after_every_epoch():
 
         def on_epoch_end(self, epoch, logs=None):
             assert same_on_every_rank(self.trainer.net.params)
-            assert same_on_every_rank(self.trainer.optimizer.state[0])
+            for buffer in self.trainer.optimizer.state.values():     # Adam's m and v
+                assert same_on_every_rank(buffer)
             self.epochs += 1
 
     for sharded in (False, True):
@@ -232,7 +233,7 @@ def test_derived_communicators_train_as_the_world_does():
 
 def _state_for_another_network(opt):
     # state that training left (not zero, or a reset optimizer may take another network)
-    opt.state_for(np.zeros(7))[0][:] = 0.5
+    opt.state_for(np.zeros(7))["momentum"][:] = 0.5
 
 
 # Issue 23 #2 and #3: what rank 1 does differently, and what every rank is told. Each of these
