@@ -148,3 +148,17 @@ def test_predictions_from_several_threads_take_turns(be):
     for t in threads:
         t.join()
     assert not wrong
+
+
+def test_the_cli_and_onnx_export_on_the_device(be, tmp_path, capsys):
+    from cdnn import cli
+    path = str(tmp_path / "m.safetensors")
+    assert cli.main(["train", "--device", "cuda", "--epochs", "1", "--verbose", "0",
+                     "--save", path]) == 0
+    assert cli.main(["evaluate", path, "--device", "cuda"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    pytest.importorskip("onnx")
+    net = cdnn.load(path, device="cuda")
+    model = net.to_onnx()
+    weights = {t.name: t for t in model.graph.initializer}
+    assert "layers.0.weight" in weights
