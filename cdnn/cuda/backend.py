@@ -196,12 +196,15 @@ class CupyBackend:
                                f" {c.dtype}, {precision})")
 
     @contextlib.contextmanager
-    def on_stream(self):
+    def on_stream(self, synchronized: bool = False):
         """The block's work on the backend's stream, after what the caller's current stream
-        holds; the caller's stream then waits for it"""
+        holds; the caller's stream then waits for it, or (synchronized) the host waits for
+        the block's work, when its answers are host arrays"""
         caller = self.cupy.cuda.get_current_stream()
         if caller.ptr == self.stream.ptr:
             yield
+            if synchronized:
+                self.stream.synchronize()
             return
         events = self._events
         if not hasattr(events, "enter"):
@@ -212,9 +215,15 @@ class CupyBackend:
         try:
             with self.stream:
                 yield
+        except BaseException:
+            synchronized = False
+            raise
         finally:
-            events.leave.record(self.stream)
-            caller.wait_event(events.leave)
+            if synchronized:        # all done: nothing for the caller's stream to wait for
+                self.stream.synchronize()
+            else:
+                events.leave.record(self.stream)
+                caller.wait_event(events.leave)
 
     def capture(self, launch):
         """launch() recorded once as a CUDA graph (nothing runs yet); returns what replays it

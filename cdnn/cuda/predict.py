@@ -41,9 +41,8 @@ class RowsPlan:
         """The outputs for X (n × n_inputs, the network's dtype), a new host array; the caller
         holds the engine's lock (the plan's buffers serve one call at a time)"""
         np.copyto(self.x_host, X)
-        with self.backend.on_stream():
+        with self.backend.on_stream(synchronized=True):
             self.replay()
-            self.backend.synchronize()
         return np.array(self.out_host, copy=True, subok=False)
 
 

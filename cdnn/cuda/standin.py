@@ -273,8 +273,10 @@ class StandinBackend:
         return np.empty(shape, dtype).view(PinnedArray)
 
     @contextlib.contextmanager
-    def on_stream(self):
+    def on_stream(self, synchronized: bool = False):
         yield
+        if synchronized:
+            self.synchronize()
 
     def to_device(self, a, dtype=None):
         self.check_not_recording("a host array copied to the device (pageable, new memory)")
