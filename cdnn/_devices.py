@@ -28,3 +28,10 @@ def make_engine(layer_sizes, activations, loss, slope, dropout, l2, dtype, devic
         return Engine(layer_sizes, activations, loss, slope, dropout, l2, dtype)
     from cdnn.cuda.engine import CudaEngine
     return CudaEngine(layer_sizes, activations, loss, slope, dropout, l2, dtype, matmul_precision)
+
+
+def is_device_array(a) -> bool:
+    """Whether a is a GPU array (CuPy's, or the CPU stand-in's in tests), without importing
+    CuPy"""
+    kind = type(a)
+    return kind.__module__.split(".")[0] == "cupy" or getattr(kind, "__cdnn_device__", False)

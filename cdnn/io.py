@@ -79,7 +79,7 @@ def save(net, path, optimizer: Optimizer | None = None) -> None:
 
 def _on_host(a) -> np.ndarray:
     """A numpy array of a (a GPU array, device="cuda", is copied back)"""
-    return a if isinstance(a, np.ndarray) else a.get() if hasattr(a, "get") else np.asarray(a)
+    return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
 def write_atomically(path, data: bytes) -> None:

@@ -200,7 +200,9 @@ class MLP:
 
     def loss_and_grad(self, X, y, sample_weight=None) -> tuple[float, np.ndarray]:
         """The mean loss over the rows of X (plus the L2 penalty) and its gradient with respect
-        to params, in params' layout; dropout is off."""
+        to params, in params' layout; dropout is off. The gradient lives where params does: a
+        numpy array, or on device="cuda" a CuPy array (opt.step(net.params, grad) takes both;
+        grad.get() copies it to the host)."""
         return self.engine.loss_and_grad(self.params, self.engine.prepare(X, y, sample_weight))
 
     def to_onnx(self, path=None):

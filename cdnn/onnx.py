@@ -48,6 +48,7 @@ class _Graph:
         self.nodes, self.initializers = [], []
 
     def const(self, value, name: str | None = None, dtype=None) -> str:
+        value = value.get() if hasattr(value, "get") else value     # a CUDA network's weights
         array = np.asarray(value, dtype=self.dtype if dtype is None else dtype)
         name = name or f"const_{len(self.initializers)}"
         self.initializers.append(self.onnx.numpy_helper.from_array(array, name))

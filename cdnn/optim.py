@@ -94,8 +94,14 @@ class Optimizer:
         return self.steps == 0 and not any(buffer.any() for buffer in self.state.values())
 
     def step(self, params: np.ndarray, grad: np.ndarray, lr: float | None = None):
-        """Update params in place from grad (for loops written around MLP.loss_and_grad)."""
+        """Update params in place from grad (for loops written around MLP.loss_and_grad):
+        numpy arrays, or a CUDA network's CuPy arrays (updated on its GPU, by the kernel a fit
+        runs)."""
         lr = self.lr if lr is None else positive(lr, "lr")
+        from cdnn import _devices
+        if _devices.is_device_array(params) or _devices.is_device_array(grad):
+            from cdnn.cuda.steps import optimizer_step     # a CUDA network's arrays
+            return optimizer_step(self, params, grad, lr)
         for name, array in (("params", params), ("grad", grad)):
             if not isinstance(array, np.ndarray):
                 raise TypeError(f"{name} must be a numpy array (net.params, or the gradient "

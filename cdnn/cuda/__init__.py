@@ -5,8 +5,8 @@ Needs CuPy (pip install 'cdnn[cuda12]' or 'cdnn[cuda13]'); the core package does
 NVRTC-compiled kernels (kernels.cu) and CUDA graphs on a GPU, or a CPU stand-in that runs the
 same code path on numpy arrays (tests, bench/gpu_check.py --dry-run).
 """
-from cdnn.cuda.backend import (CudaUnavailable, CupyBackend, StandinBackend, current,
-                               use_backend)
+from cdnn.cuda.backend import CudaUnavailable, CupyBackend, current, use_backend
+from cdnn.cuda.standin import StandinBackend
 
 
 def is_available() -> bool:

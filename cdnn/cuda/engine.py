@@ -17,6 +17,7 @@ from cdnn._engine import Batch, Engine
 from cdnn._native import _network
 from cdnn.cuda import backend as backends
 from cdnn.cuda.passes import Launcher, Passes, Workspace, i32, i64
+from cdnn.cuda.predict import Plans
 
 # rows per forward chunk when predicting or evaluating, within WORKSPACE_BYTES of buffers
 CHUNK_ROWS = 65536
@@ -48,6 +49,10 @@ class CudaEngine:
         self.launcher = Launcher(self.backend.module, self.dtype)
         self.passes = Passes(self)
         self._lock = threading.Lock()
+        # the engine's buffers serve one call at a time: calls from several Python threads
+        # take turns (they would share one stream anyway)
+        self.busy = threading.RLock()
+        self.plans = Plans(self)
         self._workspaces: dict[int, Workspace] = {}
         self._uploads: list = []
 
@@ -146,20 +151,30 @@ class CudaEngine:
 
     def forward(self, params, X):
         """The output layer's values (n × n_outputs): a device array for X on the device, a
-        numpy array (copied back) for X on the host"""
-        on_device = self.backend.is_device_array(X)
-        X = self.check_X(X)
-        if hasattr(X, "nnz") or type(X).__name__ == "SparseRows":
-            raise TypeError("the CUDA engine takes dense X (convert scipy.sparse with "
-                            ".toarray())")
-        with self.backend.on_stream():
-            out = self._forward_rows(params, self.asarray(X))
-            flag = self.xp.zeros(1, np.int32)
-            self.launcher.over("find_nonfinite", out.size, out, i64(out.size), flag)
-            if int(self.to_host(flag)[0]):
+        numpy array (copied back) for X on the host. A few ready host rows take a recorded
+        plan (cdnn/cuda/predict.py): one copy each way and one graph launch."""
+        with self.busy:
+            out = self.plans.forward(params, X)
+            if out is not None:
+                return out
+            on_device = self.backend.is_device_array(X)
+            X = self.check_X(X)
+            if hasattr(X, "nnz") or type(X).__name__ == "SparseRows":
+                raise TypeError("the CUDA engine takes dense X (convert scipy.sparse with "
+                                ".toarray())")
+            with self.backend.on_stream():
+                out = self._forward_rows(params, self.asarray(X))
+                if not on_device:       # checked on the host: no wait for a device flag
+                    out = self.to_host(out)
+                    finite = _network.all_finite(out.reshape(-1))
+                else:
+                    flag = self.xp.zeros(1, np.int32)
+                    self.launcher.over("find_nonfinite", out.size, out, i64(out.size), flag)
+                    finite = not int(self.to_host(flag)[0])
+            if not finite:
                 raise ValueError("the network's output is not finite: its inputs or the "
                                  f"parameters are too large for {self.dtype} (scale the inputs)")
-            return out if on_device else self.to_host(out)
+            return out
 
     def _forward_rows(self, params, X):
         n = X.shape[0]
@@ -174,7 +189,11 @@ class CudaEngine:
         return out
 
     def probabilities(self, out):
-        """out (n × k, on the device) := softmax rows, or the sigmoid of each output, in place"""
+        """out (n × k) := softmax rows, or the sigmoid of each output, in place: on the device
+        for a device array, on the host (the CPU engine's loop) for the copy forward gave back
+        for host rows, which a kernel cannot take"""
+        if not self.backend.is_device_array(out):
+            return self.host.probabilities(out)
         with self.backend.on_stream():
             if self.loss == "softmax_cross_entropy":
                 self.launcher.over("softmax_rows", out.shape[0], out, i64(out.shape[0]),
@@ -197,6 +216,10 @@ class CudaEngine:
         return loss, grad
 
     def _over_rows(self, params, batch: Batch, grad):
+        with self.busy:
+            return self._over_rows_locked(params, batch, grad)
+
+    def _over_rows_locked(self, params, batch: Batch, grad):
         """(loss, correct) over every row of batch, in chunks; with grad, the gradient summed
         over the chunks into grad (and the L2 term added, to loss and grad)"""
         xp, T, n = self.xp, self.dtype.type, len(batch.X)

@@ -136,7 +136,12 @@ class HostKernel:
     def __init__(self, name: str, signature: str, launch):
         self.name, self.signature, self._launch = name, signature, launch
 
-    def __call__(self, grid, block, args):
+    def __call__(self, grid, block, args, **kwargs):
+        self.launch_bound(self.bind(grid, block, args))
+
+    def bind(self, grid, block, args):
+        """The launch's arguments checked and packed (as CuPy packs them when a launch is
+        issued or captured): later changes to the Python values do not reach it"""
         if len(args) != len(self.signature):
             raise TypeError(f"{self.name} takes {len(self.signature)} arguments, "
                             f"got {len(args)}")
@@ -146,7 +151,12 @@ class HostKernel:
             *[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
         dims = [tuple(d) + (1,) * (3 - len(d)) if isinstance(d, tuple) else (d, 1, 1)
                 for d in (grid, block)]
-        self._launch((ctypes.c_uint * 3)(*dims[0]), (ctypes.c_uint * 3)(*dims[1]), pointers)
+        # the arrays are kept with the pack: their memory must outlive a recorded launch
+        return ((ctypes.c_uint * 3)(*dims[0]), (ctypes.c_uint * 3)(*dims[1]), pointers,
+                values, tuple(args))
+
+    def launch_bound(self, bound):
+        self._launch(bound[0], bound[1], bound[2])
 
     def _value(self, i: int, code: str, arg):
         if code.isupper():      # a pointer

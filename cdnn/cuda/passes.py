@@ -25,6 +25,8 @@ class Launcher:
         self.dtype, self.T = np.dtype(dtype), np.dtype(dtype).type
         self.f = {name: module.get_function(kernels.kernel_name(name, dtype))
                   for name in kernels.TEMPLATES + kernels.PLAIN}
+        for f in self.f.values():   # CuPy: each function looked up now, not in a capture
+            getattr(f, "kernel", None)
 
     def over(self, name: str, n: int, *args):
         blocks = max(1, min(MAX_BLOCKS, -(-int(n) // THREADS)))

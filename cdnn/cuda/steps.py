@@ -18,13 +18,15 @@ replayed, as on the CPU (cdnn/_engine.py's TrainingSteps).
 """
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 
 import numpy as np
 
 from cdnn import kinds
 from cdnn._native import _network
-from cdnn.cuda.passes import Workspace, i32, i64, f64
+from cdnn.cuda import backend as backends
+from cdnn.cuda.passes import Launcher, Workspace, i32, i64, f64
 
 KEEP_GRAPHS = 4         # recorded runs kept: a fit needs two (its runs, an epoch's last)
 UPDATE_NOT_FINITE = 4
@@ -37,7 +39,7 @@ class CudaTrainingSteps:
         self.e, self.params, self.optimizer = engine, params, optimizer
         self.batch_size, self.clip_norm, self.seed = batch_size, clip_norm, seed
         self.config = optimizer.kernel_config()
-        self.state = _device_state(engine, optimizer, params)
+        self.state = _device_state(engine.backend, optimizer, params)
         self._state_seen = optimizer.state
         self.data = engine.on_device(train)
         self.n_rows = len(train.X)
@@ -94,7 +96,7 @@ class CudaTrainingSteps:
     def _check_state(self):
         """A callback may have reset the optimizer (zeroed in place) or given it new state"""
         if self.optimizer.state is not self._state_seen:
-            self.state = _device_state(self.e, self.optimizer, self.params)
+            self.state = _device_state(self.e.backend, self.optimizer, self.params)
             self.graphs.clear()
         self._state_seen = self.optimizer.state
         self.config = self.optimizer.kernel_config()     # hyper-parameters set between runs
@@ -103,8 +105,8 @@ class CudaTrainingSteps:
         """One run on the device: its inputs uploaded, its graph replayed; (done, status)"""
         n_steps, last = len(lrs), len(order) - (len(lrs) - 1) * self.batch_size
         self._room_for(n_steps)
-        self.lrs[:n_steps] = self.e.backend.to_device(lrs)
-        self.order[:len(order)] = self.e.backend.to_device(order)
+        self.e.backend.upload(self.lrs[:n_steps], lrs)
+        self.e.backend.upload(self.order[:len(order)], order)
         self.step0[...] = self.optimizer.steps
         self.status[...] = 0
         key = (n_steps, last, _hyper_key(self.config))
@@ -161,20 +163,61 @@ class CudaTrainingSteps:
         return labels, targets, weights
 
     def _update(self, s: int):
-        c, k, T, n = self.config, self.e.launcher, self.e.launcher.T, self.params.size
-        p, g, state = self.params, self.grad, self.state      # named as cdnn/kinds.py names them
-        common = (i64(n), self.lrs)
-        if c["kernel"] == kinds.OPTIMIZERS["sgd"].kernel:
-            k.over("sgd_update", n, p, g, state["momentum"], *common, i32(s), self.gscale, self.status,
-                   T(c["momentum"]), T(c["weight_decay"]), i32(c["nesterov"]))
-        elif c["kernel"] == kinds.OPTIMIZERS["adam"].kernel:
-            beta1, beta2 = c["betas"]
-            k.over("adam_update", n, p, g, state["m"], state["v"], *common, self.step0, i32(s), self.gscale,
-                   self.status, f64(beta1), f64(beta2), f64(c["eps"]), T(c["weight_decay"]),
-                   i32(c.get("eps_inside", False)), i32(c["decoupled"]))
-        else:
-            k.over("rmsprop_update", n, p, g, state["square_avg"], state["momentum"], *common, i32(s), self.gscale, self.status,
-                   T(c["alpha"]), T(c["eps"]), T(c["momentum"]), T(c["weight_decay"]))
+        launch_update(self.e.launcher, self.config, self.params, self.grad, self.state,
+                      self.lrs, self.step0, s, self.gscale, self.status)
+
+
+def launch_update(k, c: dict, p, g, state, lrs, step0, s: int, gscale, status):
+    """The optimizer's update kernel (config c) over the flat buffer p for step s of a run:
+    its learning rate lrs[s], its number step0[0] + s + 1, the gradient g·gscale[0]"""
+    T, n = k.T, p.size          # state: the buffers by cdnn/kinds.py's names
+    common = (i64(n), lrs)
+    if c["kernel"] == kinds.OPTIMIZERS["sgd"].kernel:
+        k.over("sgd_update", n, p, g, state["momentum"], *common, i32(s), gscale, status,
+               T(c["momentum"]), T(c["weight_decay"]), i32(c["nesterov"]))
+    elif c["kernel"] == kinds.OPTIMIZERS["adam"].kernel:
+        beta1, beta2 = c["betas"]
+        k.over("adam_update", n, p, g, state["m"], state["v"], *common, step0, i32(s), gscale, status,
+               f64(beta1), f64(beta2), f64(c["eps"]), T(c["weight_decay"]),
+               i32(c.get("eps_inside", False)), i32(c["decoupled"]))
+    else:
+        k.over("rmsprop_update", n, p, g, state["square_avg"], state["momentum"], *common, i32(s), gscale, status,
+               T(c["alpha"]), T(c["eps"]), T(c["momentum"]), T(c["weight_decay"]))
+
+
+_launchers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def optimizer_step(optimizer, params, grad, lr: float):
+    """Optimizer.step for device arrays (net.params and net.loss_and_grad's gradient on a CUDA
+    network): the update kernel a fit runs, once, on the current backend's stream"""
+    be = backends.current()
+    for name, array in (("params", params), ("grad", grad)):
+        if not be.is_device_array(array):
+            raise TypeError(f"{name} must be a device array like the other (net.params of a "
+                            f"CUDA network, and the gradient its loss_and_grad gives), got "
+                            f"{type(array).__name__}")
+    if params.dtype not in (np.float32, np.float64) or params.ndim != 1 \
+            or not params.flags.c_contiguous:
+        raise ValueError(f"params must be a 1-D contiguous float32 or float64 array "
+                         f"(net.params), got {params.dtype} of shape {params.shape}")
+    if grad.shape != params.shape or grad.dtype != params.dtype or not grad.flags.c_contiguous:
+        raise ValueError(f"grad must have the shape and dtype of params ({params.shape} "
+                         f"{params.dtype}), got {grad.shape} {grad.dtype}")
+    xp = be.xp
+    with be.on_stream():
+        if not bool(xp.isfinite(grad).all()):
+            raise ValueError("grad holds a non-finite value (NaN or infinity); the step would "
+                             "spoil every parameter")
+        config = optimizer.kernel_config()
+        state = _device_state(be, optimizer, params)
+        k = _launchers.setdefault(be, {}).get(params.dtype) or Launcher(be.module, params.dtype)
+        _launchers[be][params.dtype] = k
+        optimizer.steps += 1
+        lrs = be.to_device(np.array([lr], np.float64))
+        step0 = be.to_device(np.array([optimizer.steps - 1], np.int64))
+        launch_update(k, config, params, grad, state, lrs, step0, 0,
+                      xp.ones(1, np.float64), xp.zeros(2, np.int32))
 
 
 def _hyper_key(config: dict) -> tuple:
@@ -183,11 +226,11 @@ def _hyper_key(config: dict) -> tuple:
                         for k, v in config.items()))
 
 
-def _device_state(engine, optimizer, params):
+def _device_state(backend, optimizer, params):
     """The optimizer's state buffers on the device (state saved on the host, or made for a
     CPU network, is moved there once)"""
     state = optimizer.state_for(params)
-    if not all(engine.backend.is_device_array(a) or isinstance(a, engine.xp.ndarray)
-               for a in state.values()):
-        optimizer.state = {name: engine.asarray(a) for name, a in state.items()}
+    if not all(backend.is_device_array(a) for a in state.values()):
+        optimizer.state = {name: backend.to_device(np.asarray(a), dtype=params.dtype)
+                           for name, a in state.items()}
     return optimizer.state

@@ -15,6 +15,16 @@ float32 GEMMs run at about twice the float64 rate, and that is most of cdnn's le
 scikit-learn on MNIST-sized problems. dtype=None follows the input as scikit-learn does
 (float32 input in float32, anything else in float64); "float64" always computes in float64.
 
+device: "cpu" (the default) or "cuda" (the current NVIDIA GPU; pip install 'cdnn[cuda12]' or
+'cdnn[cuda13]'). On "cuda" the fit's rows go to the GPU once and train there; X and y are
+numpy arrays (or CuPy arrays) and every answer (predict, predict_proba, score) is a numpy array.
+The weights are drawn on the host, as scikit-learn draws them, and then copied to the GPU.
+`coefs_` and `intercepts_` are numpy *copies* of the GPU's parameters, made at each access:
+changing one of those arrays in place changes nothing; assign instead (`est.coefs_ = [...]` or
+`est.coefs_[i] = W`), which copies to the GPU. solver='lbfgs' works there too: scipy runs on
+the host, and each of its iterations copies the parameters to the GPU and the gradient back.
+get_params, set_params, clone and pickle keep the device (an unpickled "cuda" model needs a GPU).
+
 Where a fit still differs from scikit-learn's (beyond rounding):
 
 - sample weights with alpha > 0: scikit-learn divides each batch's L2 term by that batch's

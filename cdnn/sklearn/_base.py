@@ -13,6 +13,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import validate_data
 
+from cdnn import _devices
 from cdnn._validation import (check_choice, check_dtype, check_positive_int, check_real,
                               check_sample_weight)
 from cdnn._engine import solver_threads
@@ -27,28 +28,36 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class _Layers(list):
-    """coefs_ or intercepts_: a list of views of the network's parameters. Assigning an item
-    copies the values in, as assigning the whole list does, so that predicting and training
-    use them (scikit-learn's estimators read their plain lists afresh each time)."""
+    """coefs_ or intercepts_: a list of views of the network's parameters (on device="cuda",
+    numpy copies of them, made at each access). Assigning an item copies the values in, as
+    assigning the whole list does, so that predicting and training use them (scikit-learn's
+    estimators read their plain lists afresh each time)."""
 
-    def __init__(self, views, name: str):
-        super().__init__(views)
-        self.name = name
+    def __init__(self, views, name: str, engine):
+        on_host = engine.device == "cpu"
+        super().__init__(views if on_host else [engine.to_host(v) for v in views])
+        self.views, self.name, self.engine = views, name, engine
 
     def __setitem__(self, i, value):
         if not isinstance(i, numbers.Integral):
             raise TypeError(f"assign {self.name} whole, or one array at an integer index")
-        _copy_into(list.__getitem__(self, i), value, f"{self.name}[{i}]")
+        _copy_into(self.views[i], value, f"{self.name}[{i}]", self.engine)
 
 
-def _copy_into(view: np.ndarray, value, name: str):
-    value = np.asarray(value)
+def _host(value) -> np.ndarray:
+    """value as a numpy array (a CuPy array is copied back)"""
+    return value.get() if _devices.is_device_array(value) else np.asarray(value)
+
+
+def _copy_into(view, value, name: str, engine):
+    """view[...] := value (a numpy or a CuPy array), view being one of engine's arrays"""
+    value = _host(value)
     if value.dtype.kind not in "biuf":
         raise ValueError(f"{name} must hold real numbers, got dtype {value.dtype}")
     if value.shape != view.shape:
         raise ValueError(f"{name} must have shape {view.shape} (this network's layer), "
                          f"got {value.shape}")
-    view[...] = value
+    view[...] = engine.asarray(value)
 
 
 def _layers_property(name: str, attribute: str):
@@ -59,7 +68,7 @@ def _layers_property(name: str, attribute: str):
             if given in vars(self):
                 return vars(self)[given]
             raise AttributeError(f"{type(self).__name__} has no {name} before it is fitted")
-        return _Layers(getattr(self._net, attribute), name)
+        return _Layers(getattr(self._net, attribute), name, self._net.engine)
 
     def set(self, arrays):
         if "_net" not in vars(self):
@@ -68,11 +77,11 @@ def _layers_property(name: str, attribute: str):
             # items may be assigned next (coefs_ = [0] * 2; coefs_[0] = W)
             vars(self)[given] = arrays
             return
-        views = get(self)
+        views = get(self).views
         if isinstance(arrays, np.ndarray) or len(arrays) != len(views):
             raise ValueError(f"{name} must be a list of {len(views)} arrays (one per layer)")
         for i, (view, value) in enumerate(zip(views, arrays)):
-            _copy_into(view, value, f"{name}[{i}]")
+            _copy_into(view, value, f"{name}[{i}]", self._net.engine)
     return property(get, set, doc=f"The network's {attribute}, as scikit-learn's {name}.")
 
 
@@ -100,7 +109,7 @@ class _BaseMLP(BaseEstimator):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dtype="float32"):
+                 dtype="float32", device="cpu"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -125,6 +134,7 @@ class _BaseMLP(BaseEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.max_fun = max_fun
         self.dtype = dtype
+        self.device = device
 
     # --- parameters ----------------------------------------------------------------------
 
@@ -153,6 +163,7 @@ class _BaseMLP(BaseEstimator):
         if self.n_iter_no_change != np.inf:
             check_positive_int(self.n_iter_no_change, "n_iter_no_change")
         self._dtype = None if self.dtype is None else check_dtype(self.dtype)
+        _devices.check_device(self.device)
 
     def _check_solver(self) -> bool:
         if self.solver not in ("sgd", "adam"):
@@ -260,8 +271,8 @@ class _BaseMLP(BaseEstimator):
         if coefs is None or intercepts is None:
             raise ValueError("coefs_ and intercepts_ were not both set: set both before "
                              "training from given layers")
-        coefs = [np.asarray(W) for W in coefs]
-        intercepts = [np.asarray(b) for b in intercepts]
+        coefs = [_host(W) for W in coefs]
+        intercepts = [_host(b) for b in intercepts]
         if (len(coefs) != len(intercepts) or not coefs
                 or any(W.ndim != 2 for W in coefs) or any(b.ndim != 1 for b in intercepts)):
             raise ValueError("coefs_ must be a list of 2-D arrays and intercepts_ one of as "
@@ -291,9 +302,9 @@ class _BaseMLP(BaseEstimator):
                 W[...] = self._random_state.uniform(-bound, bound, W.shape)
                 b[...] = self._random_state.uniform(-bound, bound, b.shape)
             else:
-                _copy_into(W, given[0][i], f"coefs_[{i}]")
-                _copy_into(b, given[1][i], f"intercepts_[{i}]")
-        self._net = net
+                _copy_into(W, given[0][i], f"coefs_[{i}]", net.engine)
+                _copy_into(b, given[1][i], f"intercepts_[{i}]", net.engine)
+        self._net = net.to(self.device)     # drawn on the host, as scikit-learn draws it
         self.n_iter_, self.t_ = 0, 0
         self.n_layers_ = len(hidden) + 2
         self.n_outputs_ = n_outputs
@@ -317,7 +328,8 @@ class _BaseMLP(BaseEstimator):
         net = self._net
         if net.l2 == l2:
             return net
-        other = MLP(**{**net.get_config(), "l2": l2, "init": "zeros"})
+        other = MLP(**{**net.get_config(), "l2": l2, "init": "zeros", "device": net.device,
+                       "matmul_precision": net.matmul_precision})
         other.params[...] = net.params
         return other
 
@@ -346,18 +358,20 @@ class _BaseMLP(BaseEstimator):
         net = self._with_l2(c * self.alpha / total)
         rows = net.engine.prepare(X, targets, weights)   # checked once, not every iteration
 
-        def loss_and_grad(p):
-            net.params[...] = p
+        def loss_and_grad(p):       # scipy's x and gradient are host arrays
+            net.params[...] = net.engine.asarray(p)
             loss, grad = net.engine.loss_and_grad(net.params, rows)
             penalty = lambda: 0.5 * self.alpha * squared_weights(net) / total  # noqa
-            return self._reported_loss(loss, c, penalty), grad.astype(np.float64) / c
+            return (self._reported_loss(loss, c, penalty),
+                    net.engine.to_host(grad).astype(np.float64) / c)
 
         with solver_threads(net.params.size):
             result = scipy.optimize.minimize(
-                loss_and_grad, self._net.params.astype(np.float64), method="L-BFGS-B",
+                loss_and_grad, self._net.engine.to_host(self._net.params).astype(np.float64),
+                method="L-BFGS-B",
                 jac=True, options={"maxfun": self.max_fun, "maxiter": self.max_iter,
                                    "gtol": self.tol})
-        self._net.params[...] = result.x
+        self._net.params[...] = self._net.engine.asarray(result.x)
         self.n_iter_ = min(int(result.nit), self.max_iter)
         self.loss_ = float(result.fun)
         if result.status != 0:
