@@ -16,7 +16,7 @@ import threading
 
 import numpy as np
 
-from cdnn.cuda import kernels
+import cdnn.cuda.kernels as kernels
 from cdnn.cuda.standin import StandinBackend
 
 INSTALL_HINT = ("pip install 'cdnn[cuda12]' (CUDA 12) or 'cdnn[cuda13]' (CUDA 13), which "

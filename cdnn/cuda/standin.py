@@ -25,7 +25,7 @@ import threading
 
 import numpy as np
 
-from cdnn.cuda import kernels
+import cdnn.cuda.kernels as kernels
 
 
 class CaptureError(RuntimeError):
