@@ -18,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cdnn._native import _network
+from cdnn import _onednn
 from cdnn._sparse import SparseRows
 from cdnn._validation import (as_float_array, check_labels, check_same_length,
                               check_sample_weight, check_X)
@@ -76,12 +77,36 @@ def _check_distributions(targets: np.ndarray):
                          f"for softmax_cross_entropy must each sum to 1")
 
 
+# The matmul precisions: the inputs of every matrix product (forward, dW = aᵀδ, dX = δWᵀ) in
+# the network's dtype through BLAS, or in bfloat16 through oneDNN (cdnn/_onednn.py) with
+# float32 accumulation and outputs. Parameters, optimizer state, losses and the element-wise
+# work stay in the network's dtype either way. "highest" (PyTorch's and JAX's name) is float32.
+MATMUL_PRECISIONS = ("float32", "bfloat16", "highest")
+BLAS_ENGINE = "BLAS (scipy's OpenBLAS)"
+
+
+def matmul_products(precision: str, dtype: np.dtype):
+    """(the kernels' product for a network of dtype at this precision: None for BLAS, else
+    oneDNN's addresses; the matrix engine's name). Errors name what is missing."""
+    if precision != "bfloat16":
+        return None, f"{BLAS_ENGINE} {np.dtype(dtype).name}"
+    if np.dtype(dtype) != np.float32:
+        raise ValueError(f"matmul_precision='bfloat16' is for float32 networks; this one is "
+                         f"{np.dtype(dtype).name} (use matmul_precision='float32')")
+    products = _onednn.bf16_products()
+    return products.addresses, products.engine
+
+
 class Engine:
-    """Runs one network's kernels: predict, evaluate, gradients and training steps."""
+    """Runs one network's kernels: predict, evaluate, gradients and training steps. Its matmul
+    precision chooses the kernels' matrix product (src/matmul.pxd)."""
 
     def __init__(self, layer_sizes, activations, loss: str, slope: float, dropout, l2: float,
-                 dtype: np.dtype):
-        self.network = _network.Network(layer_sizes, activations, loss, slope, dropout, l2)
+                 dtype: np.dtype, matmul_precision: str = "float32"):
+        products, self.matmul_engine = matmul_products(matmul_precision, dtype)
+        self.matmul_precision = "bfloat16" if products is not None else "float32"
+        self.network = _network.Network(layer_sizes, activations, loss, slope, dropout, l2,
+                                        products)
         self.n_inputs, self.n_outputs = layer_sizes[0], layer_sizes[-1]
         self.n_hidden_1 = layer_sizes[1]     # the first layer's width
         self.loss, self.dtype, self.l2 = loss, dtype, l2
@@ -91,7 +116,12 @@ class Engine:
     # --- inputs ---------------------------------------------------------------------------
 
     def check_X(self, X, finite: bool = True) -> np.ndarray | SparseRows:
-        return check_X(X, self.dtype, self.n_inputs, finite)
+        X = check_X(X, self.dtype, self.n_inputs, finite)
+        if isinstance(X, SparseRows) and self.network.bf16:
+            raise ValueError("matmul_precision='bfloat16' takes dense X (a sparse first layer "
+                             "is no matrix product); densify X or use matmul_precision="
+                             "'float32'")
+        return X
 
     def params_per_row(self, X) -> float:
         """The parameters a row of X works with: all of them for dense rows; for sparse rows,

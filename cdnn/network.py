@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cdnn._engine import Batch, Engine
+from cdnn._engine import MATMUL_PRECISIONS, Batch, Engine
 from cdnn._native import _network
 from cdnn import io, onnx
 from cdnn._validation import (check_choice, check_dtype, check_layer_sizes,
@@ -34,8 +34,16 @@ class MLP:
         dropout: rate on the output of each hidden layer (one number or one per hidden layer),
             active only while training.
         l2: penalty l2/2 · Σ‖W‖² on the weights (not biases), added to the loss.
+        matmul_precision: of the inputs of every matrix product, in training and prediction:
+            "float32" (the default: the network's dtype, through BLAS) or "bfloat16" (bf16
+            inputs, float32 accumulation and outputs, through oneDNN on the CPU's AMX or
+            AVX512-BF16 units: pip install 'cdnn[onednn]'; float32 networks, dense X).
+            Parameters, optimizer state, losses and element-wise work stay in the network's
+            dtype, as with torch.set_float32_matmul_precision and JAX's
+            default_matmul_precision. "highest" is "float32".
 
     Attributes:
+        matmul_engine: what runs the matrix products, e.g. "oneDNN 3.2.0 bf16 (AVX512-BF16)".
         params: every weight and bias in one flat 1-D array of the network's dtype; gradients
             (loss_and_grad) and optimizer state have this layout.
         weights: one array per layer, views into params: weights[i] has shape
@@ -47,7 +55,7 @@ class MLP:
                  loss: str = "softmax_cross_entropy", init: str | None = None,
                  dtype: str = "float32", seed: int | None = None, *,
                  dropout: float | Sequence[float] = 0.0, l2: float = 0.0,
-                 leaky_slope: float = 0.01):
+                 leaky_slope: float = 0.01, matmul_precision: str = "float32"):
         if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__len__"):
             raise TypeError("layer_sizes must be a list of layer widths, e.g. [784, 128, 10]")
         if len(layer_sizes) < 2:
@@ -67,6 +75,8 @@ class MLP:
                              for r in _per_hidden_layer(dropout, n_hidden, "dropout"))
         self.l2 = check_real(l2, "l2", 0)
         self.leaky_slope = check_real(leaky_slope, "leaky_slope", 0, 1)
+        check_choice(matmul_precision, "matmul_precision", MATMUL_PRECISIONS)
+        self.matmul_precision = "float32" if matmul_precision == "highest" else matmul_precision
         if seed is not None:
             check_positive_int(seed, "seed", 0)
         self.seed = seed
@@ -75,7 +85,8 @@ class MLP:
 
     def _build(self):
         self.engine = Engine(self.layer_sizes, self.activations + ("identity",), self.loss,
-                             self.leaky_slope, self.dropout + (0.0,), self.l2, self.dtype)
+                             self.leaky_slope, self.dropout + (0.0,), self.l2, self.dtype,
+                             self.matmul_precision)
         self.params = np.zeros(self.engine.n_params, dtype=self.dtype)
         self.weights, self.biases = [], []
         start = 0
@@ -91,6 +102,12 @@ class MLP:
         for W, b in zip(self.weights, self.biases):
             W[...] = INITIALIZERS[self.init](rng, *W.shape)
             b[...] = 0
+
+    @property
+    def matmul_engine(self) -> str:
+        """What runs the matrix products: BLAS in the network's dtype, or oneDNN bf16 on the
+        CPU's matrix engine (AMX or AVX512-BF16)."""
+        return self.engine.matmul_engine
 
     @property
     def n_inputs(self) -> int:
@@ -112,12 +129,13 @@ class MLP:
         return {"layer_sizes": list(self.layer_sizes), "activation": list(self.activations),
                 "loss": self.loss, "init": self.init, "dtype": self.dtype.name,
                 "seed": self.seed, "dropout": list(self.dropout), "l2": self.l2,
-                "leaky_slope": self.leaky_slope}
+                "leaky_slope": self.leaky_slope, "matmul_precision": self.matmul_precision}
 
     def __repr__(self):
         sizes = "-".join(map(str, self.layer_sizes))
         acts = ",".join(sorted(set(self.activations))) or "linear"
-        return f"MLP({sizes}, {acts}, {self.loss}, {self.dtype.name})"
+        matmul = "" if self.matmul_precision == "float32" else f", {self.matmul_engine}"
+        return f"MLP({sizes}, {acts}, {self.loss}, {self.dtype.name}{matmul})"
 
     # pickling (scikit-learn's clone and joblib need it): the engine is rebuilt, not pickled
     def __getstate__(self):
@@ -127,7 +145,7 @@ class MLP:
 
     def __setstate__(self, state):
         params = state.pop("params")
-        self.__dict__.update(state)
+        self.__dict__.update({"matmul_precision": "float32"} | state)
         self._build()
         self.params[...] = params
 

@@ -1,0 +1,116 @@
+"""oneDNN's bfloat16 matrix products (matmul_precision="bfloat16"), found at run time.
+
+The core wheel neither links nor ships oneDNN: `pip install 'cdnn[onednn]'` installs the
+onednn-cpu-gomp wheel, whose libdnnl is loaded here, as cdnn/distributed.py loads MPI, and
+the addresses of dnnl_gemm_bf16bf16f32 (bf16 inputs, float32 accumulation and output) and of
+the OpenMP runtime's omp_get_max_threads/omp_set_num_threads go to the kernels
+(src/matmul.pxd). The kernels call oneDNN on one OpenMP thread from each of cdnn's threads, so
+the process keeps one team: cdnn's.
+
+bf16 pays only where the CPU multiplies bf16 in hardware: AMX-BF16 (Intel Xeon since Sapphire
+Rapids) or AVX512-BF16 (Intel Cooper Lake, AMD Zen 4 and later). Elsewhere oneDNN would
+emulate it, slower than float32, so asking for it is an error naming what is missing.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+import site
+import sys
+import sysconfig
+from pathlib import Path
+from typing import NamedTuple
+
+INSTALL_HINT = "pip install 'cdnn[onednn]'"
+LIBRARY_NAMES = ("libdnnl.so.3", "libdnnl.so", "libdnnl.3.dylib", "libdnnl.dylib", "dnnl.dll")
+# dnnl_cpu_isa_t (oneapi/dnnl/dnnl_types.h): each ISA's value holds the bits of those below it
+ISA_AVX512_BF16 = 0xE7
+ISA_AMX = 0xFEF
+
+
+class MissingOneDNN(ImportError):
+    """matmul_precision="bfloat16" without the oneDNN library."""
+
+
+class UnsupportedCPU(RuntimeError):
+    """matmul_precision="bfloat16" on a CPU without bf16 arithmetic (AMX or AVX512-BF16)."""
+
+
+class BF16Products(NamedTuple):
+    addresses: tuple[int, int, int]     # gemm_bf16bf16f32, omp_get_max_threads, omp_set_num_threads
+    engine: str                         # e.g. "oneDNN 3.2.0 bf16 (AVX512-BF16)"
+    library: str
+
+
+class _Version(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int),
+                ("hash", ctypes.c_char_p), ("cpu_runtime", ctypes.c_uint),
+                ("gpu_runtime", ctypes.c_uint)]
+
+
+def _candidates():
+    """Where the onednn-cpu-* wheels put libdnnl: the lib folder of the install scheme's data
+    path (the environment's prefix, or the user base for pip install --user)."""
+    if os.environ.get("CDNN_ONEDNN_LIBRARY"):
+        yield os.environ["CDNN_ONEDNN_LIBRARY"]
+        return
+    folders = [Path(sysconfig.get_paths()["data"]) / "lib", Path(sys.prefix) / "lib",
+               Path(site.getuserbase()) / "lib", Path(sys.base_prefix) / "lib"]
+    for folder in dict.fromkeys(folders):
+        for name in LIBRARY_NAMES:
+            if (folder / name).exists():
+                yield str(folder / name)
+    found = ctypes.util.find_library("dnnl")
+    if found:
+        yield found
+
+
+def load_library() -> tuple[ctypes.CDLL, str]:
+    """libdnnl, or MissingOneDNN naming the extra to install."""
+    errors = []
+    for path in _candidates():
+        try:
+            lib = ctypes.CDLL(path)
+            lib.dnnl_gemm_bf16bf16f32, lib.omp_set_num_threads      # noqa: B018 (probes)
+            return lib, path
+        except (OSError, AttributeError) as e:
+            errors.append(f"{path}: {e}")
+    where = f" (tried {'; '.join(errors)})" if errors else ""
+    raise MissingOneDNN(f"matmul_precision='bfloat16' needs oneDNN: {INSTALL_HINT}{where}")
+
+
+def cpu_engine(isa: int) -> str | None:
+    """The matrix engine oneDNN runs bf16 products on, for its effective ISA; None: none."""
+    if isa & ISA_AMX == ISA_AMX:
+        return "AMX"
+    if isa & ISA_AVX512_BF16 == ISA_AVX512_BF16:
+        return "AVX512-BF16"
+    return None
+
+
+@functools.cache
+def bf16_products() -> BF16Products:
+    """The kernels' bf16 product: oneDNN's addresses and the name of the engine it runs on."""
+    lib, path = load_library()
+    lib.dnnl_get_effective_cpu_isa.restype = ctypes.c_int
+    isa = lib.dnnl_get_effective_cpu_isa()
+    engine = cpu_engine(isa)
+    if engine is None:
+        raise UnsupportedCPU(
+            f"matmul_precision='bfloat16' needs a CPU with AMX-BF16 or AVX512-BF16 (Intel Xeon "
+            f"since Cooper Lake/Sapphire Rapids, AMD Zen 4 and later); oneDNN finds ISA "
+            f"{isa:#x} here{_limit_note()}, where bf16 would be emulated, slower than float32: "
+            f"use matmul_precision='float32'")
+    lib.dnnl_version.restype = ctypes.POINTER(_Version)
+    v = lib.dnnl_version().contents
+    address = lambda f: ctypes.cast(f, ctypes.c_void_p).value    # noqa: E731
+    return BF16Products((address(lib.dnnl_gemm_bf16bf16f32), address(lib.omp_get_max_threads),
+                         address(lib.omp_set_num_threads)),
+                        f"oneDNN {v.major}.{v.minor}.{v.patch} bf16 ({engine})", path)
+
+
+def _limit_note() -> str:
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return f" (limited by ONEDNN_MAX_CPU_ISA={limit})" if limit else ""
