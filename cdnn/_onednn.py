@@ -34,8 +34,9 @@ class MissingOneDNN(ImportError):
     """matmul_precision="bfloat16" without the oneDNN library."""
 
 
-class UnsupportedCPU(RuntimeError):
-    """matmul_precision="bfloat16" on a CPU without bf16 arithmetic (AMX or AVX512-BF16)."""
+class UnsupportedCPU(ValueError):
+    """matmul_precision="bfloat16" on a CPU without bf16 arithmetic (AMX or AVX512-BF16): a
+    setting this machine cannot honour at speed."""
 
 
 class BF16Products(NamedTuple):
@@ -78,7 +79,8 @@ def load_library() -> tuple[ctypes.CDLL, str]:
         except (OSError, AttributeError) as e:
             errors.append(f"{path}: {e}")
     where = f" (tried {'; '.join(errors)})" if errors else ""
-    raise MissingOneDNN(f"matmul_precision='bfloat16' needs oneDNN: {INSTALL_HINT}{where}")
+    raise MissingOneDNN(f"matmul_precision='bfloat16' needs oneDNN: {INSTALL_HINT}{where}",
+                        name="'cdnn[onednn]'")
 
 
 def cpu_engine(isa: int) -> str | None:

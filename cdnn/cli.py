@@ -127,6 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=_integer(1), default=None,
                        help="default: 32 for digits, 128 for MNIST")
     train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    train.add_argument("--matmul-precision", default="float32", choices=["float32", "bfloat16"],
+                       help="bfloat16: bf16 matrix products on the CPU's AMX or AVX512-BF16 "
+                       "units (pip install 'cdnn[onednn]')")
     train.add_argument("--seed", type=_integer(0), default=0)
     train.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
                        help="0 silent, 1 a progress bar (one line per epoch when stderr is not "
@@ -339,7 +342,8 @@ def train(args) -> int:
     epochs = epochs if args.epochs is None else args.epochs
     batch = batch if args.batch_size is None else args.batch_size
     net = cdnn.MLP([X.shape[1], *hidden, int(y.max()) + 1], activation=args.activation,
-                   dtype=args.dtype, seed=args.seed, dropout=args.dropout)
+                   dtype=args.dtype, seed=args.seed, dropout=args.dropout,
+                   matmul_precision=args.matmul_precision)
     comm = None
     if args.distributed:
         from mpi4py import MPI

@@ -13,6 +13,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import validate_data
 
+from cdnn._engine import MATMUL_PRECISIONS
 from cdnn._validation import (check_choice, check_dtype, check_positive_int, check_real,
                               check_sample_weight)
 from cdnn._engine import solver_threads
@@ -101,7 +102,7 @@ class _BaseMLP(BaseEstimator):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dtype="float32"):
+                 dtype="float32", matmul_precision="float32"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -126,6 +127,7 @@ class _BaseMLP(BaseEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.max_fun = max_fun
         self.dtype = dtype
+        self.matmul_precision = matmul_precision
 
     # --- parameters ----------------------------------------------------------------------
 
@@ -155,6 +157,7 @@ class _BaseMLP(BaseEstimator):
         if self.n_iter_no_change != np.inf:
             check_positive_int(self.n_iter_no_change, "n_iter_no_change")
         self._dtype = None if self.dtype is None else check_dtype(self.dtype)
+        check_choice(self.matmul_precision, "matmul_precision", MATMUL_PRECISIONS)
 
     def _check_solver(self) -> bool:
         if self.solver not in ("sgd", "adam"):
@@ -285,7 +288,8 @@ class _BaseMLP(BaseEstimator):
         one holding those, its hidden layers theirs."""
         hidden = self._hidden if given is None else [W.shape[1] for W in given[0][:-1]]
         net = MLP([n_features, *hidden, n_outputs], activation=self._activation,
-                  loss=self._loss_name(), init="zeros", dtype=dtype)
+                  loss=self._loss_name(), init="zeros", dtype=dtype,
+                  matmul_precision=self.matmul_precision)
         factor = 2.0 if self._activation == "sigmoid" else 6.0
         for i, (W, b) in enumerate(zip(net.weights, net.biases)):
             if given is None:

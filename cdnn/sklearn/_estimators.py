@@ -19,6 +19,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     Multiclass targets train a softmax output; binary and multi-label (indicator matrix)
     targets a sigmoid output per label. Class labels may be any values (`classes_` maps them).
     dtype: "float32" (default), "float64", or None to follow the input (see cdnn.sklearn).
+    matmul_precision: "float32" (default) or "bfloat16" (bf16 matrix products on the CPU's
+    AMX or AVX512-BF16 units, pip install 'cdnn[onednn]'; see cdnn.MLP).
     """
 
     _score_function = staticmethod(accuracy_score)
@@ -126,6 +128,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     loss: "squared_error", or "poisson" (y ≥ 0; the output is exp of the last layer, and the
     loss half the Poisson deviance). dtype: "float32" (default), "float64", or None to follow
     the input (see cdnn.sklearn). predict returns the dtype of `X @ coefs_`, as scikit-learn's.
+    matmul_precision: "float32" (default) or "bfloat16" (see MLPClassifier).
     """
 
     _score_function = staticmethod(r2_score)
@@ -136,7 +139,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dtype="float32"):
+                 dtype="float32", matmul_precision="float32"):
         super().__init__(
             hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
             learning_rate=learning_rate, learning_rate_init=learning_rate_init,
@@ -144,7 +147,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             tol=tol, verbose=verbose, warm_start=warm_start, momentum=momentum,
             nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
             validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2,
-            epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun, dtype=dtype)
+            epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun, dtype=dtype,
+            matmul_precision=matmul_precision)
         self.loss = loss
 
     def _check_params(self):
