@@ -63,6 +63,9 @@ def build_parser():
                         "thread beside a busy process and beside a second fit, and "
                         "GridSearchCV(n_jobs=2) against n_jobs=1 and scikit-learn's (needs "
                         "scikit-learn; about 3 minutes on 2 cores)")
+    p.add_argument("--matmul-precision", default="float32", choices=["float32", "bfloat16"],
+                   help="--under-load: the fits' matmul_precision (bfloat16: the same table "
+                        "with oneDNN's products on, to show they keep one team of threads)")
     p.add_argument("--json", metavar="PATH", help="write all raw timings and machine info here")
     p.add_argument("--markdown", metavar="PATH", help="write the tables as markdown here")
     return p
@@ -83,7 +86,7 @@ def main(argv=None):
 
     if args.under_load:
         from .load import render, under_load
-        print(render(under_load(args.repeats or 3, log)))
+        print(render(under_load(args.repeats or 3, log, args.matmul_precision)))
         return 0
 
     started = time.perf_counter()
