@@ -39,9 +39,16 @@ class UnsupportedCPU(ValueError):
     setting this machine cannot honour at speed."""
 
 
-class BF16Products(NamedTuple):
-    addresses: tuple[int, int, int]     # gemm_bf16bf16f32, omp_get_max_threads, omp_set_num_threads
-    engine: str                         # e.g. "oneDNN 3.2.0 bf16 (AVX512-BF16)"
+# dnnl_sgemm takes a float32 product from OpenBLAS where it measured faster on one thread
+# (bench/onednn_gemm.py, bench/RESULTS.md): n and k at least these, op(B) = B
+SGEMM_MIN_N = 128
+SGEMM_MIN_K = 128
+
+
+class Products(NamedTuple):
+    """oneDNN's products for the kernels (src/_network.pyx's Network takes addresses)."""
+    addresses: tuple[int, int, int, int, int, int]  # bf16 gemm (or 0), sgemm (or 0), sgemm's
+    engine: str                                     #   min n, min k, omp_get/set threads
     library: str
 
 
@@ -74,7 +81,7 @@ def load_library() -> tuple[ctypes.CDLL, str]:
     for path in _candidates():
         try:
             lib = ctypes.CDLL(path)
-            lib.dnnl_gemm_bf16bf16f32, lib.omp_set_num_threads      # noqa: B018 (probes)
+            lib.dnnl_gemm_bf16bf16f32, lib.dnnl_sgemm, lib.omp_set_num_threads  # noqa: B018
             return lib, path
         except (OSError, AttributeError) as e:
             errors.append(f"{path}: {e}")
@@ -92,8 +99,33 @@ def cpu_engine(isa: int) -> str | None:
     return None
 
 
+def _address(f) -> int:
+    return ctypes.cast(f, ctypes.c_void_p).value
+
+
+def _version(lib) -> str:
+    lib.dnnl_version.restype = ctypes.POINTER(_Version)
+    v = lib.dnnl_version().contents
+    return f"{v.major}.{v.minor}.{v.patch}"
+
+
 @functools.cache
-def bf16_products() -> BF16Products:
+def sgemm_products() -> Products | None:
+    """oneDNN's sgemm for the float32 products where it beats OpenBLAS, when the extra is
+    installed; None (OpenBLAS for every product) without it, or with CDNN_ONEDNN_SGEMM=0."""
+    if os.environ.get("CDNN_ONEDNN_SGEMM", "1") == "0":
+        return None
+    try:
+        lib, path = load_library()
+    except MissingOneDNN:
+        return None
+    return Products((0, _address(lib.dnnl_sgemm), SGEMM_MIN_N, SGEMM_MIN_K,
+                     _address(lib.omp_get_max_threads), _address(lib.omp_set_num_threads)),
+                    f"oneDNN {_version(lib)} sgemm and OpenBLAS float32, by shape", path)
+
+
+@functools.cache
+def bf16_products() -> Products:
     """The kernels' bf16 product: oneDNN's addresses and the name of the engine it runs on."""
     lib, path = load_library()
     lib.dnnl_get_effective_cpu_isa.restype = ctypes.c_int
@@ -105,12 +137,9 @@ def bf16_products() -> BF16Products:
             f"since Cooper Lake/Sapphire Rapids, AMD Zen 4 and later); oneDNN finds ISA "
             f"{isa:#x} here{_limit_note()}, where bf16 would be emulated, slower than float32: "
             f"use matmul_precision='float32'")
-    lib.dnnl_version.restype = ctypes.POINTER(_Version)
-    v = lib.dnnl_version().contents
-    address = lambda f: ctypes.cast(f, ctypes.c_void_p).value    # noqa: E731
-    return BF16Products((address(lib.dnnl_gemm_bf16bf16f32), address(lib.omp_get_max_threads),
-                         address(lib.omp_set_num_threads)),
-                        f"oneDNN {v.major}.{v.minor}.{v.patch} bf16 ({engine})", path)
+    return Products((_address(lib.dnnl_gemm_bf16bf16f32), 0, 0, 0,
+                     _address(lib.omp_get_max_threads), _address(lib.omp_set_num_threads)),
+                    f"oneDNN {_version(lib)} bf16 ({engine})", path)
 
 
 def _limit_note() -> str:

@@ -24,8 +24,8 @@ from exchange cimport MPIContext, mpi_allreduce, mpi_exchange
 from losses cimport (SOFTMAX_CROSS_ENTROPY, SIGMOID_CROSS_ENTROPY, MEAN_SQUARED_ERROR, POISSON,
                      softmax)
 from optim cimport OptimizerConfig, make_config, optimizer_update
-from matmul cimport (Matmul, bf16_gemm_fn, get_threads_fn, set_threads_fn, is_bf16, to_bf16,
-                     product)
+from matmul cimport (Matmul, bf16_gemm_fn, sgemm_fn, get_threads_fn, set_threads_fn, is_bf16,
+                     to_bf16, product)
 
 cdef extern from *:
     """
@@ -74,9 +74,10 @@ cdef class Network:
     """The shape of a dense network (widths, activations, loss, dropout), its choice of matrix
     product (matmul.pxd) and its passes.
 
-    matmul: None (BLAS in the network's dtype) or, for bf16 products, the addresses of
-    oneDNN's dnnl_gemm_bf16bf16f32 and of omp_get_max_threads and omp_set_num_threads of the
-    OpenMP runtime it runs on (cdnn/_onednn.py finds them); float32 parameters only."""
+    matmul: None (BLAS in the network's dtype) or oneDNN's products (cdnn/_onednn.py finds
+    them; float32 parameters only): (the address of dnnl_gemm_bf16bf16f32 for bf16 products,
+    or 0; of dnnl_sgemm, or 0; the smallest n and k of a product that takes dnnl_sgemm; the
+    addresses of omp_get_max_threads and omp_set_num_threads of oneDNN's OpenMP runtime)."""
     cdef Layout layout
     cdef Matmul mm
     # the arrays the layout points into
@@ -100,7 +101,8 @@ cdef class Network:
         self._offsets = np.zeros(6 * n_layers, dtype=np.intp)
         self.layout.mm, self.layout.h_col = NULL, NULL
         if matmul is not None:
-            self._set_matmul(matmul[0], matmul[1], matmul[2])
+            bf16_gemm, sgemm, min_n, min_k, get_threads, set_threads = matmul
+            self._set_matmul(bf16_gemm, sgemm, min_n, min_k, get_threads, set_threads)
         self._lay_out(sizes_, kinds, rates)
         self.layout.n_layers = <int>n_layers
         self.layout.loss = LOSSES[loss]
@@ -112,13 +114,17 @@ cdef class Network:
         self.n_params = self.layout.n_params
         self.row_width = self.layout.row_width
 
-    cdef _set_matmul(self, intptr_t bf16_gemm, intptr_t get_threads, intptr_t set_threads):
-        if bf16_gemm == 0 or get_threads == 0 or set_threads == 0:
-            raise ValueError("bf16 products need three function addresses")
+    cdef _set_matmul(self, intptr_t bf16_gemm, intptr_t sgemm, int min_n, int min_k,
+                    intptr_t get_threads, intptr_t set_threads):
+        if (bf16_gemm == 0 and sgemm == 0) or get_threads == 0 or set_threads == 0:
+            raise ValueError("oneDNN's products need a GEMM's and the OpenMP runtime's "
+                             "addresses")
         self.mm.bf16 = <bf16_gemm_fn>bf16_gemm
+        self.mm.sgemm = <sgemm_fn>sgemm
+        self.mm.sgemm_min_n, self.mm.sgemm_min_k = min_n, min_k
         self.mm.get_threads = <get_threads_fn>get_threads
         self.mm.set_threads = <set_threads_fn>set_threads
-        self.layout.mm, self.bf16 = &self.mm, True
+        self.layout.mm, self.bf16 = &self.mm, bf16_gemm != 0
 
     cdef _lay_out(self, const int[::1] sizes, const int[::1] kinds, const double[::1] rates):
         """The offsets of every parameter and workspace buffer (layout.pxd), in Py_ssize_t

@@ -62,8 +62,9 @@ def matmul_bf16(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] c,
              "shapes do not agree")
     cdef Matmul mm
     cdef intptr_t f, g, s
-    f, g, s = addresses
+    f, _, _, _, g, s = addresses
     mm.bf16, mm.get_threads, mm.set_threads = <bf16_gemm_fn>f, <get_threads_fn>g, <set_threads_fn>s
+    mm.sgemm = NULL
     ah, _ = bf16_round(np.ravel(a))
     bh, _ = bf16_round(np.ravel(b))
     cdef const uint16_t[::1] ha = ah, hb = bh

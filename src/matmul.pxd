@@ -14,17 +14,23 @@
 
 from cython cimport floating
 from libc.stdint cimport int64_t, uint16_t, uint32_t
-from blas cimport gemm
+from blas cimport gemm, FEW_ROWS
 
 ctypedef int (*bf16_gemm_fn)(char transa, char transb, int64_t m, int64_t n, int64_t k,
                              float alpha, const uint16_t* a, int64_t lda, const uint16_t* b,
                              int64_t ldb, float beta, float* c, int64_t ldc) noexcept nogil
+ctypedef int (*sgemm_fn)(char transa, char transb, int64_t m, int64_t n, int64_t k,
+                         float alpha, const float* a, int64_t lda, const float* b, int64_t ldb,
+                         float beta, float* c, int64_t ldc) noexcept nogil
 ctypedef int (*get_threads_fn)() noexcept nogil
 ctypedef void (*set_threads_fn)(int n) noexcept nogil
 
 
 cdef struct Matmul:
-    bf16_gemm_fn bf16           # NULL: every product in the network's dtype, through BLAS
+    bf16_gemm_fn bf16           # NULL: every product in the network's dtype
+    sgemm_fn sgemm              # float32 products: oneDNN's sgemm for the shapes where it
+    int sgemm_min_n             #   beats OpenBLAS (n ≥ sgemm_min_n, k ≥ sgemm_min_k, not
+    int sgemm_min_k             #   op(B) = Bᵀ: cdnn/_onednn.py); NULL: OpenBLAS for all
     get_threads_fn get_threads  # the OpenMP runtime oneDNN runs on: omp_get_max_threads,
     set_threads_fn set_threads  #   omp_set_num_threads
 
@@ -59,6 +65,13 @@ cdef inline bint is_bf16(const Matmul* mm) noexcept nogil:
     return mm != NULL and mm.bf16 != NULL
 
 
+cdef inline bint onednn_sgemm_for(const Matmul* mm, bint trans_b, int m, int n,
+                                  int k) noexcept nogil:
+    """Whether a float32 product of this shape goes to oneDNN's sgemm"""
+    return (mm != NULL and mm.sgemm != NULL and not trans_b and m > FEW_ROWS
+            and n >= mm.sgemm_min_n and k >= mm.sgemm_min_k)
+
+
 # a and h are (rows, cols) with rows ld apart (h: ldh apart)
 cdef inline void to_bf16(uint16_t* h, const floating* a, Py_ssize_t rows, Py_ssize_t cols,
                          Py_ssize_t ld, Py_ssize_t ldh) noexcept nogil:
@@ -75,17 +88,21 @@ cdef inline void product(const Matmul* mm, bint trans_a, bint trans_b, int m, in
                          floating beta, floating* c, int ldc) noexcept nogil:
     """C (m×n) := op(A) @ op(B) + beta * C, row-major; op(A) is m×k, op(B) k×n. At bf16 the
     product reads ah and bh, bf16 copies of a and b with their leading dimensions."""
-    cdef int threads, status
+    cdef int threads, status = -1
+    cdef char ta = b'T' if trans_a else b'N', tb = b'T' if trans_b else b'N'
+    cdef bint bf16 = is_bf16(mm)
     if floating is float:
-        if is_bf16(mm) and m > 0 and n > 0 and k > 0:
+        if m > 0 and n > 0 and k > 0 and (bf16 or onednn_sgemm_for(mm, trans_b, m, n, k)):
             threads = mm.get_threads()
             if threads != 1:
                 mm.set_threads(1)
-            status = mm.bf16(b'T' if trans_a else b'N', b'T' if trans_b else b'N', m, n, k, 1,
-                             ah, lda, bh, ldb, beta, c, ldc)
+            if bf16:
+                status = mm.bf16(ta, tb, m, n, k, 1, ah, lda, bh, ldb, beta, c, ldc)
+            else:
+                status = mm.sgemm(ta, tb, m, n, k, 1, a, lda, b, ldb, beta, c, ldc)
             if threads != 1:        # the caller's thread keeps its own setting
                 mm.set_threads(threads)
             if status == 0:
                 return
-            # oneDNN failed (no memory for its scratch): the float32 product is still right
+            # oneDNN failed (no memory for its scratch): OpenBLAS's product is still right
     gemm(trans_a, trans_b, m, n, k, 1, a, lda, b, ldb, beta, c, ldc)

@@ -297,3 +297,19 @@ def test_mnist_m_recipe_matches_float32_and_reaches_98(mnist):
         trainer.fit(X, y, epochs=1, verbose=0)
         curve.append(net.evaluate(X_test, y_test)["accuracy"])
     assert curve[-1] >= 0.98, curve
+
+
+@pytest.mark.skipif(_onednn.sgemm_products() is None, reason="needs the [onednn] extra")
+def test_float32_takes_onednn_sgemm_where_faster(rng):
+    """With the extra, float32 products of the shapes where dnnl_sgemm beats OpenBLAS go to
+    it: float32-accurate still, and named"""
+    X, y = data(rng, 512, 256)
+    sizes = [256, 512, 256, 10]
+    net = cdnn.MLP(sizes, seed=0)
+    assert net.matmul_engine.startswith("oneDNN") and "OpenBLAS" in net.matmul_engine
+    l32, g32 = net.loss_and_grad(X, y)
+    l64, g64 = cdnn.MLP(sizes, seed=0, dtype="float64").loss_and_grad(X, y)
+    assert np.linalg.norm(g32 - g64) / np.linalg.norm(g64) < 1e-5
+    done = run_python("import cdnn; print(cdnn.MLP([4, 3]).matmul_engine)",
+                      CDNN_ONEDNN_SGEMM="0")
+    assert done.stdout.strip().startswith("BLAS"), done.stdout
