@@ -9,7 +9,7 @@ import time
 from .report import render_markdown, render_text, write_json
 from .runner import machine_info, run_suite
 from .summary import summarize
-from .workloads import CONTENDERS, SMALL_WORKLOADS, WORKLOADS
+from .workloads import CONTENDERS, OPTIONAL_CONTENDERS, SMALL_WORKLOADS, WORKLOADS
 
 # `--workloads small` stands for every small job
 GROUPS = {"small": SMALL_WORKLOADS}
@@ -45,8 +45,10 @@ def build_parser():
     p.add_argument("--workloads", type=_csv(list(WORKLOADS), GROUPS), default=None,
                    help="comma list of " + ",".join(WORKLOADS) + "; 'small' means every "
                    "small-* job (default: all of the mode's)")
-    p.add_argument("--contenders", type=_csv(list(CONTENDERS)), default=list(CONTENDERS),
-                   help="comma list (default: " + ",".join(CONTENDERS) + ")")
+    p.add_argument("--contenders", type=_csv(list(CONTENDERS + OPTIONAL_CONTENDERS)),
+                   default=list(CONTENDERS),
+                   help="comma list (default: " + ",".join(CONTENDERS) + "; also "
+                   + ",".join(OPTIONAL_CONTENDERS) + ")")
     p.add_argument("--data-dir", default=None,
                    help="MNIST directory (default: ../shared/data/mnist if present, "
                         "else synthetic)")

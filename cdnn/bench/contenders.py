@@ -88,6 +88,16 @@ class CdnnContender(Contender):
         return cdnn.sklearn
 
 
+class CdnnOpenBLASContender(CdnnContender):
+    """cdnn as it runs without the [onednn] extra: every float32 product through OpenBLAS"""
+
+    name = "cdnn-openblas"
+
+    def __init__(self):
+        os.environ["CDNN_ONEDNN_SGEMM"] = "0"      # read when the first network is built
+        super().__init__()
+
+
 class CdnnBF16Contender(CdnnContender):
     """cdnn with matmul_precision="bfloat16": oneDNN's bf16 GEMM on the CPU's matrix engine.
     Without the [onednn] extra, or on a CPU without AMX-BF16/AVX512-BF16, its worker fails
@@ -338,6 +348,7 @@ class OrtContender(Contender):
         return predict, contextlib.nullcontext
 
 
-CONTENDER_CLASSES = {c.name: c for c in (CdnnContender, CdnnBF16Contender, TorchContender,
+CONTENDER_CLASSES = {c.name: c for c in (CdnnContender, CdnnOpenBLASContender,
+                                           CdnnBF16Contender, TorchContender,
                                            TorchBF16Contender, JaxContender, SklearnContender,
                                            OrtContender)}

@@ -18,16 +18,20 @@ MNIST_TRAIN_ROWS = 60000
 # matmul_precision="bfloat16" (the [onednn] extra), PyTorch's torch.autocast("cpu", bfloat16)
 CONTENDERS = ("cdnn", "cdnn-bf16", "torch", "torch-bf16", "jax", "sklearn", "ort")
 PEERS = ("torch", "torch-bf16", "jax", "sklearn", "ort")
-PEER_NAMES = {"cdnn": "cdnn", "cdnn-bf16": "cdnn bf16", "torch": "PyTorch",
+PEER_NAMES = {"cdnn": "cdnn", "cdnn-openblas": "cdnn (OpenBLAS only)", "cdnn-bf16": "cdnn bf16",
+              "torch": "PyTorch",
               "torch-bf16": "PyTorch bf16 autocast", "jax": "JAX", "sklearn": "scikit-learn",
               "ort": "ONNX Runtime"}
 # the modules each contender needs (by default its own name): ONNX Runtime runs the model that
 # cdnn's to_onnx writes, which needs onnx
-MODULES = {"ort": ("onnxruntime", "onnx"), "torch-bf16": ("torch",), "cdnn-bf16": ("cdnn",)}
+MODULES = {"ort": ("onnxruntime", "onnx"), "torch-bf16": ("torch",), "cdnn-bf16": ("cdnn",),
+           "cdnn-openblas": ("cdnn",)}
 # the distributions behind each peer, as named in pyproject.toml's [bench] extra
 DISTRIBUTIONS = {"torch": ("torch",), "torch-bf16": ("torch",), "jax": ("jax", "jaxlib"),
                  "sklearn": ("scikit-learn",), "ort": ("onnxruntime", "onnx")}
-BF16 = ("cdnn-bf16", "torch-bf16")
+# on request only (--contenders): cdnn with every float32 product through OpenBLAS, as it runs
+# without the [onednn] extra
+OPTIONAL_CONTENDERS = ("cdnn-openblas",)
 PREDICT_ONLY = ("ort",)     # an inference runtime: it runs only the predict workloads
 PREDICT_KINDS = ("predict1", "predict_batch")
 
