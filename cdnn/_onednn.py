@@ -40,15 +40,16 @@ class UnsupportedCPU(ValueError):
 
 
 # dnnl_sgemm takes a float32 product from OpenBLAS where it measured faster on one thread
-# (bench/onednn_gemm.py, bench/RESULTS.md): n and k at least these, op(B) = B
-SGEMM_MIN_N = 128
-SGEMM_MIN_K = 128
+# (bench/onednn_gemm.py, bench/RESULTS.md): at least this many columns, and columns × depth;
+# the narrow output layers' products (n ≤ 10) stay with OpenBLAS
+SGEMM_MIN_N = 64
+SGEMM_MIN_NK = 8192
 
 
 class Products(NamedTuple):
     """oneDNN's products for the kernels (src/_network.pyx's Network takes addresses)."""
     addresses: tuple[int, int, int, int, int, int]  # bf16 gemm (or 0), sgemm (or 0), sgemm's
-    engine: str                                     #   min n, min k, omp_get/set threads
+    engine: str                                     #   min n, min n·k, omp_get/set threads
     library: str
 
 
@@ -119,7 +120,7 @@ def sgemm_products() -> Products | None:
         lib, path = load_library()
     except MissingOneDNN:
         return None
-    return Products((0, _address(lib.dnnl_sgemm), SGEMM_MIN_N, SGEMM_MIN_K,
+    return Products((0, _address(lib.dnnl_sgemm), SGEMM_MIN_N, SGEMM_MIN_NK,
                      _address(lib.omp_get_max_threads), _address(lib.omp_set_num_threads)),
                     f"oneDNN {_version(lib)} sgemm and OpenBLAS float32, by shape", path)
 

@@ -76,7 +76,7 @@ cdef class Network:
 
     matmul: None (BLAS in the network's dtype) or oneDNN's products (cdnn/_onednn.py finds
     them; float32 parameters only): (the address of dnnl_gemm_bf16bf16f32 for bf16 products,
-    or 0; of dnnl_sgemm, or 0; the smallest n and k of a product that takes dnnl_sgemm; the
+    or 0; of dnnl_sgemm, or 0; the smallest n and n·k of a product that takes dnnl_sgemm; the
     addresses of omp_get_max_threads and omp_set_num_threads of oneDNN's OpenMP runtime)."""
     cdef Layout layout
     cdef Matmul mm
@@ -101,8 +101,8 @@ cdef class Network:
         self._offsets = np.zeros(6 * n_layers, dtype=np.intp)
         self.layout.mm, self.layout.h_col = NULL, NULL
         if matmul is not None:
-            bf16_gemm, sgemm, min_n, min_k, get_threads, set_threads = matmul
-            self._set_matmul(bf16_gemm, sgemm, min_n, min_k, get_threads, set_threads)
+            bf16_gemm, sgemm, min_n, min_nk, get_threads, set_threads = matmul
+            self._set_matmul(bf16_gemm, sgemm, min_n, min_nk, get_threads, set_threads)
         self._lay_out(sizes_, kinds, rates)
         self.layout.n_layers = <int>n_layers
         self.layout.loss = LOSSES[loss]
@@ -114,14 +114,14 @@ cdef class Network:
         self.n_params = self.layout.n_params
         self.row_width = self.layout.row_width
 
-    cdef _set_matmul(self, intptr_t bf16_gemm, intptr_t sgemm, int min_n, int min_k,
+    cdef _set_matmul(self, intptr_t bf16_gemm, intptr_t sgemm, int min_n, long min_nk,
                     intptr_t get_threads, intptr_t set_threads):
         if (bf16_gemm == 0 and sgemm == 0) or get_threads == 0 or set_threads == 0:
             raise ValueError("oneDNN's products need a GEMM's and the OpenMP runtime's "
                              "addresses")
         self.mm.bf16 = <bf16_gemm_fn>bf16_gemm
         self.mm.sgemm = <sgemm_fn>sgemm
-        self.mm.sgemm_min_n, self.mm.sgemm_min_k = min_n, min_k
+        self.mm.sgemm_min_n, self.mm.sgemm_min_nk = min_n, min_nk
         self.mm.get_threads = <get_threads_fn>get_threads
         self.mm.set_threads = <set_threads_fn>set_threads
         self.layout.mm, self.bf16 = &self.mm, bf16_gemm != 0

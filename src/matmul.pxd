@@ -29,8 +29,8 @@ ctypedef void (*set_threads_fn)(int n) noexcept nogil
 cdef struct Matmul:
     bf16_gemm_fn bf16           # NULL: every product in the network's dtype
     sgemm_fn sgemm              # float32 products: oneDNN's sgemm for the shapes where it
-    int sgemm_min_n             #   beats OpenBLAS (n ≥ sgemm_min_n, k ≥ sgemm_min_k, not
-    int sgemm_min_k             #   op(B) = Bᵀ: cdnn/_onednn.py); NULL: OpenBLAS for all
+    int sgemm_min_n             #   beats OpenBLAS (more than FEW_ROWS rows, n ≥ sgemm_min_n,
+    int64_t sgemm_min_nk        #   n·k ≥ sgemm_min_nk: cdnn/_onednn.py); NULL: OpenBLAS
     get_threads_fn get_threads  # the OpenMP runtime oneDNN runs on: omp_get_max_threads,
     set_threads_fn set_threads  #   omp_set_num_threads
 
@@ -65,11 +65,10 @@ cdef inline bint is_bf16(const Matmul* mm) noexcept nogil:
     return mm != NULL and mm.bf16 != NULL
 
 
-cdef inline bint onednn_sgemm_for(const Matmul* mm, bint trans_b, int m, int n,
-                                  int k) noexcept nogil:
+cdef inline bint onednn_sgemm_for(const Matmul* mm, int m, int n, int k) noexcept nogil:
     """Whether a float32 product of this shape goes to oneDNN's sgemm"""
-    return (mm != NULL and mm.sgemm != NULL and not trans_b and m > FEW_ROWS
-            and n >= mm.sgemm_min_n and k >= mm.sgemm_min_k)
+    return (mm != NULL and mm.sgemm != NULL and m > FEW_ROWS and n >= mm.sgemm_min_n
+            and <int64_t>n * k >= mm.sgemm_min_nk)
 
 
 # a and h are (rows, cols) with rows ld apart (h: ldh apart)
@@ -92,7 +91,7 @@ cdef inline void product(const Matmul* mm, bint trans_a, bint trans_b, int m, in
     cdef char ta = b'T' if trans_a else b'N', tb = b'T' if trans_b else b'N'
     cdef bint bf16 = is_bf16(mm)
     if floating is float:
-        if m > 0 and n > 0 and k > 0 and (bf16 or onednn_sgemm_for(mm, trans_b, m, n, k)):
+        if m > 0 and n > 0 and k > 0 and (bf16 or onednn_sgemm_for(mm, m, n, k)):
             threads = mm.get_threads()
             if threads != 1:
                 mm.set_threads(1)
