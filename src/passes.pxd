@@ -176,6 +176,14 @@ cdef inline uint16_t* half(const Layout* L, floating* ws, Py_ssize_t cap, Py_ssi
     return <uint16_t*>(ws + cap * col) + row0 * width
 
 
+cdef inline uint16_t* input_h(const Layout* L, floating* ws, Py_ssize_t cap, int l,
+                             Py_ssize_t row0) noexcept nogil:
+    """The bf16 copy of layer l's input (n_l wide), from row row0; NULL without bf16"""
+    if not is_bf16(L.mm):
+        return NULL
+    return half(L, ws, cap, L.h_col[l], row0, L.sizes[l])
+
+
 cdef inline const uint16_t* weights_h(const Layout* L, const uint16_t* wh, int l) noexcept nogil:
     """Layer l's bf16 weights in wh (params' layout), or NULL"""
     return wh + L.w_off[l] if is_bf16(L.mm) else NULL
@@ -195,8 +203,7 @@ cdef inline const floating* forward(const Layout* L, const floating* params,
     cdef floating* a
     cdef floating* z
     cdef floating* o
-    cdef uint16_t* h_in = half(L, ws, cap, L.h_col[0] if L.h_col != NULL else 0, row0,
-                               L.sizes[0])
+    cdef uint16_t* h_in = input_h(L, ws, cap, 0, row0)
     cdef uint16_t* h_out
     cdef Py_ssize_t n_out
     cdef Part units, mine
@@ -214,9 +221,7 @@ cdef inline const floating* forward(const Layout* L, const floating* params,
         z = ws + cap * L.z_col[l] + row0 * n_out
         units = share(n_out, tid, team)
         dropped = training and L.dropout[l] > 0
-        h_out = NULL
-        if l + 1 < L.n_layers:      # the next layer's bf16 input
-            h_out = half(L, ws, cap, L.h_col[l + 1] if L.h_col != NULL else 0, row0, n_out)
+        h_out = input_h(L, ws, cap, l + 1, row0) if l + 1 < L.n_layers else NULL
         if l == 0:
             input_forward(z, a, x, params + L.w_off[0], params + L.b_off[0], <int>rows,
                           <int>n_out, units, L.kinds[0], <floating>L.slope, L.mm, h_in,
@@ -298,7 +303,7 @@ cdef inline void layer_backward(const Layout* L, int l, const floating* params,
     no layer below"""
     cdef int n_in = L.sizes[l], n_out = L.sizes[l + 1]
     cdef const floating* inp
-    cdef const uint16_t* inp_h = half(L, ws, cap, L.h_col[l] if L.h_col != NULL else 0, 0, 0)
+    cdef const uint16_t* inp_h = input_h(L, ws, cap, l, 0)
     if l == 0:
         input_backward(grad + L.w_off[0], grad + L.b_off[0], d, x, <int>rows, n_out, w, b,
                        accumulate, team, L.mm, inp_h, hd)
