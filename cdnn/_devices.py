@@ -9,6 +9,11 @@ from __future__ import annotations
 from cdnn._engine import Engine
 
 DEVICES = ("cpu", "cuda")
+# The inputs of the matrix products: the network's dtype (float32), or bf16 (the CPU's AMX or
+# AVX512-BF16 units through oneDNN; a GPU's tensor cores), or on a GPU tf32; float32
+# accumulation always. "highest" (PyTorch's and JAX's name) is float32.
+MATMUL_PRECISIONS = ("float32", "bfloat16", "tensorfloat32", "highest")
+ON_CPU = ("float32", "bfloat16")
 
 
 def check_device(device) -> str:
@@ -20,12 +25,15 @@ def check_device(device) -> str:
 
 def make_engine(layer_sizes, activations, loss, slope, dropout, l2, dtype, device="cpu",
                 matmul_precision: str = "float32"):
-    """The engine for a network on device"""
+    """The engine for a network on device at a matmul precision (checked by MLP)"""
+    if matmul_precision == "highest":
+        matmul_precision = "float32"
     if check_device(device) == "cpu":
-        if matmul_precision not in ("float32", "highest"):
-            raise ValueError(f"matmul_precision={matmul_precision!r} runs on device='cuda'; the "
-                             f"CPU engine multiplies in the network's dtype ('float32')")
-        return Engine(layer_sizes, activations, loss, slope, dropout, l2, dtype)
+        if matmul_precision not in ON_CPU:
+            raise ValueError(f"matmul_precision={matmul_precision!r} runs on device='cuda'; on "
+                             f"the CPU choose one of {', '.join(ON_CPU)}")
+        return Engine(layer_sizes, activations, loss, slope, dropout, l2, dtype,
+                      matmul_precision)
     from cdnn.cuda.engine import CudaEngine
     return CudaEngine(layer_sizes, activations, loss, slope, dropout, l2, dtype, matmul_precision)
 

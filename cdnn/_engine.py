@@ -20,6 +20,7 @@ import numpy as np
 
 from cdnn import kinds
 from cdnn._native import _network
+from cdnn import _onednn
 from cdnn._sparse import SparseRows
 from cdnn._validation import (as_float_array, check_labels, check_real, check_same_length,
                               check_sample_weight, check_X, scaled_weights)
@@ -105,6 +106,7 @@ class EngineInterface(Protocol):
     dtype: np.dtype
     device: str
     matmul_precision: str
+    matmul_engine: str      # what runs the products, in words
 
     xp: object      # the array module of the engine's arrays (numpy, CuPy)
 
@@ -120,20 +122,44 @@ class EngineInterface(Protocol):
     def loss_and_grad(self, params, batch: Batch) -> tuple[float, object]: ...
     def training_steps(self, params, optimizer, train: Batch, batch_size: int,
                        clip_norm: float, seed: int, lazy: bool = False, exchange=None): ...
+# The matmul precisions: the inputs of every matrix product (forward, dW = aᵀδ, dX = δWᵀ) in
+# the network's dtype through BLAS, or in bfloat16 through oneDNN (cdnn/_onednn.py) with
+# float32 accumulation and outputs. Parameters, optimizer state, losses and the element-wise
+# work stay in the network's dtype either way (cdnn/_devices.py lists every device's choices).
+BLAS_ENGINE = "BLAS (scipy's OpenBLAS)"
+
+
+def matmul_products(precision: str, dtype: np.dtype):
+    """(the kernels' products for a network of dtype at this precision: None for BLAS, else
+    oneDNN's addresses; the matrix engine's name). Errors name what is missing. float32 takes
+    oneDNN's sgemm for the shapes where it beats OpenBLAS, when the [onednn] extra is in."""
+    if precision != "bfloat16":
+        sgemm = _onednn.sgemm_products() if np.dtype(dtype) == np.float32 else None
+        if sgemm is not None:
+            return sgemm.addresses, sgemm.engine
+        return None, f"{BLAS_ENGINE} {np.dtype(dtype).name}"
+    if np.dtype(dtype) != np.float32:
+        raise ValueError(f"matmul_precision='bfloat16' is for float32 networks; this one is "
+                         f"{np.dtype(dtype).name} (use matmul_precision='float32')")
+    products = _onednn.bf16_products()
+    return products.addresses, products.engine
 
 
 class Engine:
-    """Runs one network's kernels: predict, evaluate, gradients and training steps."""
+    """Runs one network's kernels: predict, evaluate, gradients and training steps. Its matmul
+    precision chooses the kernels' matrix product (src/matmul.pxd)."""
 
     def __init__(self, layer_sizes, activations, loss: str, slope: float, dropout, l2: float,
-                 dtype: np.dtype):
+                 dtype: np.dtype, matmul_precision: str = "float32"):
+        products, self.matmul_engine = matmul_products(matmul_precision, dtype)
+        self.matmul_precision = "bfloat16" if matmul_precision == "bfloat16" else "float32"
         self.network = _network.Network(layer_sizes,
                                         [kinds.ACTIVATIONS[a].kernel for a in activations],
-                                        kinds.LOSSES[loss].kernel, slope, dropout, l2)
+                                        kinds.LOSSES[loss].kernel, slope, dropout, l2, products)
         self.n_inputs, self.n_outputs = layer_sizes[0], layer_sizes[-1]
         self.n_hidden_1 = layer_sizes[1]     # the first layer's width
         self.loss, self.dtype, self.l2 = loss, dtype, l2
-        self.device, self.matmul_precision = "cpu", "float32"
+        self.device = "cpu"
         self.n_params = self.network.n_params
         self._spare, self._spare_lock = [], threading.Lock()   # see _workspace
 
@@ -162,7 +188,12 @@ class Engine:
     # --- inputs ---------------------------------------------------------------------------
 
     def check_X(self, X, finite: bool = True) -> np.ndarray | SparseRows:
-        return check_X(X, self.dtype, self.n_inputs, finite)
+        X = check_X(X, self.dtype, self.n_inputs, finite)
+        if isinstance(X, SparseRows) and self.network.bf16:
+            raise ValueError("matmul_precision='bfloat16' takes dense X (a sparse first layer "
+                             "is no matrix product); densify X or use matmul_precision="
+                             "'float32'")
+        return X
 
     def params_per_row(self, X) -> float:
         """The parameters a row of X works with: all of them for dense rows; for sparse rows,

@@ -135,6 +135,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="default: 32 for digits, 128 for MNIST")
     train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     _add_device_option(train)
+    train.add_argument("--matmul-precision", default="float32",
+                       choices=["float32", "bfloat16", "tensorfloat32"],
+                       help="bfloat16: bf16 matrix products on the CPU's AMX or AVX512-BF16 "
+                       "units (pip install 'cdnn[onednn]') or a GPU's tensor cores; "
+                       "tensorfloat32: tf32 products (--device cuda only)")
     train.add_argument("--seed", type=_integer(0), default=0)
     train.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
                        help="0 silent, 1 a progress bar (one line per epoch when stderr is not "
@@ -350,7 +355,7 @@ def train(args) -> int:
     batch = batch if args.batch_size is None else args.batch_size
     net = cdnn.MLP([X.shape[1], *hidden, int(y.max()) + 1], activation=args.activation,
                    dtype=args.dtype, seed=args.seed, dropout=args.dropout,
-                   device=args.device)
+                   device=args.device, matmul_precision=args.matmul_precision)
     comm = None
     if args.distributed:
         from mpi4py import MPI

@@ -36,11 +36,17 @@ class MLP:
         l2: penalty l2/2 · Σ‖W‖² on the weights (not biases), added to the loss.
         device: "cpu", or "cuda" for the current NVIDIA GPU (needs CuPy: pip install
             'cdnn[cuda12]' or 'cdnn[cuda13]'); net.to(device) moves a network.
-        matmul_precision: of the inputs of the matrix products: "float32" (the network's
-            dtype); on the GPU also "tensorfloat32" or "bfloat16" (tensor cores, float32
-            accumulation; parameters and element-wise work stay float32).
+        matmul_precision: of the inputs of every matrix product, in training and prediction:
+            "float32" (the default: the network's dtype) or "bfloat16" (bf16 inputs, float32
+            accumulation and outputs). On the CPU bfloat16 runs through oneDNN on the CPU's
+            AMX or AVX512-BF16 units (pip install 'cdnn[onednn]'; float32 networks, dense X);
+            on the GPU on the tensor cores, which also take "tensorfloat32". Parameters,
+            optimizer state, losses and element-wise work stay in the network's dtype, as with
+            torch.set_float32_matmul_precision and JAX's default_matmul_precision. "highest"
+            is "float32".
 
     Attributes:
+        matmul_engine: what runs the matrix products, e.g. "oneDNN 3.2.0 bf16 (AVX512-BF16)".
         params: every weight and bias in one flat 1-D array of the network's dtype (a CuPy
             array on device="cuda"); gradients (loss_and_grad) and optimizer state have this
             layout.
@@ -75,11 +81,12 @@ class MLP:
                              for r in _per_hidden_layer(dropout, n_hidden, "dropout"))
         self.l2 = check_real(l2, "l2", 0)
         self.leaky_slope = check_real(leaky_slope, "leaky_slope", 0, 1)
+        check_choice(matmul_precision, "matmul_precision", _devices.MATMUL_PRECISIONS)
+        self.matmul_precision = "float32" if matmul_precision == "highest" else matmul_precision
         if seed is not None:
             check_positive_int(seed, "seed", 0)
         self.seed = seed
         self.device = _devices.check_device(device)
-        self.matmul_precision = matmul_precision
         self._build()
         self.initialize(seed)
 
@@ -115,6 +122,12 @@ class MLP:
         return self
 
     @property
+    def matmul_engine(self) -> str:
+        """What runs the matrix products: BLAS in the network's dtype, or oneDNN bf16 on the
+        CPU's matrix engine (AMX or AVX512-BF16)."""
+        return self.engine.matmul_engine
+
+    @property
     def n_inputs(self) -> int:
         """The number of input features (layer_sizes[0])."""
         return self.layer_sizes[0]
@@ -134,12 +147,13 @@ class MLP:
         return {"layer_sizes": list(self.layer_sizes), "activation": list(self.activations),
                 "loss": self.loss, "init": self.init, "dtype": self.dtype.name,
                 "seed": self.seed, "dropout": list(self.dropout), "l2": self.l2,
-                "leaky_slope": self.leaky_slope}
+                "leaky_slope": self.leaky_slope, "matmul_precision": self.matmul_precision}
 
     def __repr__(self):
         sizes = "-".join(map(str, self.layer_sizes))
         acts = ",".join(sorted(set(self.activations))) or "linear"
-        return f"MLP({sizes}, {acts}, {self.loss}, {self.dtype.name})"
+        matmul = "" if self.matmul_precision == "float32" else f", {self.matmul_engine}"
+        return f"MLP({sizes}, {acts}, {self.loss}, {self.dtype.name}{matmul})"
 
     # pickling (scikit-learn's clone and joblib need it): the engine is rebuilt, not pickled
     def __getstate__(self):

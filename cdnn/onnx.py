@@ -12,6 +12,9 @@ An estimator's model follows skl2onnx's convention for classifiers, label first:
 [N, n_labels] 0/1 for multi-label) and "probabilities" [N, n_classes], a plain tensor
 (skl2onnx's zipmap=False); a regressor's single output is "variable" [N, n_outputs].
 The metadata_props hold the network's get_config() as JSON and the cdnn version.
+A network with matmul_precision="bfloat16" exports the same float32 graph, whose Gemms
+multiply in float32: its outputs are within bf16's rounding of cdnn's own, not bit for bit
+(the config in the metadata still says bfloat16).
 
 onnx is imported only here, when a model is exported (pip install 'cdnn[onnx]').
 """

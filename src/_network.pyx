@@ -11,7 +11,7 @@ import os
 import numpy as np
 cimport numpy as cnp
 from cython cimport floating
-from libc.stdint cimport intptr_t, uint64_t, uintptr_t
+from libc.stdint cimport intptr_t, uint16_t, uint64_t, uintptr_t
 
 from activations cimport keeps_preactivation, activate
 from layout cimport Layout, n_outputs
@@ -24,6 +24,8 @@ from exchange cimport MPIContext, mpi_allreduce, mpi_exchange
 from losses cimport SOFTMAX_CROSS_ENTROPY, softmax
 from optim cimport (OptimizerConfig, OptimizerState, make_config, named_state,
                    state_buffers, optimizer_update)
+from matmul cimport (Matmul, bf16_gemm_fn, sgemm_fn, get_threads_fn, set_threads_fn, is_bf16,
+                     to_bf16, product)
 
 cdef extern from *:
     """
@@ -66,17 +68,25 @@ STEP_FAILURES = {LOSS_NOT_FINITE: "the loss is not finite",
 
 
 cdef class Network:
-    """The shape of a dense network (widths, activations, loss, dropout) and its passes.
-    Activations and the loss are given by their kernel ids (cdnn/kinds.py)."""
+    """The shape of a dense network (widths, activations, loss, dropout), its choice of matrix
+    product (matmul.pxd) and its passes. Activations and the loss are given by their kernel ids
+    (cdnn/kinds.py).
+
+    matmul: None (BLAS in the network's dtype) or oneDNN's products (cdnn/_onednn.py finds
+    them; float32 parameters only): (the address of dnnl_gemm_bf16bf16f32 for bf16 products,
+    or 0; of dnnl_sgemm, or 0; the smallest n and n·k of a product that takes dnnl_sgemm; the
+    addresses of omp_get_max_threads and omp_set_num_threads of oneDNN's OpenMP runtime)."""
     cdef Layout layout
+    cdef Matmul mm
     # the arrays the layout points into
     cdef int[::1] _sizes, _kinds
     cdef double[::1] _rates
     cdef Py_ssize_t[::1] _offsets
     cdef readonly Py_ssize_t n_params, row_width
+    cdef readonly bint bf16
 
     def __init__(self, sizes, activations, int loss, double slope=0.01, dropout=None,
-                 double l2=0.0):
+                 double l2=0.0, matmul=None):
         cdef Py_ssize_t n_layers = len(sizes) - 1
         sizes_ = np.asarray(sizes, dtype=np.intc)
         kinds = np.asarray(activations, dtype=np.intc)
@@ -86,7 +96,11 @@ cdef class Network:
         if np.any(sizes_ < 1):
             raise ValueError("layer widths must be positive")
         self._sizes, self._kinds, self._rates = sizes_, kinds, rates
-        self._offsets = np.zeros(5 * n_layers, dtype=np.intp)
+        self._offsets = np.zeros(6 * n_layers, dtype=np.intp)
+        self.layout.mm, self.layout.h_col = NULL, NULL
+        if matmul is not None:
+            bf16_gemm, sgemm, min_n, min_nk, get_threads, set_threads = matmul
+            self._set_matmul(bf16_gemm, sgemm, min_n, min_nk, get_threads, set_threads)
         self._lay_out(sizes_, kinds, rates)
         self.layout.n_layers = <int>n_layers
         self.layout.loss = loss
@@ -97,6 +111,18 @@ cdef class Network:
         self.layout.l2 = l2
         self.n_params = self.layout.n_params
         self.row_width = self.layout.row_width
+
+    cdef _set_matmul(self, intptr_t bf16_gemm, intptr_t sgemm, int min_n, long min_nk,
+                    intptr_t get_threads, intptr_t set_threads):
+        if (bf16_gemm == 0 and sgemm == 0) or get_threads == 0 or set_threads == 0:
+            raise ValueError("oneDNN's products need a GEMM's and the OpenMP runtime's "
+                             "addresses")
+        self.mm.bf16 = <bf16_gemm_fn>bf16_gemm
+        self.mm.sgemm = <sgemm_fn>sgemm
+        self.mm.sgemm_min_n, self.mm.sgemm_min_nk = min_n, min_nk
+        self.mm.get_threads = <get_threads_fn>get_threads
+        self.mm.set_threads = <set_threads_fn>set_threads
+        self.layout.mm, self.bf16 = &self.mm, bf16_gemm != 0
 
     cdef _lay_out(self, const int[::1] sizes, const int[::1] kinds, const double[::1] rates):
         """The offsets of every parameter and workspace buffer (layout.pxd), in Py_ssize_t
@@ -122,6 +148,14 @@ cdef class Network:
                 off[4 * n_layers + l] = col
                 col += n_out
         widest = int(np.max(sizes[1:]))
+        if self.bf16:       # bf16 rows of width w in columns of 4 bytes: (w + 1) // 2
+            L.h_col = off + 5 * n_layers
+            for l in range(n_layers):
+                off[5 * n_layers + l] = col
+                col += (sizes[l] + 1) // 2
+            L.hd0_col = col
+            L.hd1_col = col + (widest + 1) // 2
+            col += 2 * ((widest + 1) // 2)
         L.d0_col = col
         L.d1_col = col + widest
         L.t_col = col + 2 * widest
@@ -144,6 +178,8 @@ cdef class Network:
         if out.shape[0] != n or out.shape[1] != n_outputs(L):
             raise ValueError("out has the wrong shape")
         cdef ForwardCall call
+        wh = self._half_weights(params)
+        call.wh = _half_data(wh)
         call.L, call.params, call.x, call.n, call.out = L, &params[0], x, n, &out[0, 0]
         call.workspace, call.cap, call.share_units = &workspace[0], cap, share_units
         call.double_precision = floating is double
@@ -221,12 +257,27 @@ cdef class Network:
         cdef floating scale = loss_scale(L, <const floating*>data.weights, NULL, n)
         cdef double[:, ::1] part = np.zeros((n_threads, 2))
         cdef RowsCall call
+        wh = self._half_weights(params)
+        call.wh = _half_data(wh)
         call.L, call.params, call.data, call.n = L, &params[0], &data, n
         call.workspace, call.cap, call.scale, call.grads = &workspace[0], cap, scale, grads
         call.part, call.double_precision = &part[0, 0], floating is double
         _run_team(<team_work>_rows_call, &call, n_threads)
         totals = np.asarray(part).sum(axis=0)   # fixed order: deterministic
         return float(totals[0]), float(totals[1]), n_threads
+
+    def _half_weights(self, const floating[::1] params):
+        """params' bf16 copy for a call's bf16 products (None without them): the caller's
+        parameters may have changed since the last call"""
+        if not self.bf16:
+            return None
+        if floating is double:
+            raise TypeError("bf16 products need float32 parameters")
+        wh = np.empty(params.shape[0], dtype=np.uint16)
+        cdef uint16_t[::1] h = wh
+        with nogil:
+            to_bf16(&h[0], &params[0], 1, params.shape[0], 0, 0)
+        return wh
 
 
 # --- the team calls: each parallel pass as a struct of its arguments and a function that every
@@ -247,6 +298,7 @@ cdef int _run_team(team_work work, void* call, int n_threads) except -1:
 cdef struct ForwardCall:
     const Layout* L
     const void* params
+    const uint16_t* wh          # bf16 products: params' bf16 copy
     Input x
     Py_ssize_t n, cap
     void* out
@@ -263,13 +315,14 @@ cdef void _forward_call(void* arg, int tid, int team) noexcept nogil:
 
 
 cdef inline void _forward_share(ForwardCall* c, floating* out, int tid, int team) noexcept nogil:
-    forward_chunks(c.L, <const floating*>c.params, c.x, c.n, out, <floating*>c.workspace,
+    forward_chunks(c.L, <const floating*>c.params, c.wh, c.x, c.n, out, <floating*>c.workspace,
                    c.cap, tid, team, c.share_units)
 
 
 cdef struct RowsCall:
     const Layout* L
     const void* params
+    const uint16_t* wh          # bf16 products: params' bf16 copy
     const Rows* data
     Py_ssize_t n, cap
     void* workspace
@@ -291,7 +344,7 @@ cdef inline void _rows_share(RowsCall* c, floating* workspace, int tid, int team
     """Thread tid's contiguous share of the n rows, in its own part of the workspace and, with
     grads, into its own row of grads"""
     cdef floating* grads = <floating*>c.grads
-    rows_pass(c.L, <const floating*>c.params, c.data, c.n * tid // team,
+    rows_pass(c.L, <const floating*>c.params, c.wh, c.data, c.n * tid // team,
               c.n * (tid + 1) // team, workspace + tid * c.cap * c.L.row_width, c.cap,
               <floating>c.scale, grads + tid * c.L.n_params if grads != NULL else NULL,
               &c.part[2 * tid], &c.part[2 * tid + 1])
@@ -336,6 +389,7 @@ cdef class TrainingSteps:
     cdef bint double_precision
     cdef double[:, ::1] partial
     cdef MPIExchange mpi
+    cdef object wh          # bf16 products: the parameters' bf16 copy
 
     def __init__(self, Network net, *, params, grad, dict state, dict optimizer, train,
                  workspace, label_buffer, batch_buffer, int n_threads=1, double clip_norm=0,
@@ -355,6 +409,8 @@ cdef class TrainingSteps:
             raise ValueError("X and batch_buffer must be of one kind")
         self.net, self.n_threads, self.n_rows = net, n_threads, X.shape[0]
         self.double_precision = params.dtype == np.float64
+        if net.bf16 and self.double_precision:
+            raise TypeError("bf16 products need float32 parameters")
         self.keep = [params, grad, state, train, workspace, label_buffer, batch_buffer, lazy]
         self.partial = np.zeros((n_threads, N_PARTIALS))
         cdef Step* S = &self.step
@@ -373,6 +429,10 @@ cdef class TrainingSteps:
         S.exchange, S.exchange_context = NULL, NULL
         S.partial = &self.partial[0, 0]
         S.gscale, S.status = 1, STEP_OK
+        S.wh = NULL
+        if net.bf16:
+            self.wh = np.empty(net.n_params, dtype=np.uint16)
+            S.wh = _half_data(self.wh)
 
     cdef _bind_lazy(self, unsigned char[::1] touched, Py_ssize_t[::1] touched_rows, undo):
         cdef Step* S = &self.step
@@ -516,6 +576,15 @@ cdef int _bind_step(Step* S, const Layout* L, floating[::1] params, floating[::1
     S.ws = &workspace[0]
     S.labels = &label_buffer[0]
     return 0
+
+
+cdef uint16_t* _half_data(wh) except? NULL:
+    """The data of a bf16 copy (a C-contiguous uint16 array), NULL for None"""
+    cdef uint16_t[::1] h
+    if wh is None:
+        return NULL
+    h = wh
+    return &h[0]
 
 
 # --- production helpers the Python layer calls ------------------------------------------------

@@ -2,8 +2,9 @@
 its plain numpy reference (cdnn/kinds.py, tests/reference.py). Production code calls the
 kernels through the engine (_network.pyx), never through this module."""
 
+import numpy as np
 from cython cimport floating
-from libc.stdint cimport uint64_t
+from libc.stdint cimport intptr_t, uint16_t, uint64_t
 
 from blas cimport gemm
 from activations cimport bias_activation_forward, activation_backward, bias_gradient
@@ -11,6 +12,8 @@ from dense cimport (dense_forward, dense_backward_delta, dense_backward_params,
                    dense_backward_input)
 from dropout cimport dropout_forward, dropout_backward
 from losses cimport loss_forward_backward
+from matmul cimport (Matmul, bf16_gemm_fn, get_threads_fn, set_threads_fn, product, to_bf16,
+                     cdnn_float_of_bf16)
 
 from cdnn.kinds import ACTIVATIONS, LOSSES
 
@@ -31,6 +34,43 @@ def matmul(const floating[:, ::1] a, const floating[:, ::1] b, floating[:, ::1] 
     with nogil:
         gemm(trans_a, trans_b, m, n, k, alpha, &a[0, 0], a.shape[1], &b[0, 0], b.shape[1],
              beta, &c[0, 0], n)
+
+
+def bf16_round(const float[::1] a):
+    """a rounded to bfloat16 (nearest even), as the bits (uint16) and as float32"""
+    import numpy as np
+    bits = np.empty(a.shape[0], dtype=np.uint16)
+    values = np.empty(a.shape[0], dtype=np.float32)
+    cdef uint16_t[::1] h = bits
+    cdef float[::1] v = values
+    cdef Py_ssize_t i
+    with nogil:
+        to_bf16(&h[0], &a[0], 1, a.shape[0], 0, 0)
+        for i in range(a.shape[0]):
+            v[i] = cdnn_float_of_bf16(h[i])
+    return bits, values
+
+
+def matmul_bf16(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] c,
+                bint trans_a, bint trans_b, tuple addresses, float beta=0):
+    """C := bf16(op(A)) @ bf16(op(B)) + beta · C in float32, through the product of matmul.pxd
+    with the function addresses (gemm_bf16bf16f32, omp_get_max_threads, omp_set_num_threads)"""
+    cdef int m = a.shape[1] if trans_a else a.shape[0]
+    cdef int k = a.shape[0] if trans_a else a.shape[1]
+    cdef int n = b.shape[0] if trans_b else b.shape[1]
+    _require((b.shape[1] if trans_b else b.shape[0]) == k and c.shape[0] == m and c.shape[1] == n,
+             "shapes do not agree")
+    cdef Matmul mm
+    cdef intptr_t f, g, s
+    f, _, _, _, g, s = addresses
+    mm.bf16, mm.get_threads, mm.set_threads = <bf16_gemm_fn>f, <get_threads_fn>g, <set_threads_fn>s
+    mm.sgemm = NULL
+    ah, _ = bf16_round(np.ravel(a))
+    bh, _ = bf16_round(np.ravel(b))
+    cdef const uint16_t[::1] ha = ah, hb = bh
+    with nogil:
+        product(&mm, trans_a, trans_b, m, n, k, &a[0, 0], &ha[0], a.shape[1], &b[0, 0], &hb[0],
+                b.shape[1], beta, &c[0, 0], n)
 
 
 def bias_activation(floating[:, ::1] z, floating[:, ::1] a, const floating[::1] bias,

@@ -4,7 +4,9 @@
 # output a = f(z) alone, so only GELU layers keep their pre-activation z.
 
 from cython cimport floating
+from libc.stdint cimport uint16_t
 from mathf cimport fexp, ftanh, ferf, sigmoid
+from matmul cimport to_bf16
 
 cdef enum Activation:
     IDENTITY = 0
@@ -57,45 +59,51 @@ cdef inline floating derivative(floating a, floating z, int kind, floating slope
 
 # z, a are (rows, cols) with rows ld apart; bias is (cols,). z may equal a (in-place) when the
 # layer keeps no z.
+# h, when given, receives bf16(a), each row while it is in cache (the next layer's bf16 input).
 cdef inline void bias_activation_forward(floating* z, floating* a, const floating* bias,
                                          Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t ld,
-                                         int kind, floating slope) noexcept nogil:
+                                         int kind, floating slope,
+                                         uint16_t* h=NULL) noexcept nogil:
     """z := z + bias (kept only for GELU); a := f(z + bias) — one pass after the GEMM"""
-    elementwise(FORWARD, z, a, NULL, bias, rows, cols, ld, kind, slope)
+    elementwise(FORWARD, z, a, NULL, bias, rows, cols, ld, kind, slope, h)
 
 
 # d (upstream gradient dL/da, becomes dL/dz), a, z are (rows, cols) with rows ld apart.
+# h, when given, receives bf16(d), each row while it is in cache (the bf16 products' dL/dz).
 cdef inline void activation_backward(floating* d, const floating* a, const floating* z,
                                      Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t ld,
-                                     int kind, floating slope) noexcept nogil:
+                                     int kind, floating slope, uint16_t* h=NULL) noexcept nogil:
     """d := d · f'(z)"""
-    elementwise(BACKWARD, <floating*>z, <floating*>a, d, NULL, rows, cols, ld, kind, slope)
+    elementwise(BACKWARD, <floating*>z, <floating*>a, d, NULL, rows, cols, ld, kind, slope, h)
 
 
 cdef inline void elementwise(int direction, floating* z, floating* a, floating* d,
                              const floating* bias, Py_ssize_t rows, Py_ssize_t cols,
-                             Py_ssize_t ld, int kind, floating slope) noexcept nogil:
+                             Py_ssize_t ld, int kind, floating slope,
+                             uint16_t* h) noexcept nogil:
     """The one dispatch on the activation: kind is passed on as a constant, so the compiler
     specialises each pass's loop for each activation (vectorising the cheap ones) instead of
     branching on kind for every element"""
     if kind == RELU:
-        _elementwise(direction, z, a, d, bias, rows, cols, ld, RELU, slope)
+        _elementwise(direction, z, a, d, bias, rows, cols, ld, RELU, slope, h)
     elif kind == LEAKY_RELU:
-        _elementwise(direction, z, a, d, bias, rows, cols, ld, LEAKY_RELU, slope)
+        _elementwise(direction, z, a, d, bias, rows, cols, ld, LEAKY_RELU, slope, h)
     elif kind == SIGMOID:
-        _elementwise(direction, z, a, d, bias, rows, cols, ld, SIGMOID, slope)
+        _elementwise(direction, z, a, d, bias, rows, cols, ld, SIGMOID, slope, h)
     elif kind == TANH:
-        _elementwise(direction, z, a, d, bias, rows, cols, ld, TANH, slope)
+        _elementwise(direction, z, a, d, bias, rows, cols, ld, TANH, slope, h)
     elif kind == GELU:
-        _elementwise(direction, z, a, d, bias, rows, cols, ld, GELU, slope)
+        _elementwise(direction, z, a, d, bias, rows, cols, ld, GELU, slope, h)
     else:
-        _elementwise(direction, z, a, d, bias, rows, cols, ld, IDENTITY, slope)
+        _elementwise(direction, z, a, d, bias, rows, cols, ld, IDENTITY, slope, h)
 
 
 cdef inline void _elementwise(int direction, floating* z, floating* a, floating* d,
                               const floating* bias, Py_ssize_t rows, Py_ssize_t cols,
-                              Py_ssize_t ld, int kind, floating slope) noexcept nogil:
-    """FORWARD: z += bias (kept only for GELU), a := f(z); BACKWARD: d := d · f'(z)"""
+                              Py_ssize_t ld, int kind, floating slope,
+                              uint16_t* h) noexcept nogil:
+    """FORWARD: z += bias (kept only for GELU), a := f(z); BACKWARD: d := d · f'(z); with h,
+    h := bf16 of what the pass wrote"""
     cdef Py_ssize_t i, j
     cdef floating v
     cdef floating* zr
@@ -111,6 +119,7 @@ cdef inline void _elementwise(int direction, floating* z, floating* a, floating*
                 if keep:
                     zr[j] = v
                 ar[j] = activate(v, kind, slope)
+            to_bf16(h + i * ld if h != NULL else NULL, ar, 1, cols, ld, ld)
     else:
         for i in range(rows):
             dr = d + i * ld
@@ -118,6 +127,7 @@ cdef inline void _elementwise(int direction, floating* z, floating* a, floating*
             zr = z + i * ld
             for j in range(cols):
                 dr[j] = dr[j] * derivative(ar[j], zr[j], kind, slope)
+            to_bf16(h + i * ld if h != NULL else NULL, dr, 1, cols, ld, ld)
 
 
 # d is dL/dz (rows, cols); dbias is (cols,). Threads that share a batch each take a range of

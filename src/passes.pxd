@@ -7,14 +7,18 @@
 # rows of dW (units of the layer below) and entries of db — each parameter's gradient is one
 # product over the whole batch, so no thread keeps a gradient of its own.
 # GEMMs are single-threaded here: the caller holds the BLAS at one thread.
+# At bf16 (matmul.pxd) the products read bf16 copies: wh of the weights (params' layout, made
+# by the caller), and in the workspace each layer's input and dL/dz, written by the passes that
+# write the float values (half() finds them).
 
 from cython cimport floating
 from libc.math cimport NAN
-from libc.stdint cimport uint64_t
+from libc.stdint cimport uint16_t, uint64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 
 from layout cimport Layout, n_outputs
+from matmul cimport Matmul, is_bf16, to_bf16
 from team cimport Part, share, whole, barrier
 from dense cimport (dense_forward, dense_backward_delta, dense_backward_params,
                    dense_backward_input)
@@ -81,18 +85,21 @@ cdef inline void gather_rows(Input* batch, const Input* data, const Py_ssize_t* 
 # x is (rows, n_0); z, a are (rows, n_out): the first layer, in the units first:last
 cdef inline void input_forward(floating* z, floating* a, const Input* x, const floating* W,
                                const floating* b, int rows, int n_out, Part units, int kind,
-                               floating slope) noexcept nogil:
-    """z := x @ W + b; a := f(z)"""
+                               floating slope, const Matmul* mm, const uint16_t* x_h,
+                               const uint16_t* W_h, uint16_t* a_h) noexcept nogil:
+    """z := x @ W + b; a := f(z) (and a_h := bf16(a)). CSR rows take no bf16 product: theirs
+    is no GEMM"""
     if x.kind == CSR_ROWS:
-        csr_forward(z, a, x, W, b, rows, n_out, units, kind, slope)
+        csr_forward(z, a, x, W, b, rows, n_out, units, kind, slope, a_h)
         return
     dense_forward(z, a, <const floating*>x.X, W, b, rows, <int>x.n_cols, n_out,
-                  <int>units.first, <int>(units.first + units.count), kind, slope)
+                  <int>units.first, <int>(units.first + units.count), kind, slope, mm, x_h,
+                  W_h, a_h)
 
 
 cdef inline void csr_forward(floating* z, floating* a, const Input* x, const floating* W,
                              const floating* b, int rows, int n_out, Part units, int kind,
-                             floating slope) noexcept nogil:
+                             floating slope, uint16_t* a_h) noexcept nogil:
     """z[:, units] := x @ W[:, units] + b, row by row: each stored entry adds its value times
     its row of W (the units' part of it, contiguous) to z's row, which then gets its bias and
     activation while it is in cache"""
@@ -113,13 +120,14 @@ cdef inline void csr_forward(floating* z, floating* a, const Input* x, const flo
             for j in range(count):
                 zr[j] += v * w[j]
         bias_activation_forward(zr, a + r * n_out + first, b + first, 1, count, n_out, kind,
-                                slope)
+                                slope, a_h + r * n_out + first if a_h != NULL else NULL)
 
 
 # d is dL/dz (rows, n_out); the first layer needs no dL/dx
 cdef inline void input_backward(floating* dW, floating* db, const floating* d, const Input* x,
                                 int rows, int n_out, Part w, Part b, bint accumulate,
-                                int team) noexcept nogil:
+                                int team, const Matmul* mm, const uint16_t* x_h,
+                                const uint16_t* d_h) noexcept nogil:
     """dW[w] (+)= x[:, w]ᵀ @ d; db[b] (+)= Σ_rows d. With CSR rows, each thread takes the units
     b of dW (every row of it) instead of the rows w, and the team waits for the whole of dW
     before anyone reads it (the L2 term goes by rows). Every thread of the team calls this."""
@@ -130,7 +138,7 @@ cdef inline void input_backward(floating* dW, floating* db, const floating* d, c
         return
     dense_backward_params(dW, db, d, <const floating*>x.X, rows, <int>x.n_cols, n_out,
                           <int>w.first, <int>(w.first + w.count), <int>b.first,
-                          <int>(b.first + b.count), accumulate)
+                          <int>(b.first + b.count), accumulate, mm, x_h, d_h)
 
 
 cdef inline void csr_backward(floating* dW, const floating* d, const Input* x, int rows,
@@ -159,55 +167,102 @@ cdef inline void csr_backward(floating* dW, const floating* d, const Input* x, i
 
 # --- the network's passes --------------------------------------------------------------------
 
-cdef inline const floating* forward(const Layout* L, const floating* params, const Input* x,
-                                    floating* ws, Py_ssize_t cap, Py_ssize_t rows,
-                                    bint training, uint64_t seed, uint64_t step, Py_ssize_t row0,
-                                    int tid, int team) noexcept nogil:
+cdef inline uint16_t* half(const Layout* L, floating* ws, Py_ssize_t cap, Py_ssize_t col,
+                          Py_ssize_t row0, Py_ssize_t width) noexcept nogil:
+    """The bf16 buffer at column col of the workspace, from row row0 (rows width apart); NULL
+    without bf16 products"""
+    if not is_bf16(L.mm):
+        return NULL
+    return <uint16_t*>(ws + cap * col) + row0 * width
+
+
+cdef inline uint16_t* input_h(const Layout* L, floating* ws, Py_ssize_t cap, int l,
+                             Py_ssize_t row0) noexcept nogil:
+    """The bf16 copy of layer l's input (n_l wide), from row row0; NULL without bf16"""
+    if not is_bf16(L.mm):
+        return NULL
+    return half(L, ws, cap, L.h_col[l], row0, L.sizes[l])
+
+
+cdef inline const uint16_t* weights_h(const Layout* L, const uint16_t* wh, int l) noexcept nogil:
+    """Layer l's bf16 weights in wh (params' layout), or NULL"""
+    return wh + L.w_off[l] if is_bf16(L.mm) else NULL
+
+
+cdef inline const floating* forward(const Layout* L, const floating* params,
+                                    const uint16_t* wh, const Input* x, floating* ws,
+                                    Py_ssize_t cap, Py_ssize_t rows, bint training,
+                                    uint64_t seed, uint64_t step, Py_ssize_t row0, int tid,
+                                    int team) noexcept nogil:
     """Run every layer on the rows of x, which are the rows row0, row0 + 1, … of the batch
     (where they go in the workspace, and for dropout's masks); return the output layer's a
     (rows × n_L). Every thread of the team calls this; each computes its share of every
-    layer's units, and waits for the others after each layer."""
+    layer's units, and waits for the others after each layer. At bf16 the products read wh,
+    and each layer writes the bf16 copy of its output for the next."""
     cdef const floating* inp = NULL
     cdef floating* a
     cdef floating* z
     cdef floating* o
+    cdef uint16_t* h_in = input_h(L, ws, cap, 0, row0)
+    cdef uint16_t* h_out
     cdef Py_ssize_t n_out
-    cdef Part units
+    cdef Part units, mine
     cdef int l
+    cdef bint dropped
+    if h_in != NULL and x.kind == DENSE_ROWS:     # the input rows, each thread its share
+        mine = share(rows, tid, team)
+        to_bf16(h_in + mine.first * L.sizes[0],
+                <const floating*>x.X + mine.first * L.sizes[0], mine.count, L.sizes[0],
+                L.sizes[0], L.sizes[0])
+        barrier(team)
     for l in range(L.n_layers):
         n_out = L.sizes[l + 1]
         a = ws + cap * L.a_col[l] + row0 * n_out
         z = ws + cap * L.z_col[l] + row0 * n_out
         units = share(n_out, tid, team)
+        dropped = training and L.dropout[l] > 0
+        h_out = input_h(L, ws, cap, l + 1, row0) if l + 1 < L.n_layers else NULL
         if l == 0:
             input_forward(z, a, x, params + L.w_off[0], params + L.b_off[0], <int>rows,
-                          <int>n_out, units, L.kinds[0], <floating>L.slope)
+                          <int>n_out, units, L.kinds[0], <floating>L.slope, L.mm, h_in,
+                          weights_h(L, wh, 0), NULL if dropped else h_out)
         else:
             dense_forward(z, a, inp, params + L.w_off[l], params + L.b_off[l], <int>rows,
                           L.sizes[l], <int>n_out, <int>units.first,
-                          <int>(units.first + units.count), L.kinds[l], <floating>L.slope)
+                          <int>(units.first + units.count), L.kinds[l], <floating>L.slope,
+                          L.mm, h_in, weights_h(L, wh, l), NULL if dropped else h_out)
         inp = a
-        if training and L.dropout[l] > 0:
+        if dropped:
             o = ws + cap * L.o_col[l] + row0 * n_out
             dropout_forward(o, a, rows, n_out, units.first, units.first + units.count, row0,
                             L.dropout[l], seed + <uint64_t>l, step)
+            if h_out != NULL:
+                to_bf16(h_out + units.first, o + units.first, rows, units.count, n_out, n_out)
             inp = o
+        h_in = h_out
         barrier(team)       # the layer's every unit is in inp
     return inp
 
 
-cdef inline void backward(const Layout* L, const floating* params, floating* grad,
-                          const Input* x, floating* ws, Py_ssize_t cap, Py_ssize_t rows,
+cdef inline void backward(const Layout* L, const floating* params, const uint16_t* wh,
+                          floating* grad, const Input* x, floating* ws, Py_ssize_t cap,
+                          Py_ssize_t rows,
                           bint accumulate, bint training, uint64_t seed, uint64_t step,
                           double* penalty, int tid, int team) noexcept nogil:
     """With dL/d(output) in the d0 buffer for the batch's rows (each thread's share of the rows
     written by the loss), write (or add, when accumulate) dL/dparams to grad. Every thread of
     the team calls this; each takes its rows of the output's delta, then for every layer its
     units of the delta and its own parameters, with a barrier per layer. With penalty, also add
-    the L2 term to those parameters' gradient and its loss to penalty[0]."""
+    the L2 term to those parameters' gradient and its loss to penalty[0]. At bf16 the products
+    read wh and the forward pass's bf16 inputs, and the delta pass writes dL/dz's bf16 copy
+    (two buffers, ping-ponged as d is: a thread may start the next layer's delta while
+    another still reads this layer's)."""
     cdef floating* d = ws + cap * L.d0_col
     cdef floating* d_below = ws + cap * L.d1_col
     cdef floating* swap
+    cdef uint16_t* hd = half(L, ws, cap, L.hd0_col, 0, 0)
+    cdef uint16_t* hd_below = half(L, ws, cap, L.hd1_col, 0, 0)
+    cdef uint16_t* hswap
     cdef Part r = share(rows, tid, team), c, w, b   # this thread's rows and units of d
     cdef Py_ssize_t n_in, n_out
     cdef int l
@@ -224,38 +279,41 @@ cdef inline void backward(const Layout* L, const floating* params, floating* gra
         dense_backward_delta(d + r.first * n_out, ws + cap * L.a_col[l] + r.first * n_out,
                              ws + cap * L.z_col[l] + r.first * n_out, <int>r.count, <int>n_out,
                              <int>c.first, <int>(c.first + c.count), L.kinds[l],
-                             <floating>L.slope)
+                             <floating>L.slope, hd + r.first * n_out if hd != NULL else NULL)
         barrier(team)       # every row's and unit's dL/dz is in d
         w = share(n_in, tid, team)      # rows of W, and units of the layer below
         b = share(n_out, tid, team)
-        layer_backward(L, l, params, grad, d, d_below, x, ws, cap, rows, w, b, accumulate,
-                       training, team)
+        layer_backward(L, l, params, wh, grad, d, hd, d_below, x, ws, cap, rows, w, b,
+                       accumulate, training, team)
         if penalty != NULL and L.l2 > 0:
             penalty[0] += l2_term(L.l2, params + L.w_off[l] + w.first * n_out,
                                   grad + L.w_off[l] + w.first * n_out, w.count * n_out)
-        swap = d
-        d = d_below
-        d_below = swap
+        swap, hswap = d, hd
+        d, hd = d_below, hd_below
+        d_below, hd_below = swap, hswap
 
 
-cdef inline void layer_backward(const Layout* L, int l, const floating* params, floating* grad,
-                                const floating* d, floating* d_below, const Input* x,
+cdef inline void layer_backward(const Layout* L, int l, const floating* params,
+                                const uint16_t* wh, floating* grad, const floating* d,
+                                const uint16_t* hd, floating* d_below, const Input* x,
                                 floating* ws, Py_ssize_t cap, Py_ssize_t rows, Part w, Part b,
                                 bint accumulate, bint training, int team) noexcept nogil:
-    """Layer l's rows w of dW and entries b of db from its dL/dz (d), and the units w of the
-    layer below's dL/da (d_below); the first layer reads the input and has no layer below"""
+    """Layer l's rows w of dW and entries b of db from its dL/dz (d; hd its bf16 copy), and
+    the units w of the layer below's dL/da (d_below); the first layer reads the input and has
+    no layer below"""
     cdef int n_in = L.sizes[l], n_out = L.sizes[l + 1]
     cdef const floating* inp
+    cdef const uint16_t* inp_h = input_h(L, ws, cap, l, 0)
     if l == 0:
         input_backward(grad + L.w_off[0], grad + L.b_off[0], d, x, <int>rows, n_out, w, b,
-                       accumulate, team)
+                       accumulate, team, L.mm, inp_h, hd)
         return
     inp = ws + cap * (L.o_col[l - 1] if training else L.a_col[l - 1])
     dense_backward_params(grad + L.w_off[l], grad + L.b_off[l], d, inp, <int>rows, n_in, n_out,
                           <int>w.first, <int>(w.first + w.count), <int>b.first,
-                          <int>(b.first + b.count), accumulate)
+                          <int>(b.first + b.count), accumulate, L.mm, inp_h, hd)
     dense_backward_input(d_below, d, params + L.w_off[l], <int>rows, n_in, n_out, <int>w.first,
-                         <int>(w.first + w.count))
+                         <int>(w.first + w.count), L.mm, hd, weights_h(L, wh, l))
 
 
 cdef inline double l2_term(double l2, const floating* W, floating* dW,
@@ -307,7 +365,8 @@ cdef inline floating loss_scale(const Layout* L, const floating* weights, const 
     return <floating>(1 / total) if total > 0 else 0
 
 
-cdef inline void rows_pass(const Layout* L, const floating* params, const Rows* data,
+cdef inline void rows_pass(const Layout* L, const floating* params, const uint16_t* wh,
+                           const Rows* data,
                            Py_ssize_t first, Py_ssize_t last, floating* ws, Py_ssize_t cap,
                            floating scale, floating* grad, double* loss,
                            double* correct) noexcept nogil:
@@ -332,16 +391,18 @@ cdef inline void rows_pass(const Layout* L, const floating* params, const Rows* 
         labels = data.labels + start if data.labels != NULL else NULL
         t = targets + start * k if targets != NULL else NULL
         w = weights + start if weights != NULL else NULL
-        out = forward(L, params, &x, ws, cap, rows, False, 0, 0, 0, 0, 1)
+        out = forward(L, params, wh, &x, ws, cap, rows, False, 0, 0, 0, 0, 1)
         loss[0] += loss_forward_backward(L.loss, out, labels, t, w, scale, ws + cap * L.d0_col,
                                          rows, k)
         correct[0] += count_correct(L.loss, out, labels, t, w, rows, k)
         if grad != NULL:
-            backward(L, params, grad, &x, ws, cap, rows, start > first, False, 0, 0, NULL, 0, 1)
+            backward(L, params, wh, grad, &x, ws, cap, rows, start > first, False, 0, 0, NULL,
+                     0, 1)
         start += rows
 
 
-cdef inline void forward_chunks(const Layout* L, const floating* params, Input x, Py_ssize_t n,
+cdef inline void forward_chunks(const Layout* L, const floating* params, const uint16_t* wh,
+                                Input x, Py_ssize_t n,
                                 floating* out, floating* workspace, Py_ssize_t cap, int tid,
                                 int team, bint share_units) noexcept nogil:
     """Thread tid's part of the output layer's values (out, n × n_L) for the n rows of x,
@@ -368,7 +429,7 @@ cdef inline void forward_chunks(const Layout* L, const floating* params, Input x
         rows = min(cap, stop - start)
         chunk = rows_from(x, start)
         ok = x.kind != DENSE_ROWS or finite(<const floating*>chunk.X, rows * x.n_cols)
-        result = forward(L, params, &chunk, ws, cap, rows, False, 0, 0, 0, part, parts)
+        result = forward(L, params, wh, &chunk, ws, cap, rows, False, 0, 0, 0, part, parts)
         for i in range(rows):   # this thread's units of the output
             row = out + (start + i) * k + units.first
             if ok:
@@ -393,15 +454,15 @@ cdef inline bint forward_one(const Layout* L, const floating* params, const floa
     """out (1 × n_L) := the output layer's values for one row, on this thread, in a workspace of
     its own (so concurrent predictions need no lock); False when the row holds a non-finite
     value (out untouched), the output does (a finite row can overflow a layer), or there is no
-    memory"""
+    memory. Not for bf16 products, whose weights need their bf16 copy."""
     cdef Input x
-    if not finite(row, L.sizes[0]):
+    if is_bf16(L.mm) or not finite(row, L.sizes[0]):
         return False
     cdef floating* ws = <floating*>malloc(L.row_width * sizeof(floating))
     if ws == NULL:
         return False
     x.kind, x.n_cols, x.itemsize, x.X = DENSE_ROWS, L.sizes[0], sizeof(floating), <const char*>row
-    memcpy(out, forward(L, params, &x, ws, 1, 1, False, 0, 0, 0, 0, 1),
+    memcpy(out, forward(L, params, NULL, &x, ws, 1, 1, False, 0, 0, 0, 0, 1),
            n_outputs(L) * sizeof(floating))
     free(ws)
     return finite(out, n_outputs(L))

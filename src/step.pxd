@@ -16,7 +16,7 @@
 
 from cython cimport floating
 from libc.math cimport isfinite, sqrt
-from libc.stdint cimport uint64_t
+from libc.stdint cimport uint16_t, uint64_t
 from libc.string cimport memcpy, memset
 
 from layout cimport Layout, n_outputs
@@ -25,6 +25,7 @@ from passes cimport Input, Rows, CSR_ROWS, gather_rows, forward, backward, loss_
 from losses cimport loss_forward_backward, count_correct
 from optim cimport (OptimizerConfig, OptimizerState, MAX_STATE, optimizer_update,
                    sum_of_squares)
+from matmul cimport to_bf16
 
 
 # The exchange phase's contract: called by one thread while the others wait, with the full
@@ -64,6 +65,8 @@ cdef struct Step:
     Input batch                 # the gathered batch, in buffers of its own: dense rows, or
                                 # CSR rows with room for the largest batch's entries
     void* params                # the flat buffers, of the network's dtype
+    uint16_t* wh                # bf16 products: the parameters' bf16 copy (else NULL), made
+                                #   at the start of a run and refreshed after each update
     void* grad
     OptimizerConfig opt
     OptimizerState state        # the optimizer's buffers, by name
@@ -205,9 +208,19 @@ cdef inline void clip(Step* S, const floating* params, int tid, int team) noexce
 
 cdef inline int update_range(Step* S, const floating* params, floating lr, long step,
                              Py_ssize_t first, Py_ssize_t count) noexcept nogil:
-    """The optimizer's update of the parameters first..first + count of the flat buffer"""
-    return optimizer_update(&S.opt, lr, step, <floating*>S.params, <const floating*>S.grad,
-                            &S.state, first, count, <floating>S.gscale)
+    """The optimizer's update of the parameters first..first + count of the flat buffer, and
+    their bf16 copy while they are in cache"""
+    cdef int bad = optimizer_update(&S.opt, lr, step, <floating*>S.params,
+                                    <const floating*>S.grad, &S.state, first, count,
+                                    <floating>S.gscale)
+    refresh_half(S, first, count)
+    return bad
+
+
+cdef inline void refresh_half(Step* S, Py_ssize_t first, Py_ssize_t count) noexcept nogil:
+    """The bf16 copy of the parameters first..first + count (at bf16 only)"""
+    if S.wh != NULL:
+        to_bf16(S.wh + first, <const float*>S.params + first, 1, count, count, count)
 
 
 cdef inline void update(Step* S, const floating* params, floating lr, long step, int tid,
@@ -271,8 +284,7 @@ cdef inline int lazy_run(Step* S, floating lr, long step, Py_ssize_t at, Py_ssiz
     memcpy(undo, <floating*>S.params + at, n * sizeof(floating))
     for k in range(S.n_kept):
         memcpy(undo + (k + 1) * part, <floating*>S.kept[k] + at, n * sizeof(floating))
-    return optimizer_update(&S.opt, lr, step, <floating*>S.params, <const floating*>S.grad,
-                            &S.state, at, n, <floating>S.gscale)
+    return update_range(S, <const floating*>S.params, lr, step, at, n)
 
 
 cdef inline void restore(Step* S, const floating* params, Py_ssize_t at, Py_ssize_t n,
@@ -322,11 +334,11 @@ cdef inline int train_step(Step* S, const floating* params, const Py_ssize_t* id
     cdef const Layout* L = S.L
     cdef const floating* out
     gather(S, params, idx, rows, tid, team)
-    out = forward(L, params, &S.batch, <floating*>S.ws, S.cap, rows, True, S.seed, step - 1, 0,
-                  tid, team)
+    out = forward(L, params, S.wh, &S.batch, <floating*>S.ws, S.cap, rows, True, S.seed,
+                  step - 1, 0, tid, team)
     loss(S, out, rows, tid, team)
-    backward(L, params, <floating*>S.grad, &S.batch, <floating*>S.ws, S.cap, rows, False, True,
-             S.seed, step - 1, S.partial + tid * N_PARTIALS + LOSS, tid, team)
+    backward(L, params, S.wh, <floating*>S.grad, &S.batch, <floating*>S.ws, S.cap, rows, False,
+             True, S.seed, step - 1, S.partial + tid * N_PARTIALS + LOSS, tid, team)
     barrier(team)       # the whole gradient is in grad
     exchange(S, params, tid, team)
     if S.status != STEP_OK:
@@ -347,6 +359,10 @@ cdef inline Py_ssize_t train_steps(Step* S, const floating* params, const Py_ssi
     loss and weighted count of correct predictions. Returns the steps completed: fewer when one
     failed (S.status says how). Every thread of the team calls this."""
     cdef Py_ssize_t s, start
+    cdef Part mine = share(S.L.n_params, tid, team)
+    if S.wh != NULL:    # the parameters may have changed since the last run
+        refresh_half(S, mine.first, mine.count)
+        barrier(team)
     for s in range(n_steps):
         start = s * batch
         if train_step(S, params, order + start, min(batch, n_order - start), <floating>lrs[s],

@@ -10,7 +10,7 @@ from .report import render_markdown, render_text, write_json
 from .runner import machine_info, run_suite
 from .studies import STUDIES
 from .summary import summarize
-from .workloads import CONTENDERS, SMALL_WORKLOADS, WORKLOADS
+from .workloads import CONTENDERS, OPTIONAL_CONTENDERS, SMALL_WORKLOADS, WORKLOADS
 
 # `--workloads small` stands for every small job
 GROUPS = {"small": SMALL_WORKLOADS}
@@ -46,8 +46,10 @@ def build_parser():
     p.add_argument("--workloads", type=_csv(list(WORKLOADS), GROUPS), default=None,
                    help="comma list of " + ",".join(WORKLOADS) + "; 'small' means every "
                    "small-* job (default: all of the mode's)")
-    p.add_argument("--contenders", type=_csv(list(CONTENDERS)), default=list(CONTENDERS),
-                   help="comma list (default: " + ",".join(CONTENDERS) + ")")
+    p.add_argument("--contenders", type=_csv(list(CONTENDERS + OPTIONAL_CONTENDERS)),
+                   default=list(CONTENDERS),
+                   help="comma list (default: " + ",".join(CONTENDERS) + "; also "
+                   + ",".join(OPTIONAL_CONTENDERS) + ")")
     p.add_argument("--data-dir", default=None,
                    help="MNIST directory (default: ../shared/data/mnist if present, "
                         "else synthetic)")
@@ -67,6 +69,9 @@ def build_parser():
     p.add_argument("--study", metavar="NAME", choices=STUDIES,
                    help="run one study instead, with the arguments after NAME: "
                         + "; ".join(f"{k}: {v}" for k, v in STUDIES.items()))
+    p.add_argument("--matmul-precision", default="float32", choices=["float32", "bfloat16"],
+                   help="--under-load: the fits' matmul_precision (bfloat16: the same table "
+                        "with oneDNN's products on, to show they keep one team of threads)")
     p.add_argument("--json", metavar="PATH", help="write all raw timings and machine info here")
     p.add_argument("--markdown", metavar="PATH", help="write the tables as markdown here")
     return p
@@ -103,7 +108,7 @@ def main(argv=None):
 
     if args.under_load:
         from .load import render, under_load
-        print(render(under_load(args.repeats or 3, log)))
+        print(render(under_load(args.repeats or 3, log, args.matmul_precision)))
         return 0
 
     started = time.perf_counter()

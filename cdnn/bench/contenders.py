@@ -44,10 +44,10 @@ class Contender:
         raise ImportError(f"{self.name} has no scikit-learn style estimators")
 
 
-def cdnn_network(cdnn, sizes, seed):
+def cdnn_network(cdnn, sizes, seed, matmul_precision="float32"):
     """The network the cdnn contender trains and predicts with (and ONNX Runtime runs)."""
     return cdnn.MLP(sizes, activation="relu", loss="softmax_cross_entropy", dtype="float32",
-                    seed=seed)
+                    seed=seed, matmul_precision=matmul_precision)
 
 
 def usable_cores():
@@ -60,6 +60,7 @@ def usable_cores():
 
 class CdnnContender(Contender):
     name = "cdnn"
+    matmul_precision = "float32"
 
     def __init__(self):
         import cdnn
@@ -68,7 +69,7 @@ class CdnnContender(Contender):
 
     def build(self, sizes, batch, seed, X, y):
         cdnn = self.cdnn
-        net = cdnn_network(cdnn, sizes, seed)
+        net = cdnn_network(cdnn, sizes, seed, self.matmul_precision)
         trainer = cdnn.Trainer(net, cdnn.SGD(lr=LR, momentum=MOMENTUM), batch_size=batch, seed=seed)
         return SimpleNamespace(net=net, trainer=trainer, X=X, y=y)
 
@@ -87,8 +88,34 @@ class CdnnContender(Contender):
         return cdnn.sklearn
 
 
+class CdnnOpenBLASContender(CdnnContender):
+    """cdnn as it runs without the [onednn] extra: every float32 product through OpenBLAS"""
+
+    name = "cdnn-openblas"
+
+    def __init__(self):
+        os.environ["CDNN_ONEDNN_SGEMM"] = "0"      # read when the first network is built
+        super().__init__()
+
+
+class CdnnBF16Contender(CdnnContender):
+    """cdnn with matmul_precision="bfloat16": oneDNN's bf16 GEMM on the CPU's matrix engine.
+    Without the [onednn] extra, or on a CPU without AMX-BF16/AVX512-BF16, its worker fails
+    to start and the report says why."""
+
+    name = "cdnn-bf16"
+    matmul_precision = "bfloat16"
+
+    def __init__(self):
+        super().__init__()
+        from cdnn import _onednn
+
+        self.matmul_engine = _onednn.bf16_products().engine
+
+
 class TorchContender(Contender):
     name = "torch"
+    autocast = False    # TorchBF16Contender: every step and prediction under bf16 autocast
 
     def __init__(self):
         import torch
@@ -120,13 +147,21 @@ class TorchContender(Contender):
         for start in range(0, X.shape[0], batch):
             idx = perm[start:start + batch]
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(X[idx]), y[idx])
+            with self._precision():
+                loss = loss_fn(model(X[idx]), y[idx])
             loss.backward()
             opt.step()
 
+    def _precision(self):
+        """PyTorch's own recipe for bf16 on a CPU: autocast around the forward pass and loss
+        (Linear runs in bf16 through oneDNN, the weights stay float32)"""
+        if not self.autocast:
+            return contextlib.nullcontext()
+        return self.torch.autocast("cpu", dtype=self.torch.bfloat16)
+
     def predict(self, m, X):
         m.model.eval()
-        with self.torch.inference_mode():
+        with self.torch.inference_mode(), self._precision():
             return m.model(self.torch.from_numpy(X)).argmax(1).numpy()
 
     def predictor(self, m):
@@ -136,7 +171,17 @@ class TorchContender(Contender):
         def predict(x):
             return model(from_numpy(x)).argmax(1)
 
-        return predict, self.torch.inference_mode
+        @contextlib.contextmanager
+        def context():
+            with self.torch.inference_mode(), self._precision():
+                yield
+
+        return predict, context
+
+
+class TorchBF16Contender(TorchContender):
+    name = "torch-bf16"
+    autocast = True
 
 
 class JaxContender(Contender):
@@ -303,5 +348,7 @@ class OrtContender(Contender):
         return predict, contextlib.nullcontext
 
 
-CONTENDER_CLASSES = {c.name: c for c in (CdnnContender, TorchContender, JaxContender,
-                                           SklearnContender, OrtContender)}
+CONTENDER_CLASSES = {c.name: c for c in (CdnnContender, CdnnOpenBLASContender,
+                                           CdnnBF16Contender, TorchContender,
+                                           TorchBF16Contender, JaxContender, SklearnContender,
+                                           OrtContender)}

@@ -49,7 +49,8 @@ def _fit(case):
         "M": ([784, 512, 512, 10], 128, 1, lambda: _mnist(10000)),
     }[case.rstrip("2")]
     X, y = data()
-    net = cdnn.MLP(sizes, seed=0)
+    net = cdnn.MLP(sizes, seed=0,
+                   matmul_precision=os.environ.get("CDNN_BENCH_MATMUL_PRECISION", "float32"))
     trainer = cdnn.Trainer(net, cdnn.Adam(1e-3), batch_size=batch)
     start = time.perf_counter()
     trainer.fit(X, y, epochs=epochs, verbose=0)
@@ -93,9 +94,11 @@ def _run(case, who, copies, env):
     return max(times)
 
 
-def under_load(repeats=3, log=print):
-    """{case: {who: median seconds}}, measured alternately."""
+def under_load(repeats=3, log=print, matmul_precision="float32"):
+    """{case: {who: median seconds}}, measured alternately; the fits (not the grid searches)
+    at matmul_precision."""
     base = {k: v for k, v in os.environ.items() if k != "CDNN_NUM_THREADS"}
+    base["CDNN_BENCH_MATMUL_PRECISION"] = matmul_precision
     one = {**base, "CDNN_NUM_THREADS": "1"}
     plans = [(case, copies, busy, {"default": base, "one thread": one})
              for case, (_, copies, busy) in CASES.items()]

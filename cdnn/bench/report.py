@@ -223,7 +223,11 @@ def _machine_lines(report):
             f"- Python {m['python']} on {m['platform']}",
             "- Versions: " + ", ".join(f"{k} {v[k]}" for k in v if v[k]),
             f"- BLAS (numpy/scipy, threadpoolctl): {blas_text}",
-            f"- cdnn's kernels: the {m.get('cdnn_kernels', '?')} build"]
+            f"- cdnn's kernels: the {m.get('cdnn_kernels', '?')} build",
+            f"- bf16 matrix engine (CPU flags): {m.get('matrix_engine', '?')}"
+            + "".join(f"; {c}: {i['matmul_engine']}"
+                      for c, i in report.get("worker_info", {}).items()
+                      if isinstance(i, dict) and i.get("matmul_engine"))]
 
 
 def render_markdown(report):

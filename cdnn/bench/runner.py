@@ -188,7 +188,8 @@ def machine_info():
     except AttributeError:
         usable = os.cpu_count()
     info = dict(cpu=cpu, logical_cores=os.cpu_count(), usable_cores=usable,
-                platform=platform.platform(), python=platform.python_version())
+                platform=platform.platform(), python=platform.python_version(),
+                matrix_engine=_matrix_engine())
     info["versions"] = {name: _version(dist) for name, dist in (
         ("numpy", "numpy"), ("scipy", "scipy"), ("torch", "torch"), ("jax", "jax"),
         ("jaxlib", "jaxlib"), ("sklearn", "scikit-learn"), ("cdnn", "cdnn"),
@@ -209,6 +210,20 @@ def machine_info():
     if mem:
         info["memory_gib"] = mem
     return info
+
+
+def _matrix_engine():
+    """The CPU's units for bf16 matrix products, from its flags (what the -bf16 contenders
+    run on): "AMX-BF16", "AVX512-BF16", or "none" (bf16 would be emulated)"""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        return "unknown (no /proc/cpuinfo)"
+    found = [name for flag, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"))
+             if flag in flags]
+    return " and ".join(found) or "none"
 
 
 def _proc_meminfo_gib():

@@ -170,15 +170,16 @@ def _task_info(c, data, t):
                                for p in threadpool_info()]
     except ImportError:
         info["threadpools"] = "threadpoolctl not installed"
-    if c is not None and c.name == "torch":
+    if c is not None and c.name.startswith("torch"):
         info["torch_num_threads"] = c.torch.get_num_threads()
         info["torch_config"] = c.torch.__config__.parallel_info()
     if c is not None and c.name == "jax":
         info["jax_devices"] = [str(d) for d in c.jax.devices()]
     if c is not None and c.name == "ort":
         info["ort_version"], info["ort_threads"] = c.ort.__version__, c.threads
-    if c is not None and c.name == "cdnn":
+    if c is not None and c.name.startswith("cdnn"):
         info["cdnn_file"] = c.cdnn.__file__
+        info["matmul_engine"] = getattr(c, "matmul_engine", None)
     return info
 
 

@@ -14,16 +14,24 @@ MOMENTUM = 0.9
 N_CLASSES = 10
 MNIST_TRAIN_ROWS = 60000
 
-CONTENDERS = ("cdnn", "torch", "jax", "sklearn", "ort")
-PEERS = ("torch", "jax", "sklearn", "ort")
-PEER_NAMES = {"cdnn": "cdnn", "torch": "PyTorch", "jax": "JAX", "sklearn": "scikit-learn",
+# "-bf16": bf16 matrix products on the CPU's matrix engine (AMX or AVX512-BF16): cdnn's
+# matmul_precision="bfloat16" (the [onednn] extra), PyTorch's torch.autocast("cpu", bfloat16)
+CONTENDERS = ("cdnn", "cdnn-bf16", "torch", "torch-bf16", "jax", "sklearn", "ort")
+PEERS = ("torch", "torch-bf16", "jax", "sklearn", "ort")
+PEER_NAMES = {"cdnn": "cdnn", "cdnn-openblas": "cdnn (OpenBLAS only)", "cdnn-bf16": "cdnn bf16",
+              "torch": "PyTorch",
+              "torch-bf16": "PyTorch bf16 autocast", "jax": "JAX", "sklearn": "scikit-learn",
               "ort": "ONNX Runtime"}
 # the modules each contender needs (by default its own name): ONNX Runtime runs the model that
 # cdnn's to_onnx writes, which needs onnx
-MODULES = {"ort": ("onnxruntime", "onnx")}
+MODULES = {"ort": ("onnxruntime", "onnx"), "torch-bf16": ("torch",), "cdnn-bf16": ("cdnn",),
+           "cdnn-openblas": ("cdnn",)}
 # the distributions behind each peer, as named in pyproject.toml's [bench] extra
-DISTRIBUTIONS = {"torch": ("torch",), "jax": ("jax", "jaxlib"), "sklearn": ("scikit-learn",),
-                 "ort": ("onnxruntime", "onnx")}
+DISTRIBUTIONS = {"torch": ("torch",), "torch-bf16": ("torch",), "jax": ("jax", "jaxlib"),
+                 "sklearn": ("scikit-learn",), "ort": ("onnxruntime", "onnx")}
+# on request only (--contenders): cdnn with every float32 product through OpenBLAS, as it runs
+# without the [onednn] extra
+OPTIONAL_CONTENDERS = ("cdnn-openblas",)
 PREDICT_ONLY = ("ort",)     # an inference runtime: it runs only the predict workloads
 PREDICT_KINDS = ("predict1", "predict_batch")
 

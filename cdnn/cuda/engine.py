@@ -44,6 +44,7 @@ class CudaEngine:
         self.loss, self.loss_code, self.l2 = loss, kinds.LOSSES[loss].kernel, l2
         self.dtype = np.dtype(dtype)
         self.matmul_precision = "float32" if self.dtype == np.float64 else matmul_precision
+        self.matmul_engine = f"cuBLAS {self.matmul_precision}"
         self.n_inputs, self.n_outputs = layer_sizes[0], layer_sizes[-1]
         self.n_params = self.host.n_params
         self.launcher = Launcher(self.backend.module, self.dtype)

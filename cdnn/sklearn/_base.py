@@ -109,7 +109,7 @@ class _BaseMLP(BaseEstimator):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dtype="float32", device="cpu"):
+                 dtype="float32", device="cpu", matmul_precision="float32"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -135,6 +135,7 @@ class _BaseMLP(BaseEstimator):
         self.max_fun = max_fun
         self.dtype = dtype
         self.device = device
+        self.matmul_precision = matmul_precision
 
     # --- parameters ----------------------------------------------------------------------
 
@@ -164,6 +165,7 @@ class _BaseMLP(BaseEstimator):
             check_positive_int(self.n_iter_no_change, "n_iter_no_change")
         self._dtype = None if self.dtype is None else check_dtype(self.dtype)
         _devices.check_device(self.device)
+        check_choice(self.matmul_precision, "matmul_precision", _devices.MATMUL_PRECISIONS)
 
     def _check_solver(self) -> bool:
         if self.solver not in ("sgd", "adam"):
@@ -294,7 +296,8 @@ class _BaseMLP(BaseEstimator):
         one holding those, its hidden layers theirs."""
         hidden = self._hidden if given is None else [W.shape[1] for W in given[0][:-1]]
         net = MLP([n_features, *hidden, n_outputs], activation=self._activation,
-                  loss=self._loss_name(), init="zeros", dtype=dtype)
+                  loss=self._loss_name(), init="zeros", dtype=dtype,
+                  matmul_precision=self.matmul_precision)
         factor = 2.0 if self._activation == "sigmoid" else 6.0
         for i, (W, b) in enumerate(zip(net.weights, net.biases)):
             if given is None:
@@ -328,8 +331,7 @@ class _BaseMLP(BaseEstimator):
         net = self._net
         if net.l2 == l2:
             return net
-        other = MLP(**{**net.get_config(), "l2": l2, "init": "zeros", "device": net.device,
-                       "matmul_precision": net.matmul_precision})
+        other = MLP(**{**net.get_config(), "l2": l2, "init": "zeros", "device": net.device})
         other.params[...] = net.params
         return other
 

@@ -20,6 +20,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     targets a sigmoid output per label. Class labels may be any values (`classes_` maps them).
     dtype: "float32" (default), "float64", or None to follow the input (see cdnn.sklearn).
     device: "cpu" (default) or "cuda" (see cdnn.sklearn).
+    matmul_precision: "float32" (default) or "bfloat16" (bf16 matrix products on the CPU's
+    AMX or AVX512-BF16 units, pip install 'cdnn[onednn]'; see cdnn.MLP).
     """
 
     _score_function = staticmethod(accuracy_score)
@@ -128,6 +130,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     loss half the Poisson deviance). dtype: "float32" (default), "float64", or None to follow
     the input (see cdnn.sklearn). predict returns the dtype of `X @ coefs_`, as scikit-learn's.
     device: "cpu" (default) or "cuda" (see cdnn.sklearn).
+    matmul_precision: "float32" (default) or "bfloat16" (see MLPClassifier).
     """
 
     _score_function = staticmethod(r2_score)
@@ -138,7 +141,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 dtype="float32", device="cpu"):
+                 dtype="float32", device="cpu", matmul_precision="float32"):
         super().__init__(
             hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
             learning_rate=learning_rate, learning_rate_init=learning_rate_init,
@@ -147,7 +150,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
             validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2,
             epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun, dtype=dtype,
-            device=device)
+            device=device, matmul_precision=matmul_precision)
         self.loss = loss
 
     def _check_params(self):
