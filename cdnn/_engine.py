@@ -18,9 +18,8 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-from cdnn import kinds
+from cdnn import _onednn, kinds
 from cdnn._native import _network
-from cdnn import _onednn
 from cdnn._sparse import SparseRows
 from cdnn._validation import (as_float_array, check_labels, check_real, check_same_length,
                               check_sample_weight, check_X, scaled_weights)
@@ -54,7 +53,8 @@ def solver_threads(n_params: int):
     below MIN_FLOPS_PER_THREAD of it every BLAS pool runs on one thread. OpenBLAS wakes its
     threads for such small calls and their spinning costs more than they save: L-BFGS-B over a
     1,201-parameter quadratic, no cdnn at all, took 8.2 ms an iteration at 2 OpenBLAS threads
-    and 0.32 ms at one on this 2-core machine (under load; cdnn/bench/studies/small_lbfgs_scipy_alone.py)."""
+    and 0.32 ms at one on this 2-core machine (under load;
+    cdnn/bench/studies/small_lbfgs_scipy_alone.py)."""
     if 50 * n_params >= MIN_FLOPS_PER_THREAD or team_for(math.inf) == 1:
         return contextlib.nullcontext()
     return limit_threads(1)
@@ -84,8 +84,8 @@ def _check_distributions(targets: np.ndarray):
 class EngineInterface(Protocol):
     """What an engine provides: everything MLP, Trainer and the estimators ask of the code that
     runs a network. The CPU engine (Engine, below) is its first implementation; another device
-    or matmul precision is another implementation chosen by cdnn._devices.make_engine, not a branch in
-    network.py or training.py. docs/ARCHITECTURE.md, "The engine interface", says more.
+    or matmul precision is another implementation chosen by cdnn._devices.make_engine, not a
+    branch in network.py or training.py. docs/ARCHITECTURE.md, "The engine interface", says more.
 
     - The parameters: one flat buffer of n_params values of dtype (new_params), layer by layer
       W_0 (n_0 × n_1, row-major), b_0, W_1, b_1, …; MLP's weights and biases are views of it,
@@ -122,6 +122,8 @@ class EngineInterface(Protocol):
     def loss_and_grad(self, params, batch: Batch) -> tuple[float, object]: ...
     def training_steps(self, params, optimizer, train: Batch, batch_size: int,
                        clip_norm: float, seed: int, lazy: bool = False, exchange=None): ...
+
+
 # The matmul precisions: the inputs of every matrix product (forward, dW = aᵀδ, dX = δWᵀ) in
 # the network's dtype through BLAS, or in bfloat16 through oneDNN (cdnn/_onednn.py) with
 # float32 accumulation and outputs. Parameters, optimizer state, losses and the element-wise

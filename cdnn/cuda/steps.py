@@ -177,12 +177,12 @@ def launch_update(k, c: dict, p, g, state, lrs, step0, s: int, gscale, status):
                T(c["momentum"]), T(c["weight_decay"]), i32(c["nesterov"]))
     elif c["kernel"] == kinds.OPTIMIZERS["adam"].kernel:
         beta1, beta2 = c["betas"]
-        k.over("adam_update", n, p, g, state["m"], state["v"], *common, step0, i32(s), gscale, status,
-               f64(beta1), f64(beta2), f64(c["eps"]), T(c["weight_decay"]),
+        k.over("adam_update", n, p, g, state["m"], state["v"], *common, step0, i32(s), gscale,
+               status, f64(beta1), f64(beta2), f64(c["eps"]), T(c["weight_decay"]),
                i32(c.get("eps_inside", False)), i32(c["decoupled"]))
     else:
-        k.over("rmsprop_update", n, p, g, state["square_avg"], state["momentum"], *common, i32(s), gscale, status,
-               T(c["alpha"]), T(c["eps"]), T(c["momentum"]), T(c["weight_decay"]))
+        k.over("rmsprop_update", n, p, g, state["square_avg"], state["momentum"], *common,
+               i32(s), gscale, status, T(c["alpha"]), T(c["eps"]), T(c["momentum"]), T(c["weight_decay"]))
 
 
 _launchers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
