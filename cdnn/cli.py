@@ -99,14 +99,8 @@ def _add_data_options(parser: argparse.ArgumentParser):
                         ".gz); implies --dataset mnist unless another is named")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="cdnn", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"cdnn {cdnn.__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    train = commands.add_parser("train", help="train a network and report its test accuracy",
-                                description="Train an MLP classifier and report its test "
-                                "accuracy; --save writes it as a safetensors file.")
+def _add_train_options(train):
+    """cdnn train's options: the data, the network, the optimizer and the run."""
     _add_data_options(train)
     train.add_argument("--data", nargs=2, metavar=("X", "Y"), help="train on your own data "
                        "instead: X as .npy, .csv or .npz (a sparse matrix from "
@@ -144,11 +138,22 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
                        help="0 silent, 1 a progress bar (one line per epoch when stderr is not "
                        "a terminal), 2 one line per epoch")
-    train.add_argument("--save", metavar="PATH", type=_file_path, help="write the trained model here "
-                       "(safetensors; read it back with cdnn.load)")
+    train.add_argument("--save", metavar="PATH", type=_file_path, help="write the trained "
+                       "model here (safetensors; read it back with cdnn.load)")
     train.add_argument("--distributed", action="store_true", help="data-parallel over MPI: "
                        "launch as mpiexec -n N cdnn train --distributed …; --batch-size is "
                        "the global batch, rank 0 prints and saves (needs cdnn[mpi])")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cdnn", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"cdnn {cdnn.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a network and report its test accuracy",
+                                description="Train an MLP classifier and report its test "
+                                "accuracy; --save writes it as a safetensors file.")
+    _add_train_options(train)
 
     evaluate = commands.add_parser("evaluate", help="a saved model's loss and accuracy on a "
                                    "test set", description="Print a saved model's loss and "
@@ -163,8 +168,8 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("model", help="a model file written by `cdnn train --save`")
     predict.add_argument("input", help="the inputs: .npy, .csv or .npz (a sparse matrix "
                          "from scipy.sparse.save_npz), one sample per row")
-    predict.add_argument("-o", "--output", type=_file_path, help="where to write the predictions (.npy or "
-                         ".csv); CSV on stdout when omitted")
+    predict.add_argument("-o", "--output", type=_file_path, help="where to write the "
+                         "predictions (.npy or .csv); CSV on stdout when omitted")
     predict.add_argument("--proba", action="store_true",
                          help="class probabilities instead of class indices")
     _add_device_option(predict)
@@ -174,7 +179,8 @@ def _parser() -> argparse.ArgumentParser:
                                  "its first output is predict_proba's answer, or predict's for "
                                  "regression). Needs pip install 'cdnn[onnx]'.")
     export.add_argument("model", help="a model file written by `cdnn train --save`")
-    export.add_argument("output", type=_file_path, help="where to write the ONNX model, e.g. model.onnx")
+    export.add_argument("output", type=_file_path,
+                        help="where to write the ONNX model, e.g. model.onnx")
 
     commands.add_parser("bench", help="benchmark cdnn against PyTorch, JAX and scikit-learn "
                         "(cdnn bench --help)", add_help=False)
