@@ -46,7 +46,6 @@ class MLP:
             is "float32".
 
     Attributes:
-        matmul_engine: what runs the matrix products, e.g. "oneDNN 3.2.0 bf16 (AVX512-BF16)".
         params: every weight and bias in one flat 1-D array of the network's dtype (a CuPy
             array on device="cuda"); gradients (loss_and_grad) and optimizer state have this
             layout.
