@@ -3,18 +3,15 @@ arrays, kernels.cu compiled by g++, launches run eagerly where a GPU replays a g
 criterion of issue 26, here on the stand-in: one epoch with the same seed and batches on "cuda"
 and on "cpu" gives parameters within 1e-10 in float64. On a GPU, bench/gpu_check.py runs this
 file with CDNN_TEST_CUDA_DEVICE=1, on CuPy."""
-import os
-import shutil
 
 import numpy as np
 import pytest
 
 import cdnn
-from cdnn.cuda import CudaUnavailable, StandinBackend, backend, use_backend
+from cuda_setup import skip_without_a_compiler, standin  # noqa: F401 (a fixture)
+from cdnn.cuda import CudaUnavailable, backend, use_backend
 
-ON_GPU = bool(os.environ.get("CDNN_TEST_CUDA_DEVICE"))
-if not ON_GPU and shutil.which(os.environ.get("CXX", "g++")) is None:
-    pytest.skip("no C++ compiler to build the CUDA kernels for the CPU", allow_module_level=True)
+skip_without_a_compiler()
 
 OPTIMIZERS = {
     "sgd": lambda: cdnn.SGD(0.05),
@@ -23,15 +20,6 @@ OPTIMIZERS = {
     "adamw": lambda: cdnn.AdamW(0.01),
     "rmsprop": lambda: cdnn.RMSprop(0.005, momentum=0.5),
 }
-
-
-@pytest.fixture(autouse=True)
-def standin():
-    if ON_GPU:
-        yield None
-    else:
-        with use_backend(StandinBackend()) as b:
-            yield b
 
 
 def host(a):

@@ -2,16 +2,14 @@
 loss_and_grad, on the CPU stand-in for CuPy (on a GPU, CDNN_TEST_CUDA_DEVICE=1 runs them on
 CuPy). The stand-in refuses what CuPy refuses (a numpy array assigned into a device array,
 host pointers to kernels), so a path that works here does not rely on numpy's leniency."""
-import os
 import pickle
-import shutil
 import warnings
 
 import numpy as np
 import pytest
 
 import cdnn
-from cdnn.cuda import StandinBackend, use_backend
+from cuda_setup import skip_without_a_compiler, standin  # noqa: F401 (a fixture)
 
 pytest.importorskip("sklearn")
 from sklearn.base import clone  # noqa: E402
@@ -20,18 +18,7 @@ from sklearn.datasets import load_digits  # noqa: E402
 from cdnn.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-ON_GPU = bool(os.environ.get("CDNN_TEST_CUDA_DEVICE"))
-if not ON_GPU and shutil.which(os.environ.get("CXX", "g++")) is None:
-    pytest.skip("no C++ compiler to build the CUDA kernels for the CPU", allow_module_level=True)
-
-
-@pytest.fixture(autouse=True)
-def standin():
-    if ON_GPU:
-        yield None
-    else:
-        with use_backend(StandinBackend()) as b:
-            yield b
+skip_without_a_compiler()
 
 
 @pytest.fixture(scope="module")
