@@ -6,6 +6,8 @@ for, so the core needs no CuPy.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from cdnn._engine import Engine
 
 DEVICES = ("cpu", "cuda")
@@ -43,3 +45,9 @@ def is_device_array(a) -> bool:
     CuPy"""
     kind = type(a)
     return kind.__module__.split(".")[0] == "cupy" or getattr(kind, "__cdnn_device__", False)
+
+
+def to_numpy(a) -> np.ndarray:
+    """a as a numpy array: a GPU array is copied back, anything else converted (no copy when
+    it is one already)"""
+    return a.get() if is_device_array(a) else np.asarray(a)

@@ -29,6 +29,7 @@ import stat
 import numpy as np
 
 from cdnn import kinds
+from cdnn._devices import to_numpy
 from cdnn._validation import check_dtype
 from cdnn.optim import Optimizer, class_of
 
@@ -53,8 +54,8 @@ def save(net, path, optimizer: Optimizer | None = None) -> None:
         raise TypeError(f"net must be a cdnn.MLP, got {type(net).__name__}")
     tensors = {}
     for i, (W, b) in enumerate(zip(net.weights, net.biases)):
-        tensors[f"layers.{i}.weight"] = np.ascontiguousarray(_on_host(W))
-        tensors[f"layers.{i}.bias"] = np.ascontiguousarray(_on_host(b))
+        tensors[f"layers.{i}.weight"] = np.ascontiguousarray(to_numpy(W))
+        tensors[f"layers.{i}.bias"] = np.ascontiguousarray(to_numpy(b))
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "config": json.dumps(net.get_config())}
     if optimizer is not None:
@@ -67,7 +68,7 @@ def save(net, path, optimizer: Optimizer | None = None) -> None:
         elif any(a.shape != net.params.shape or a.dtype != net.params.dtype
                  for a in state.values()):
             raise ValueError("the optimizer holds state for another network")
-        tensors.update({f"optimizer.{name}": _on_host(array) for name, array in state.items()})
+        tensors.update({f"optimizer.{name}": to_numpy(array) for name, array in state.items()})
         metadata["optimizer"] = json.dumps({"class": type(optimizer).__name__,
                                             "hyperparameters": _hyperparameters(optimizer),
                                             "steps": optimizer.steps})
@@ -75,11 +76,6 @@ def save(net, path, optimizer: Optimizer | None = None) -> None:
     # safetensors' save_file makes its own ".tmpXXXX" beside the target, which a killed
     # process leaves behind under a name nobody can safely recognise as garbage
     write_atomically(path, serialize(tensors, metadata=metadata))
-
-
-def _on_host(a) -> np.ndarray:
-    """A numpy array of a (a GPU array, device="cuda", is copied back)"""
-    return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
 def write_atomically(path, data: bytes) -> None:

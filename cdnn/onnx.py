@@ -25,6 +25,7 @@ import json
 import numpy as np
 
 from cdnn import kinds
+from cdnn._devices import to_numpy
 from cdnn._version import __version__
 
 OPSET = 17
@@ -51,8 +52,7 @@ class _Graph:
         self.nodes, self.initializers = [], []
 
     def const(self, value, name: str | None = None, dtype=None) -> str:
-        value = value.get() if hasattr(value, "get") else value     # a CUDA network's weights
-        array = np.asarray(value, dtype=self.dtype if dtype is None else dtype)
+        array = to_numpy(value).astype(self.dtype if dtype is None else dtype, copy=False)
         name = name or f"const_{len(self.initializers)}"
         self.initializers.append(self.onnx.numpy_helper.from_array(array, name))
         return name

@@ -72,10 +72,12 @@ class Optimizer:
     def state_for(self, params: np.ndarray) -> dict[str, np.ndarray]:
         """The state buffers for these parameters, created (zeroed) on first use."""
         first = None if self.state is None else next(iter(self.state.values()))
-        if first is None or (self._is_reset() and (
-                first.shape != params.shape or first.dtype != params.dtype)):
+        other = first is not None and (first.shape != params.shape
+                                       or first.dtype != params.dtype)
+        # _is_reset reads every buffer: only for state of another shape, not on every step
+        if first is None or (other and self._is_reset()):
             self.state = {name: np.zeros_like(params) for name in self.spec().state}
-        elif first.shape != params.shape or first.dtype != params.dtype:
+        elif other:
             raise ValueError(f"this optimizer already holds state for {first.size} "
                              f"{first.dtype} parameters; make a new one for this network")
         return self.state

@@ -44,14 +44,9 @@ class _Layers(list):
         _copy_into(self.views[i], value, f"{self.name}[{i}]", self.engine)
 
 
-def _host(value) -> np.ndarray:
-    """value as a numpy array (a CuPy array is copied back)"""
-    return value.get() if _devices.is_device_array(value) else np.asarray(value)
-
-
 def _copy_into(view, value, name: str, engine):
     """view[...] := value (a numpy or a CuPy array), view being one of engine's arrays"""
-    value = _host(value)
+    value = _devices.to_numpy(value)
     if value.dtype.kind not in "biuf":
         raise ValueError(f"{name} must hold real numbers, got dtype {value.dtype}")
     if value.shape != view.shape:
@@ -273,8 +268,8 @@ class _BaseMLP(BaseEstimator):
         if coefs is None or intercepts is None:
             raise ValueError("coefs_ and intercepts_ were not both set: set both before "
                              "training from given layers")
-        coefs = [_host(W) for W in coefs]
-        intercepts = [_host(b) for b in intercepts]
+        coefs = [_devices.to_numpy(W) for W in coefs]
+        intercepts = [_devices.to_numpy(b) for b in intercepts]
         if (len(coefs) != len(intercepts) or not coefs
                 or any(W.ndim != 2 for W in coefs) or any(b.ndim != 1 for b in intercepts)):
             raise ValueError("coefs_ must be a list of 2-D arrays and intercepts_ one of as "
